@@ -1,0 +1,200 @@
+"""The distillation spec: what to distil, into what, on which data, with which knobs.
+
+Plain dataclasses with defaults, one per component (STYLE.md). `DistillSpec.from_dict` validates a
+JSON-like dict and raises SpecError naming the dotted field; `to_dict` echoes every resolved default.
+The service's job spec has the same fields, with `file_id`s where this one has `path`s: the worker
+resolves ids to local paths and hands kdcore this object.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from kdcore.errors import SpecError
+
+# Limits a spec is checked against (named, so the README and the API can quote them).
+MAX_TEMPERATURE = 100.0
+MAX_EPOCHS = 1000
+MAX_BATCH_SIZE = 65536
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "step", "constant")
+AUGMENTATIONS = ("none", "noise")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TeacherSpec:
+    path: str | None = None  # safetensors state dict, ONNX graph, or precomputed logits (.npz/.safetensors)
+    arch: str | None = None  # registry architecture; required for a safetensors state dict only
+    arch_params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StudentSpec:
+    arch: str = "mlp"
+    arch_params: dict[str, Any] = field(default_factory=dict)
+    init_path: str | None = None  # optional initial weights (safetensors)
+
+
+@dataclass
+class DatasetSpec:
+    builtin: str | None = None  # "mnist1d" or "digits"
+    train_path: str | None = None
+    validation_path: str | None = None
+    test_path: str | None = None
+    validation_fraction: float = 0.1  # held out of train when no validation set is given
+    standardize: bool = False  # per-feature mean/std fitted on the training split only
+
+
+@dataclass
+class Hyperparameters:
+    temperature: float = 4.0
+    alpha: float = 0.3  # weight of the hard-label CE; 1 - alpha goes to the teacher
+    loss: str = "forward_kl"
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    optimizer: str = "adamw"
+    momentum: float = 0.9  # SGD only
+    schedule: str = "cosine"
+    step_size: int = 30  # epochs between decays, "step" schedule only
+    gamma: float = 0.1  # decay factor, "step" schedule only
+    grad_clip_norm: float | None = None
+    seed: int = 0
+    augment: str = "none"  # "noise": Gaussian input noise; the teacher then runs live every step
+    noise_std: float = 0.1
+    device: str = "auto"
+
+
+@dataclass
+class DistillSpec:
+    teacher: TeacherSpec
+    student: StudentSpec = field(default_factory=StudentSpec)
+    dataset: DatasetSpec = field(default_factory=lambda: DatasetSpec(builtin="digits"))
+    hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
+    baseline: bool = True  # also train the same student from scratch, same data, budget and seed
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "DistillSpec":
+        if not isinstance(data, dict):
+            raise SpecError("the spec must be a JSON object")
+        _reject_unknown(data, cls, "")
+        spec = cls(
+            teacher=_build(TeacherSpec, data.get("teacher", {}), "teacher"),
+            student=_build(StudentSpec, data.get("student", {}), "student"),
+            dataset=_build(DatasetSpec, data.get("dataset", {"builtin": "digits"}), "dataset"),
+            hyperparameters=_build(Hyperparameters, data.get("hyperparameters", {}), "hyperparameters"),
+            baseline=_check_type(data.get("baseline", True), bool, "baseline"),
+            metadata=_check_type(data.get("metadata", {}), dict, "metadata"),
+        )
+        spec.validate()
+        return spec
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def validate(self) -> None:
+        """Checks that need no file: ranges and choices. Shapes and classes are checked by the
+        pipeline (kdcore.pipeline.check_spec) once the files are known."""
+        hp = self.hyperparameters
+        if not (0 < hp.temperature <= MAX_TEMPERATURE) or not math.isfinite(hp.temperature):
+            raise SpecError(f"must be > 0 and <= {MAX_TEMPERATURE:g}", field="hyperparameters.temperature")
+        if not 0.0 <= hp.alpha <= 1.0:
+            raise SpecError("must be between 0 and 1", field="hyperparameters.alpha")
+        if not 1 <= hp.epochs <= MAX_EPOCHS:
+            raise SpecError(f"must be between 1 and {MAX_EPOCHS}", field="hyperparameters.epochs")
+        if not 1 <= hp.batch_size <= MAX_BATCH_SIZE:
+            raise SpecError(f"must be between 1 and {MAX_BATCH_SIZE}", field="hyperparameters.batch_size")
+        if not (0 < hp.learning_rate <= 10) or not math.isfinite(hp.learning_rate):
+            raise SpecError("must be > 0 and <= 10", field="hyperparameters.learning_rate")
+        if not 0 <= hp.weight_decay <= 1:
+            raise SpecError("must be between 0 and 1", field="hyperparameters.weight_decay")
+        if not 0 <= hp.momentum < 1:
+            raise SpecError("must be >= 0 and < 1", field="hyperparameters.momentum")
+        if hp.step_size < 1:
+            raise SpecError("must be >= 1", field="hyperparameters.step_size")
+        if not 0 < hp.gamma <= 1:
+            raise SpecError("must be > 0 and <= 1", field="hyperparameters.gamma")
+        if hp.grad_clip_norm is not None and not hp.grad_clip_norm > 0:
+            raise SpecError("must be > 0 or null", field="hyperparameters.grad_clip_norm")
+        if not 0 <= hp.noise_std <= 10:
+            raise SpecError("must be between 0 and 10", field="hyperparameters.noise_std")
+        if hp.seed < 0 or hp.seed >= 2**63:
+            raise SpecError("must be a non-negative 64-bit integer", field="hyperparameters.seed")
+        for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
+                              ("augment", AUGMENTATIONS), ("device", DEVICES)):
+            if getattr(hp, name) not in choices:
+                raise SpecError(f"must be one of {', '.join(choices)}", field=f"hyperparameters.{name}")
+        from kdcore.losses import LOSSES  # late import: losses imports torch
+
+        LOSSES.get(hp.loss, field="hyperparameters.loss")
+        ds = self.dataset
+        if (ds.builtin is None) == (ds.train_path is None):
+            raise SpecError("give either builtin or train_path (exactly one)", field="dataset")
+        if ds.builtin is not None and (ds.validation_path or ds.test_path):
+            raise SpecError("a builtin dataset brings its own splits", field="dataset.builtin")
+        if not 0 < ds.validation_fraction < 1:
+            raise SpecError("must be between 0 and 1 (exclusive)", field="dataset.validation_fraction")
+        if self.teacher.path is None:
+            raise SpecError("a teacher file is required", field="teacher.path")
+
+
+def _reject_unknown(data: dict, cls: type, prefix: str) -> None:
+    known = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            raise SpecError(f"unknown field; expected one of {', '.join(sorted(known))}",
+                            field=f"{prefix}{key}")
+
+
+def _build(cls: type, data: Any, name: str):
+    if not isinstance(data, dict):
+        raise SpecError("must be an object", field=name)
+    _reject_unknown(data, cls, f"{name}.")
+    defaults = cls()
+    values = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        default = getattr(defaults, f.name)
+        values[f.name] = _coerce(value, default, f.type, f"{name}.{f.name}")
+    return cls(**values)
+
+
+def _coerce(value: Any, default: Any, annotation: str, where: str) -> Any:
+    optional = "None" in str(annotation)
+    if value is None:
+        if optional:
+            return None
+        raise SpecError("must not be null", field=where)
+    if "dict" in str(annotation):
+        return _check_type(value, dict, where)
+    if "bool" in str(annotation):
+        return _check_type(value, bool, where)
+    if "int" in str(annotation) and "float" not in str(annotation):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpecError("must be an integer", field=where)
+        return value
+    if "float" in str(annotation):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SpecError("must be a number", field=where)
+        if not math.isfinite(value):
+            raise SpecError("must be finite", field=where)
+        return float(value)
+    if "str" in str(annotation):
+        return _check_type(value, str, where)
+    return value
+
+
+def _check_type(value: Any, kind: type, where: str) -> Any:
+    if kind is not bool and isinstance(value, bool):
+        raise SpecError(f"must be {kind.__name__}", field=where)
+    if not isinstance(value, kind):
+        names = {dict: "an object", bool: "true or false", str: "a string"}
+        raise SpecError(f"must be {names.get(kind, kind.__name__)}", field=where)
+    return value
