@@ -198,3 +198,43 @@ def _check_type(value: Any, kind: type, where: str) -> Any:
         names = {dict: "an object", bool: "true or false", str: "a string"}
         raise SpecError(f"must be {names.get(kind, kind.__name__)}", field=where)
     return value
+
+
+# One line of help per field, for `python -m kdcore run --help` and the API's schema.
+# tests/kdcore/test_spec.py checks that every dataclass field above has an entry here.
+FIELD_HELP: dict[str, str] = {
+    "teacher.path": "teacher file: safetensors state dict (needs teacher.arch), ONNX graph, or "
+                    "precomputed training-set logits (.npz array 'logits' N×C, or safetensors tensor 'logits')",
+    "teacher.arch": "registry architecture of a safetensors state-dict teacher (mlp, cnn1d, lenet, cnn2d, resnet, "
+                    "resnet8x4, resnet32x4); omit for ONNX and logits",
+    "teacher.arch_params": "parameters of teacher.arch, e.g. {\"hidden_sizes\": [256]}",
+    "student.arch": "registry architecture of the student (default mlp)",
+    "student.arch_params": "parameters of student.arch; every default is filled in and echoed back",
+    "student.init_path": "optional initial student weights (safetensors state dict of the same architecture)",
+    "dataset.builtin": "builtin dataset: mnist1d (generated offline, 40-sample signals) or digits (8×8 as 64 features)",
+    "dataset.train_path": "training data: .npz (x float N×…, y int N), Parquet or CSV with a 'label' column",
+    "dataset.validation_path": "optional validation data in the same format; else carved out of train",
+    "dataset.test_path": "optional test data; the final evaluation uses it (else the validation split)",
+    "dataset.validation_fraction": "share of train held out for validation when none is given (default 0.1)",
+    "dataset.standardize": "standardise features with mean/std of the training split only (default false)",
+    "hyperparameters.temperature": f"softmax temperature T, > 0 and <= {MAX_TEMPERATURE:g} (default 4)",
+    "hyperparameters.alpha": "weight of the hard-label cross-entropy, 0..1; 1 - alpha weights the teacher (default 0.3)",
+    "hyperparameters.loss": "soft term: forward_kl (default), reverse_kl, js, mse_logits",
+    "hyperparameters.epochs": f"training epochs, 1..{MAX_EPOCHS} (default 10)",
+    "hyperparameters.batch_size": f"samples per step, 1..{MAX_BATCH_SIZE} (default 128)",
+    "hyperparameters.learning_rate": "peak learning rate (default 0.001)",
+    "hyperparameters.weight_decay": "decoupled weight decay for adamw, L2 for sgd (default 0.01)",
+    "hyperparameters.optimizer": "adamw (default) or sgd (Nesterov momentum)",
+    "hyperparameters.momentum": "sgd momentum (default 0.9)",
+    "hyperparameters.schedule": "cosine (default, per step), step (×gamma every step_size epochs) or constant",
+    "hyperparameters.step_size": "epochs between decays for the step schedule (default 30)",
+    "hyperparameters.gamma": "decay factor for the step schedule (default 0.1)",
+    "hyperparameters.grad_clip_norm": "clip the global gradient norm to this value; null = off (default)",
+    "hyperparameters.seed": "seed for initial weights, batch order and the validation split (default 0)",
+    "hyperparameters.augment": "none (default; teacher logits cached once) or noise (Gaussian input noise; "
+                               "the teacher then runs live every step)",
+    "hyperparameters.noise_std": "standard deviation of the input noise (default 0.1)",
+    "hyperparameters.device": "auto (CUDA when present, default), cpu or cuda",
+    "baseline": "also train the same student from scratch with the same data, budget and seed (default true)",
+    "metadata": "free-form JSON object stored with the job and the student file",
+}

@@ -1,0 +1,1 @@
+"""The HTTP API: routes, schemas, auth, problem+json errors, uploads and downloads."""

@@ -1,0 +1,67 @@
+"""The FastAPI application: settings, database, artifact store and broker client wired once."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from api import problems
+from api.enqueue import Enqueuer
+from api.routes import files, health, jobs
+from jobs import api_keys
+from jobs.artifact_store import LocalArtifactStore
+from jobs.db import make_engine, make_sessionmaker
+from jobs.settings import Settings
+
+DESCRIPTION = """Distil a trained classifier (the teacher) into a smaller student, and get back the
+evidence: teacher, distilled student and the same student trained from scratch, side by side.
+Authenticate with `Authorization: Bearer <key>`. Errors are RFC 9457 problem+json."""
+
+
+class ProblemModel(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[dict] | None = None
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    if settings is None:
+        from jobs.settings import settings as process_settings
+
+        settings = process_settings
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.bootstrap_api_key is not None:
+            with app.state.sessionmaker() as session:
+                api_keys.ensure_key(session, tenant_name="default",
+                                    plain_key=settings.bootstrap_api_key.get_secret_value())
+                session.commit()
+        yield
+        app.state.engine.dispose()
+
+    app = FastAPI(title="Distillation service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = make_engine(settings.db_url)
+    app.state.sessionmaker = make_sessionmaker(app.state.engine)
+    app.state.store = LocalArtifactStore(settings.artifacts_path)
+    app.state.enqueuer = Enqueuer(settings.celery_broker_url)
+    problems.install(app)
+    app.include_router(health.router)
+    app.include_router(files.router)
+    app.include_router(jobs.router)
+
+    original_openapi = app.openapi
+
+    def openapi():
+        schema = original_openapi()
+        schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = ProblemModel.model_json_schema()
+        return schema
+
+    app.openapi = openapi
+    return app

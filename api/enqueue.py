@@ -1,0 +1,25 @@
+"""A send-only Celery client: the API wakes workers by task *name* and never imports worker code."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+RUN_JOB_TASK = "kd.run_job"
+JOBS_QUEUE = "kd.jobs"
+
+
+class Enqueuer:
+    def __init__(self, broker_url: str):
+        self.app = Celery("kd-api", broker=broker_url, set_as_current=False)
+        self.app.conf.update(task_serializer="json", accept_content=["json"],
+                             broker_connection_retry_on_startup=True,
+                             broker_transport_options={"max_retries": 2})
+
+    def enqueue_job(self, job_id: str) -> None:
+        """Publish the job id; the database row (already committed) is the truth."""
+        self.app.send_task(RUN_JOB_TASK, args=[job_id], queue=JOBS_QUEUE)
+
+    def ping(self) -> None:
+        """Raise when the broker cannot be reached."""
+        with self.app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)

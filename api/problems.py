@@ -1,0 +1,108 @@
+"""RFC 9457 problem details: every error the API returns, in one place.
+
+    {"type": "urn:kd:problem:invalid-field", "title": "Invalid field", "status": 422,
+     "detail": "hyperparameters.alpha: must be between 0 and 1", "instance": "/v1/jobs",
+     "errors": [{"field": "hyperparameters.alpha", "reason": "must be between 0 and 1"}]}
+
+Domain errors (jobs.errors, kdcore.errors) are mapped here, so routes only raise. A traceback never
+reaches a client: anything unexpected is a 500 with a generic detail, and the log keeps the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from jobs.errors import Conflict, NotFound, TooLarge
+from kdcore.errors import KDError
+
+log = logging.getLogger("api")
+MEDIA_TYPE = "application/problem+json"
+PROBLEM_SCHEMA = {
+    "description": "RFC 9457 problem details",
+    "content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
+
+
+class Problem(Exception):
+    """Raise from anywhere in the API to answer with problem+json."""
+
+    def __init__(self, status: int, detail: str, *, slug: str | None = None, field: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.status, self.detail, self.slug, self.field, self.headers = status, detail, slug, field, headers
+
+
+def problem_response(request: Request, status: int, detail: str, *, slug: str | None = None,
+                     errors: list[dict] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    title = HTTPStatus(status).phrase
+    body = {
+        "type": f"urn:kd:problem:{slug}" if slug else "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+    }
+    if errors:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def field_error(request: Request, field: str | None, reason: str, *, status: int = 422,
+                slug: str = "invalid-field") -> JSONResponse:
+    detail = f"{field}: {reason}" if field else reason
+    return problem_response(request, status, detail, slug=slug,
+                            errors=[{"field": field, "reason": reason}] if field else None)
+
+
+def _validation_field(loc: tuple) -> str:
+    # ("body", "hyperparameters", "alpha") -> "hyperparameters.alpha"; ("query", "limit") -> "limit"
+    parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "query", "path", "header", "form") else list(map(str, loc))
+    return ".".join(parts) or str(loc[0])
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem):
+        if exc.field:
+            resp = field_error(request, exc.field, exc.detail, status=exc.status, slug=exc.slug or "invalid-field")
+            if exc.headers:
+                resp.headers.update(exc.headers)
+            return resp
+        return problem_response(request, exc.status, exc.detail, slug=exc.slug, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        errors = [{"field": _validation_field(tuple(e["loc"])), "reason": e["msg"]} for e in exc.errors()]
+        detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors[:5])
+        return problem_response(request, 422, detail, slug="invalid-field", errors=errors)
+
+    @app.exception_handler(KDError)
+    async def _kd(request: Request, exc: KDError):
+        return field_error(request, exc.field, exc.message)
+
+    @app.exception_handler(NotFound)
+    async def _not_found(request: Request, exc: NotFound):
+        return problem_response(request, 404, exc.message, slug="not-found")
+
+    @app.exception_handler(Conflict)
+    async def _conflict(request: Request, exc: Conflict):
+        return problem_response(request, 409, exc.message, slug="conflict")
+
+    @app.exception_handler(TooLarge)
+    async def _too_large(request: Request, exc: TooLarge):
+        return problem_response(request, 413, exc.message, slug="too-large")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return problem_response(request, exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(request, 500, "internal error; the server log has the details")

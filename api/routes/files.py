@@ -1,0 +1,97 @@
+"""/v1/files: upload, list, inspect, download and delete teachers, datasets and logits."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, Response
+
+from api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from api.file_inspection import inspect_upload
+from api.problems import PROBLEM_SCHEMA, Problem
+from api.schemas.files import FileList, FileOut, Purpose
+from api.uploads import receive_upload
+from jobs import files_repo
+
+router = APIRouter(prefix="/v1/files", tags=["files"], responses={401: PROBLEM_SCHEMA, 404: PROBLEM_SCHEMA})
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["file", "purpose"],
+            "properties": {
+                "file": {"type": "string", "format": "binary"},
+                "purpose": {"type": "string", "enum": [p.value for p in Purpose]},
+            },
+        }}},
+    }
+}
+
+
+@router.post("", status_code=201, response_model=FileOut, openapi_extra=UPLOAD_BODY,
+             responses={413: PROBLEM_SCHEMA, 415: PROBLEM_SCHEMA, 422: PROBLEM_SCHEMA})
+async def upload_file(request: Request, session: SessionDep, tenant: TenantDep, store: StoreDep,
+                      settings: SettingsDep) -> FileOut:
+    """Upload a file (multipart: `file`, `purpose`); its content is validated before it is kept."""
+    upload = await receive_upload(request, max_bytes=settings.max_upload_bytes,
+                                  tmp_dir=settings.data_dir / "tmp")
+    try:
+        purpose = upload.fields.get("purpose")
+        if purpose not in {p.value for p in Purpose}:
+            raise Problem(422, f"must be one of {', '.join(p.value for p in Purpose)}", field="purpose")
+        fmt, info = await run_in_threadpool(inspect_upload, upload.path, purpose)
+        file_id = "file_" + secrets.token_hex(12)
+        key = f"files/{tenant.id}/{file_id}"
+        await run_in_threadpool(store.put_file, key, upload.path)
+    finally:
+        upload.path.unlink(missing_ok=True)
+    try:
+        row = files_repo.create(session, tenant_id=tenant.id, file_id=file_id, purpose=purpose, format=fmt,
+                                filename=upload.filename, bytes=upload.bytes, sha256=upload.sha256,
+                                storage_key=key, info=info)
+        session.commit()
+    except BaseException:
+        store.delete(key)
+        raise
+    return FileOut.from_row(row)
+
+
+@router.get("", response_model=FileList)
+def list_files(session: SessionDep, tenant: TenantDep,
+               limit: Annotated[int, Query(ge=1, le=100)] = 20,
+               after: Annotated[str | None, Query(description="id of the last file of the previous page")] = None,
+               purpose: Purpose | None = None) -> FileList:
+    """List files, newest first."""
+    rows, has_more = files_repo.list(session, tenant_id=tenant.id, limit=limit, after=after,
+                                     purpose=purpose.value if purpose else None)
+    return FileList(data=[FileOut.from_row(r) for r in rows], has_more=has_more)
+
+
+@router.get("/{file_id}", response_model=FileOut)
+def get_file(file_id: str, session: SessionDep, tenant: TenantDep) -> FileOut:
+    """Retrieve one file's description."""
+    return FileOut.from_row(files_repo.get(session, tenant_id=tenant.id, file_id=file_id))
+
+
+@router.get("/{file_id}/content", response_class=FileResponse,
+            responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "a byte range"}})
+def download_file(file_id: str, session: SessionDep, tenant: TenantDep, store: StoreDep) -> FileResponse:
+    """Download a file's bytes (ETag is the sha256; Range is honoured)."""
+    row = files_repo.get(session, tenant_id=tenant.id, file_id=file_id)
+    return FileResponse(store.local_path(row.storage_key), filename=row.filename,
+                        media_type="application/octet-stream", headers={"ETag": f'"{row.sha256}"'})
+
+
+@router.delete("/{file_id}", status_code=204, responses={409: PROBLEM_SCHEMA})
+def delete_file(file_id: str, session: SessionDep, tenant: TenantDep, store: StoreDep) -> Response:
+    """Delete a file; refused (409) while a queued or running job uses it."""
+    row = files_repo.get(session, tenant_id=tenant.id, file_id=file_id)
+    key = row.storage_key
+    files_repo.delete(session, tenant_id=tenant.id, file_id=file_id)
+    session.commit()
+    store.delete(key)
+    return Response(status_code=204)

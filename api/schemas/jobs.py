@@ -1,0 +1,164 @@
+"""Request and response shapes of /v1/jobs.
+
+`JobCreate` checks types and unknown fields only; ranges, choices and defaults live in one place,
+kdcore.spec, and every resolved default is echoed back in `JobOut.spec`. Clients never set
+tenant, status or attempt: unknown fields are refused (extra="forbid").
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kdcore.spec import FIELD_HELP
+
+
+def _help(name: str, *, file_id: bool = False) -> str:
+    text = FIELD_HELP[name]
+    return f"id of an uploaded file (purpose {file_id}); " + text if file_id else text
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TeacherIn(_In):
+    file_id: str = Field(description="id of a file uploaded with purpose teacher or teacher_logits. "
+                                     + FIELD_HELP["teacher.path"])
+    arch: str | None = Field(None, description=FIELD_HELP["teacher.arch"])
+    arch_params: dict[str, Any] | None = Field(None, description=FIELD_HELP["teacher.arch_params"])
+
+
+class StudentIn(_In):
+    arch: str | None = Field(None, description=FIELD_HELP["student.arch"])
+    arch_params: dict[str, Any] | None = Field(None, description=FIELD_HELP["student.arch_params"])
+    init_file_id: str | None = Field(None, description="id of a file uploaded with purpose student_init. "
+                                                       + FIELD_HELP["student.init_path"])
+
+
+class DatasetIn(_In):
+    builtin: str | None = Field(None, description=FIELD_HELP["dataset.builtin"])
+    train_file_id: str | None = Field(None, description="id of a dataset file. " + FIELD_HELP["dataset.train_path"])
+    validation_file_id: str | None = Field(None, description=FIELD_HELP["dataset.validation_path"])
+    test_file_id: str | None = Field(None, description=FIELD_HELP["dataset.test_path"])
+    validation_fraction: float | None = Field(None, description=FIELD_HELP["dataset.validation_fraction"])
+    standardize: bool | None = Field(None, description=FIELD_HELP["dataset.standardize"])
+
+
+class HyperparametersIn(_In):
+    temperature: float | None = Field(None, description=FIELD_HELP["hyperparameters.temperature"])
+    alpha: float | None = Field(None, description=FIELD_HELP["hyperparameters.alpha"])
+    loss: str | None = Field(None, description=FIELD_HELP["hyperparameters.loss"])
+    epochs: int | None = Field(None, description=FIELD_HELP["hyperparameters.epochs"])
+    batch_size: int | None = Field(None, description=FIELD_HELP["hyperparameters.batch_size"])
+    learning_rate: float | None = Field(None, description=FIELD_HELP["hyperparameters.learning_rate"])
+    weight_decay: float | None = Field(None, description=FIELD_HELP["hyperparameters.weight_decay"])
+    optimizer: str | None = Field(None, description=FIELD_HELP["hyperparameters.optimizer"])
+    momentum: float | None = Field(None, description=FIELD_HELP["hyperparameters.momentum"])
+    schedule: str | None = Field(None, description=FIELD_HELP["hyperparameters.schedule"])
+    step_size: int | None = Field(None, description=FIELD_HELP["hyperparameters.step_size"])
+    gamma: float | None = Field(None, description=FIELD_HELP["hyperparameters.gamma"])
+    grad_clip_norm: float | None = Field(None, description=FIELD_HELP["hyperparameters.grad_clip_norm"])
+    seed: int | None = Field(None, description=FIELD_HELP["hyperparameters.seed"])
+    augment: str | None = Field(None, description=FIELD_HELP["hyperparameters.augment"])
+    noise_std: float | None = Field(None, description=FIELD_HELP["hyperparameters.noise_std"])
+    device: str | None = Field(None, description=FIELD_HELP["hyperparameters.device"])
+
+
+class JobCreate(_In):
+    teacher: TeacherIn
+    student: StudentIn = Field(default_factory=StudentIn)
+    dataset: DatasetIn = Field(default_factory=lambda: DatasetIn(builtin="digits"))
+    hyperparameters: HyperparametersIn = Field(default_factory=HyperparametersIn)
+    baseline: bool = Field(True, description=FIELD_HELP["baseline"])
+    metadata: dict[str, Any] = Field(default_factory=dict, description=FIELD_HELP["metadata"])
+
+
+class Status(str, Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelling = "cancelling"
+    cancelled = "cancelled"
+
+
+class Progress(BaseModel):
+    phase: str | None = None
+    epoch: int | None = None
+    epochs: int | None = None
+    step: int | None = None
+    steps: int | None = None
+    fraction: float = 0.0
+    eta_seconds: float | None = None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobOut(BaseModel):
+    id: str
+    object: str = "job"
+    status: Status
+    spec: dict[str, Any] = Field(description="the resolved spec: every default filled in")
+    progress: Progress
+    attempt: int
+    max_attempts: int
+    error: JobError | None = None
+    result: dict[str, Any] | None = Field(
+        None, description="teacher, student and baseline metrics on the evaluation split; agreement, "
+                          "compression, speedup, distillation_gain")
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row) -> "JobOut":
+        error = JobError(code=row.error_code, message=row.error_message or "") if row.error_code else None
+        return cls(id=row.id, status=row.status, spec=row.spec, progress=Progress(**(row.progress or {})),
+                   attempt=row.attempt, max_attempts=row.max_attempts, error=error, result=row.result,
+                   created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at,
+                   updated_at=row.updated_at)
+
+
+class JobList(BaseModel):
+    object: str = "list"
+    data: list[JobOut]
+    has_more: bool
+
+
+class EventOut(BaseModel):
+    id: int = Field(description="sequence number within the job; pass as `after` to continue")
+    type: str
+    message: str
+    data: dict[str, Any] | None = None
+    attempt: int
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row) -> "EventOut":
+        return cls(id=row.seq, type=row.type, message=row.message, data=row.data, attempt=row.attempt,
+                   created_at=row.created_at)
+
+
+class EventList(BaseModel):
+    object: str = "list"
+    data: list[EventOut]
+    has_more: bool
+
+
+class MetricOut(BaseModel):
+    run: str
+    epoch: int
+    values: dict[str, Any]
+
+
+class MetricList(BaseModel):
+    object: str = "list"
+    data: list[MetricOut]

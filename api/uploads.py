@@ -1,0 +1,131 @@
+"""Streaming multipart uploads with a size cap.
+
+The request body is parsed as it arrives (python-multipart's push parser): the `file` part goes
+straight to a temporary file, hashed on the way; the upload stops with 413 as soon as it passes
+`KD_MAX_UPLOAD_BYTES`, whether or not the client sent Content-Length. Nothing is kept on failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import Request
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from api.problems import Problem
+
+MAX_FORM_FIELD_BYTES = 64 * 1024  # non-file fields (purpose) are tiny; refuse anything bigger
+MULTIPART_OVERHEAD_BYTES = 64 * 1024  # boundaries and part headers on top of the file itself
+
+
+@dataclass
+class ReceivedUpload:
+    path: Path  # temporary file; the caller moves it into the store or deletes it
+    filename: str
+    bytes: int
+    sha256: str
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path) -> ReceivedUpload:
+    """Parse a multipart/form-data body with one `file` part; 413 past max_bytes, 400/422 if malformed."""
+    content_type, params = parse_options_header(request.headers.get("content-type"))
+    if content_type != b"multipart/form-data" or b"boundary" not in params:
+        raise Problem(415, "send multipart/form-data with a `file` part and a `purpose` field",
+                      slug="unsupported-media-type")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes + MULTIPART_OVERHEAD_BYTES:
+        raise _too_large(max_bytes)
+
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, prefix="upload-", suffix=".part")
+    out = os.fdopen(fd, "wb")
+    state = _PartState()
+    digest = hashlib.sha256()
+
+    def on_header_field(data, start, end):
+        state.header_name += data[start:end]
+
+    def on_header_value(data, start, end):
+        state.header_value += data[start:end]
+
+    def on_header_end():
+        state.headers[state.header_name.decode("latin-1").lower()] = state.header_value
+        state.header_name, state.header_value = b"", b""
+
+    def on_headers_finished():
+        _, disp = parse_options_header(state.headers.get("content-disposition", b""))
+        state.name = disp.get(b"name", b"").decode("utf-8", "replace")
+        state.filename = disp.get(b"filename", b"").decode("utf-8", "replace")
+        state.value = b""
+        if state.name == "file":
+            if state.file_seen:
+                raise Problem(422, "send exactly one file part", slug="invalid-field")
+            state.file_seen = True
+            state.received_filename = state.filename or "upload"
+
+    def on_part_data(data, start, end):
+        chunk = data[start:end]
+        if state.name == "file":
+            state.size += len(chunk)
+            if state.size > max_bytes:
+                raise _too_large(max_bytes)
+            digest.update(chunk)
+            out.write(chunk)
+        else:
+            state.value += chunk
+            if len(state.value) > MAX_FORM_FIELD_BYTES:
+                raise Problem(422, f"form field {state.name!r} is too long", slug="invalid-field")
+
+    def on_part_end():
+        if state.name and state.name != "file":
+            state.fields[state.name] = state.value.decode("utf-8", "replace")
+        state.headers = {}
+
+    parser = MultipartParser(params[b"boundary"], callbacks={
+        "on_header_field": on_header_field, "on_header_value": on_header_value,
+        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
+        "on_part_data": on_part_data, "on_part_end": on_part_end,
+    })
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+        out.flush()
+        os.fsync(out.fileno())
+        out.close()
+    except Problem:
+        out.close()
+        os.unlink(tmp_name)
+        raise
+    except Exception:
+        out.close()
+        os.unlink(tmp_name)
+        raise Problem(400, "the multipart body is malformed", slug="malformed-body") from None
+    if not state.file_seen:
+        os.unlink(tmp_name)
+        raise Problem(422, "a `file` part is required", slug="invalid-field", field="file")
+    return ReceivedUpload(Path(tmp_name), state.received_filename, state.size, digest.hexdigest(), state.fields)
+
+
+def _too_large(max_bytes: int) -> Problem:
+    return Problem(413, f"the upload is larger than the limit of {max_bytes} bytes (KD_MAX_UPLOAD_BYTES)",
+                   slug="too-large")
+
+
+@dataclass
+class _PartState:
+    header_name: bytes = b""
+    header_value: bytes = b""
+    headers: dict[str, bytes] = field(default_factory=dict)
+    name: str = ""
+    filename: str = ""
+    value: bytes = b""
+    size: int = 0
+    file_seen: bool = False
+    received_filename: str = "upload"
+    fields: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,55 @@
+"""Engines and sessions for the two databases the service runs on.
+
+SQLite (embedded mode): WAL so readers never block the writer, foreign keys on, and a busy timeout
+so concurrent writers (API, worker, reaper) wait for the write lock instead of failing. The driver's
+default transaction handling is kept on purpose: it begins a transaction at the first write, so a
+read never holds a snapshot that must later be upgraded to a write lock (the upgrade deadlock).
+
+PostgreSQL (production): psycopg 3, `pool_pre_ping` so a connection dropped by a database restart
+is replaced instead of failing the next request. READ COMMITTED (the default) is what the state
+machine's conditional updates are written for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def make_engine(url: str, **kwargs) -> Engine:
+    """An engine for `url`; extra keyword arguments go to `create_engine`."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":  # no driver named: use psycopg 3, the one installed
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, **kwargs)
+    return create_engine(parsed, pool_pre_ping=True, **kwargs)
+
+
+def _sqlite_engine(url, **kwargs) -> Engine:
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    connect_args = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+    connect_args.update(kwargs.pop("connect_args", {}))
+    engine = create_engine(url, connect_args=connect_args, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
+        cursor.close()
+
+    return engine
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that keep loaded rows readable after the boundary's single commit."""
+    return sessionmaker(bind=engine, expire_on_commit=False)

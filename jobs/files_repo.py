@@ -1,0 +1,69 @@
+"""Uploaded files (teachers, datasets, initial student weights). The bytes live in the artifact
+store under `storage_key`; this table holds what the upload's inspection found."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from jobs.errors import FileInUse, NotFound
+from jobs.pagination import newest_first_page
+from jobs.tables import TERMINAL_STATUSES, File, Job, new_id
+
+
+def new_file_id() -> str:
+    """An id to name the storage key before the row exists (upload first, then insert)."""
+    return new_id("file")
+
+
+def create(session: Session, *, tenant_id: str, purpose: str, format: str, filename: str, bytes: int,
+           sha256: str, storage_key: str, info: dict[str, Any] | None = None,
+           file_id: str | None = None) -> File:
+    row = File(id=file_id or new_file_id(), tenant_id=tenant_id, purpose=purpose, format=format,
+               filename=filename, bytes=bytes, sha256=sha256, storage_key=storage_key, info=info or {})
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get(session: Session, *, tenant_id: str, file_id: str) -> File:
+    row = session.scalar(select(File).where(File.id == file_id, File.tenant_id == tenant_id))
+    if row is None:
+        raise NotFound(f"no file {file_id!r}")
+    return row
+
+
+def list_files(session: Session, *, tenant_id: str, limit: int = 20, after: str | None = None,
+               purpose: str | None = None) -> tuple[list[File], bool]:
+    """Newest first; `after` is the last id of the previous page. Returns (rows, has_more)."""
+    stmt = select(File).where(File.tenant_id == tenant_id)
+    if purpose is not None:
+        stmt = stmt.where(File.purpose == purpose)
+    return newest_first_page(session, stmt, File, tenant_id=tenant_id, after=after, limit=limit)
+
+
+def delete(session: Session, *, tenant_id: str, file_id: str) -> File:
+    """Delete the row and return it; the caller removes `storage_key` from the store after its
+    commit. FileInUse while a job that has not finished names the file anywhere in its spec."""
+    row = get(session, tenant_id=tenant_id, file_id=file_id)
+    users = [job_id for job_id, spec in session.execute(
+        select(Job.id, Job.spec).where(Job.tenant_id == tenant_id, Job.status.not_in(TERMINAL_STATUSES)))
+        if _mentions(spec, file_id)]
+    if users:
+        raise FileInUse(f"file {file_id!r} is used by unfinished job(s) {', '.join(sorted(users))}; "
+                        "cancel them or wait for them to finish")
+    session.delete(row)
+    session.flush()
+    return row
+
+
+def _mentions(value: Any, file_id: str) -> bool:
+    """Whether `file_id` appears as a value anywhere in a JSON document (spec field names vary:
+    teacher.file_id, dataset.train_file_id, student.init_file_id…)."""
+    if isinstance(value, dict):
+        return any(_mentions(v, file_id) for v in value.values())
+    if isinstance(value, list):
+        return any(_mentions(v, file_id) for v in value)
+    return value == file_id

@@ -1,0 +1,322 @@
+"""The job state machine: claim, lease, fenced writes, transitions.
+
+The database row is the truth; the broker only wakes workers (ARCHITECTURE.md). Every change below
+is one conditional UPDATE (or a fenced UPDATE followed by an INSERT in the same transaction), so
+two workers, the API and the reaper can race on a job and at most one of them wins each step.
+
+Transitions (anything not listed is refused; the terminal states never change):
+
+    from         to           by
+    queued       running      claim                        (attempt 0 -> 1)
+    queued       cancelled    request_cancel
+    running      running      claim after the lease expired (attempt n -> n+1, fences out n)
+    running      cancelling   request_cancel
+    running      succeeded    succeed                      (fenced)
+    running      failed       fail                         (fenced)
+    running      failed       fail_exhausted / claim       (lease expired and attempts spent)
+    cancelling   cancelled    finish_cancelled             (fenced)
+    cancelling   cancelled    claim                        (lease expired: the worker died mid-cancel)
+    cancelling   succeeded    succeed                      (fenced: it finished before it saw the request)
+    cancelling   failed       fail                         (fenced)
+
+So a status only moves forward in the order queued < running < cancelling < terminal.
+
+Fencing: `claim` returns the new attempt number; every later write by that worker passes it, and
+is guarded by `attempt = :attempt AND status IN ('running', 'cancelling')`. A False (or None)
+return means the write changed nothing: the lease was lost to a newer attempt, or the job ended;
+the worker must stop at once (`require_lease` turns that into LeaseLost). A fenced write first
+updates the job row, which on PostgreSQL locks it until the caller commits, so the INSERTs that
+follow (events, metrics, artifacts) cannot interleave with a re-claim or with each other.
+
+Time: `now` is taken from Python (UTC), not from the database, so the same code runs on
+PostgreSQL and SQLite and tests can move time forward. All writers must share a clock within a
+small fraction of the lease (NTP on every machine); skew shortens or lengthens leases by that much.
+Every function accepts `now=` for tests; production code leaves it out.
+
+These functions flush nothing themselves beyond their statements and never commit: the caller
+commits once, and a heartbeat or fenced write is only effective once committed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, literal, or_, select, update
+from sqlalchemy.orm import Session
+
+from jobs.errors import Conflict, LeaseLost, NotFound
+from jobs.tables import (
+    ACTIVE_STATUSES,
+    CANCELLED,
+    CANCELLING,
+    FAILED,
+    JOB_STATUSES,
+    METRIC_RUNS,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    TERMINAL_STATUSES,
+    Artifact,
+    Job,
+    JobEvent,
+    JobMetric,
+    UTCDateTime,
+    utcnow,
+)
+
+EXHAUSTED = "max_attempts_exceeded"
+
+
+@dataclass(frozen=True)
+class HeartbeatResult:
+    alive: bool  # False: the lease is lost or the job ended; stop now
+    cancel_requested: bool  # True: wind down and call finish_cancelled
+
+
+def _update(session: Session, *where, returning=(Job.id,), **values):
+    """One conditional UPDATE of a job; the returned row, or None when no row matched."""
+    stmt = (update(Job).where(*where).values(**values).returning(*returning)
+            .execution_options(synchronize_session="fetch"))
+    return session.execute(stmt).one_or_none()
+
+
+def _append_event(session: Session, *, job_id: str, attempt: int, type: str, message: str,
+                  data: dict[str, Any] | None, now: datetime) -> int:
+    """Insert the job's next event. seq = max(seq) + 1 in the same statement; the caller has
+    already updated (so locked) the job row, which serialises writers of one job, and
+    unique(job_id, seq) would refuse a duplicate if anything slipped through."""
+    next_seq = (select(func.coalesce(func.max(JobEvent.seq), 0) + 1)
+                .where(JobEvent.job_id == job_id).scalar_subquery())
+    stmt = insert(JobEvent).values(job_id=job_id, seq=next_seq, attempt=attempt, type=type,
+                                   message=message, data=data, created_at=now).returning(JobEvent.seq)
+    return session.execute(stmt).scalar_one()
+
+
+def _status_event(session: Session, *, job_id: str, attempt: int, status: str, message: str,
+                  now: datetime, **data: Any) -> None:
+    _append_event(session, job_id=job_id, attempt=attempt, type="status", message=message,
+                  data={"status": status, **data}, now=now)
+
+
+def _fence(session: Session, *, job_id: str, attempt: int, now: datetime, returning=(Job.id,), **values):
+    """The guard of every write by a worker: the row still carries its attempt and is active."""
+    return _update(session, Job.id == job_id, Job.attempt == attempt, Job.status.in_(ACTIVE_STATUSES),
+                   returning=returning, updated_at=now, **values)
+
+
+def require_lease(ok: bool | int | None, *, job_id: str) -> None:
+    """Raise LeaseLost when a fenced write reports that it changed nothing."""
+    if ok is None or ok is False:
+        raise LeaseLost(f"job {job_id!r}: lease lost (re-claimed by a newer attempt, or finished)")
+
+
+# --- claim and lease -------------------------------------------------------------------------------
+
+def claim(session: Session, *, job_id: str, lease_seconds: float, worker: str,
+          now: datetime | None = None) -> int | None:
+    """Take the job for `worker`: the new attempt number, or None (someone else owns it, or it
+    is finished, or it just became cancelled/failed here). Safe to call for a duplicate message."""
+    now = now or utcnow()
+    # A cancelling job whose worker stopped renewing the lease is done: it must end cancelled,
+    # never be picked up again as running.
+    cancelled = _update(session, Job.id == job_id, Job.status == CANCELLING, Job.lease_until < now,
+                        returning=(Job.attempt,), status=CANCELLED, finished_at=now, lease_until=None,
+                        updated_at=now)
+    if cancelled is not None:
+        _status_event(session, job_id=job_id, attempt=cancelled.attempt, status=CANCELLED, now=now,
+                      message="cancelled (the worker stopped before it finished cancelling)")
+        return None
+    # Only 'running' may be re-claimed: a job that turned 'cancelling' between the two statements
+    # must not go back to running.
+    claimed = _update(
+        session,
+        Job.id == job_id,
+        Job.attempt < Job.max_attempts,
+        or_(Job.status == QUEUED, and_(Job.status == RUNNING, Job.lease_until < now)),
+        returning=(Job.attempt, Job.max_attempts),
+        status=RUNNING,
+        attempt=Job.attempt + 1,
+        lease_until=now + timedelta(seconds=lease_seconds),
+        worker=worker,
+        started_at=func.coalesce(Job.started_at, literal(now, UTCDateTime())),
+        updated_at=now,
+    )
+    if claimed is None:
+        fail_exhausted(session, job_id=job_id, now=now)
+        return None
+    retry = f" (attempt {claimed.attempt - 1}'s lease expired)" if claimed.attempt > 1 else ""
+    _status_event(session, job_id=job_id, attempt=claimed.attempt, status=RUNNING, now=now,
+                  message=f"attempt {claimed.attempt} of {claimed.max_attempts} started on {worker}{retry}",
+                  worker=worker)
+    return claimed.attempt
+
+
+def fail_exhausted(session: Session, *, job_id: str, now: datetime | None = None) -> bool:
+    """A running job whose lease expired with no attempt left becomes failed ('max_attempts_exceeded').
+    True when this call made that change."""
+    now = now or utcnow()
+    row = session.execute(select(Job.attempt, Job.max_attempts).where(Job.id == job_id)).one_or_none()
+    if row is None:
+        return False
+    attempt, max_attempts = row
+    message = (f"gave up after {attempt} attempt{'s' if attempt != 1 else ''} "
+               f"(max_attempts={max_attempts}): each time, the worker stopped renewing its lease "
+               "(crashed, killed or hung) before the job finished")
+    done = _update(session, Job.id == job_id, Job.status == RUNNING, Job.lease_until < now,
+                   Job.attempt == attempt, Job.attempt >= Job.max_attempts,
+                   status=FAILED, error_code=EXHAUSTED, error_message=message, finished_at=now,
+                   lease_until=None, updated_at=now)
+    if done is None:
+        return False
+    _status_event(session, job_id=job_id, attempt=attempt, status=FAILED, message=message, now=now,
+                  error_code=EXHAUSTED)
+    return True
+
+
+def heartbeat(session: Session, *, job_id: str, attempt: int, lease_seconds: float,
+              now: datetime | None = None) -> HeartbeatResult:
+    """Extend the lease by `lease_seconds` from now, and report whether a cancel was requested."""
+    now = now or utcnow()
+    row = _fence(session, job_id=job_id, attempt=attempt, now=now, returning=(Job.cancel_requested,),
+                 lease_until=now + timedelta(seconds=lease_seconds))
+    if row is None:
+        return HeartbeatResult(alive=False, cancel_requested=False)
+    return HeartbeatResult(alive=True, cancel_requested=bool(row.cancel_requested))
+
+
+# --- fenced writes by the owning worker -------------------------------------------------------------
+
+def set_progress(session: Session, *, job_id: str, attempt: int, progress: dict[str, Any],
+                 now: datetime | None = None) -> bool:
+    """progress = {phase, epoch, epochs, step, steps, fraction, eta_seconds}."""
+    now = now or utcnow()
+    return _fence(session, job_id=job_id, attempt=attempt, now=now, progress=progress) is not None
+
+
+def add_event(session: Session, *, job_id: str, attempt: int, type: str, message: str,
+              data: dict[str, Any] | None = None, now: datetime | None = None) -> int | None:
+    """Append an event; its seq (1, 2, 3… per job), or None when the lease is lost."""
+    now = now or utcnow()
+    if _fence(session, job_id=job_id, attempt=attempt, now=now) is None:
+        return None
+    return _append_event(session, job_id=job_id, attempt=attempt, type=type, message=message,
+                         data=data, now=now)
+
+
+def add_metric(session: Session, *, job_id: str, attempt: int, run: str, epoch: int,
+               values: dict[str, Any], now: datetime | None = None) -> bool:
+    """Record one epoch's metrics. Idempotent for a resumed run: a row already there for
+    (job, run, epoch) is REPLACED (the newest attempt's values win; a resumed run recomputes the
+    same epoch bit-exactly on CPU), never duplicated."""
+    if run not in METRIC_RUNS:
+        raise ValueError(f"run must be one of {', '.join(METRIC_RUNS)}")
+    now = now or utcnow()
+    if _fence(session, job_id=job_id, attempt=attempt, now=now) is None:
+        return False
+    session.execute(delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.run == run,
+                                            JobMetric.epoch == epoch)
+                    .execution_options(synchronize_session="fetch"))
+    session.execute(insert(JobMetric).values(job_id=job_id, run=run, epoch=epoch, values=values,
+                                             created_at=now))
+    return True
+
+
+def add_artifact(session: Session, *, job_id: str, attempt: int, kind: str, storage_key: str,
+                 bytes: int, sha256: str, now: datetime | None = None) -> bool:
+    """Record a file the job produced; it replaces the job's artifact of the same kind. Use one
+    storage key per (job, kind) so the replaced object is overwritten, not orphaned."""
+    now = now or utcnow()
+    if _fence(session, job_id=job_id, attempt=attempt, now=now) is None:
+        return False
+    session.execute(delete(Artifact).where(Artifact.job_id == job_id, Artifact.kind == kind)
+                    .execution_options(synchronize_session="fetch"))
+    session.add(Artifact(job_id=job_id, kind=kind, storage_key=storage_key, bytes=bytes, sha256=sha256,
+                         created_at=now))
+    session.flush()
+    return True
+
+
+def succeed(session: Session, *, job_id: str, attempt: int, result: dict[str, Any],
+            now: datetime | None = None) -> bool:
+    """running (or cancelling, when the run finished before it saw the request) -> succeeded."""
+    now = now or utcnow()
+    if _fence(session, job_id=job_id, attempt=attempt, now=now, status=SUCCEEDED, result=result,
+              finished_at=now, lease_until=None) is None:
+        return False
+    _status_event(session, job_id=job_id, attempt=attempt, status=SUCCEEDED, message="succeeded", now=now)
+    return True
+
+
+def fail(session: Session, *, job_id: str, attempt: int, code: str, message: str,
+         now: datetime | None = None) -> bool:
+    """running or cancelling -> failed, with a machine-readable code and a message for the user."""
+    now = now or utcnow()
+    if _fence(session, job_id=job_id, attempt=attempt, now=now, status=FAILED, error_code=code,
+              error_message=message, finished_at=now, lease_until=None) is None:
+        return False
+    _status_event(session, job_id=job_id, attempt=attempt, status=FAILED, message=message, now=now,
+                  error_code=code)
+    return True
+
+
+def finish_cancelled(session: Session, *, job_id: str, attempt: int, now: datetime | None = None) -> bool:
+    """cancelling -> cancelled, once the worker has stopped its run."""
+    now = now or utcnow()
+    if _update(session, Job.id == job_id, Job.attempt == attempt, Job.status == CANCELLING,
+               status=CANCELLED, finished_at=now, lease_until=None, updated_at=now) is None:
+        return False
+    _status_event(session, job_id=job_id, attempt=attempt, status=CANCELLED, message="cancelled", now=now)
+    return True
+
+
+# --- the tenant's cancel, and the reaper -------------------------------------------------------------
+
+def request_cancel(session: Session, *, tenant_id: str, job_id: str, now: datetime | None = None) -> str:
+    """Ask for the job to stop; returns its new status. queued -> cancelled at once; running ->
+    cancelling (the worker sees it at its next heartbeat); cancelling stays. A finished job is a
+    Conflict; an unknown job, or another tenant's, is NotFound."""
+    now = now or utcnow()
+    # Each lost race means the status moved forward, so this loop runs at most once per status.
+    for _ in JOB_STATUSES:
+        row = session.execute(select(Job.status, Job.attempt)
+                              .where(Job.id == job_id, Job.tenant_id == tenant_id)).one_or_none()
+        if row is None:
+            raise NotFound(f"no job {job_id!r}")
+        status, attempt = row
+        if status in TERMINAL_STATUSES:
+            raise Conflict(f"job {job_id!r} is already {status}; only a queued or running job can be cancelled")
+        if status == CANCELLING:
+            return CANCELLING
+        if status == QUEUED:
+            changed = _update(session, Job.id == job_id, Job.status == QUEUED, status=CANCELLED,
+                              cancel_requested=True, finished_at=now, updated_at=now)
+            new_status, message = CANCELLED, "cancelled before it started"
+        else:
+            changed = _update(session, Job.id == job_id, Job.status == RUNNING, status=CANCELLING,
+                              cancel_requested=True, updated_at=now)
+            new_status, message = CANCELLING, "cancel requested; waiting for the worker to stop"
+        if changed is not None:
+            _status_event(session, job_id=job_id, attempt=attempt, status=new_status, message=message, now=now)
+            return new_status
+    raise AssertionError(f"job {job_id!r}: status kept changing under request_cancel")
+
+
+def find_jobs_to_enqueue(session: Session, *, now: datetime, queued_after_seconds: float,
+                         limit: int = 500) -> list[str]:
+    """Ids the reaper should enqueue again: queued jobs last enqueued (or, never enqueued, created)
+    more than `queued_after_seconds` ago, and running/cancelling jobs whose lease expired (their
+    claim re-runs, cancels or fails them). Oldest first."""
+    stale = now - timedelta(seconds=queued_after_seconds)
+    stmt = (select(Job.id).where(or_(
+        and_(Job.status == QUEUED, func.coalesce(Job.enqueued_at, Job.created_at) < literal(stale, UTCDateTime())),
+        and_(Job.status.in_(ACTIVE_STATUSES), Job.lease_until < now),
+    )).order_by(Job.created_at, Job.id).limit(limit))
+    return list(session.scalars(stmt))
+
+
+def mark_enqueued(session: Session, *, job_id: str, now: datetime | None = None) -> None:
+    """Record that the id was just sent to the broker (after the row's commit)."""
+    now = now or utcnow()
+    _update(session, Job.id == job_id, enqueued_at=now, updated_at=now)

@@ -1,0 +1,439 @@
+"""Datasets: builtins generated offline, uploaded files validated, splits, scaling and batching.
+
+Everything lives in memory as two tensors, `x` float32 (N, ...) and `y` int64 (N). Batches are
+`x[idx]`, `y[idx]` for index tensors from `IndexBatcher`: no DataLoader, no per-sample collation,
+and the order of every epoch is a pure function of (seed, epoch) so a resumed run replays it.
+
+Uploaded files are never trusted: `read_dataset_file` sniffs the content (kdcore.formats), reads
+.npz with allow_pickle=False, and raises DataError(field="file") naming the array or column at fault.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import random
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from kdcore.errors import DataError
+from kdcore.formats import check_format
+from kdcore.models.architecture import MAX_NUM_CLASSES
+from kdcore.registry import Registry
+
+MAX_DATASET_BYTES = 2 * 1024**3
+MAX_SAMPLES = 10_000_000
+LABEL_COLUMN = "label"
+
+
+@dataclass
+class ArrayDataset:
+    """x: float32 (N, *input_shape); y: int64 (N,). num_classes is stored, not derived, because a
+    split (or a small test file) may lack a class."""
+
+    x: Tensor
+    y: Tensor
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        if self.x.ndim < 2 or self.y.ndim != 1 or self.x.shape[0] != self.y.shape[0]:
+            raise ValueError(f"x {tuple(self.x.shape)} and y {tuple(self.y.shape)} do not pair up")
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.x.shape[1:])
+
+    def subset(self, indices: Tensor) -> "ArrayDataset":
+        return ArrayDataset(self.x[indices], self.y[indices], self.num_classes)
+
+
+@dataclass
+class DatasetReport:
+    """What upload validation stores about a dataset file (and a job spec is checked against)."""
+
+    format: str
+    num_samples: int
+    input_shape: list[int]
+    num_classes: int
+    label_histogram: list[int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---- builtins ----
+
+@dataclass(frozen=True)
+class Builtin:
+    """A dataset that ships with the service. The shape facts are stated here so a job spec can be
+    checked at POST time without generating the data (a test holds them to the generated data)."""
+
+    load: Callable[[], dict[str, ArrayDataset]]
+    input_shape: tuple[int, ...]
+    num_classes: int
+    num_samples: dict[str, int]
+    description: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        return {"input_shape": list(self.input_shape), "num_classes": self.num_classes,
+                "num_samples": dict(self.num_samples), "description": self.description}
+
+
+DATASETS: Registry[Builtin] = Registry("dataset")
+
+
+def _mnist1d() -> dict[str, ArrayDataset]:
+    # mnist1d's own defaults, pinned here: 5000 samples, 80/20 split, seed 42. make_dataset seeds
+    # numpy's and Python's global RNGs, so their state is put back afterwards. Never get_dataset:
+    # it downloads a pickle.
+    from mnist1d.data import get_dataset_args, make_dataset  # late: pulls in scipy and matplotlib
+
+    args = get_dataset_args()
+    args.seed, args.num_samples, args.train_split = 42, 5000, 0.8
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        data = make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    return {
+        "train": _from_numpy(data["x"], data["y"], 10),
+        "test": _from_numpy(data["x_test"], data["y_test"], 10),
+    }
+
+
+def _digits() -> dict[str, ArrayDataset]:
+    from sklearn.datasets import load_digits  # late: bundled with scikit-learn, no download
+
+    bunch = load_digits()
+    full = _from_numpy(bunch.data, bunch.target, 10)
+    train, test = split_train_val(full, fraction=0.2, seed=0)  # fixed stratified 80/20
+    return {"train": train, "test": test}
+
+
+DATASETS.register("mnist1d")(Builtin(
+    _mnist1d, (40,), 10, {"train": 4000, "test": 1000},
+    "MNIST-1D, generated offline (about 4 s): 1-D signals of length 40, 10 classes"))
+DATASETS.register("digits")(Builtin(
+    _digits, (64,), 10, {"train": 1438, "test": 359},
+    "scikit-learn 8x8 digits, pixels 0..16 flattened to 64, 10 classes, stratified 80/20 split"))
+
+
+def load_builtin(name: str) -> dict[str, ArrayDataset]:
+    """{"train": ..., "test": ...} for a builtin; SpecError(field="dataset.builtin") if unknown.
+    Generated on each call; nothing is cached on disk."""
+    return DATASETS.get(name, field="dataset.builtin").load()
+
+
+def describe_builtin(name: str) -> dict[str, Any]:
+    """Input shape, classes and split sizes of a builtin, without generating it."""
+    return DATASETS.get(name, field="dataset.builtin").describe()
+
+
+def _from_numpy(x: np.ndarray, y: np.ndarray, num_classes: int) -> ArrayDataset:
+    return ArrayDataset(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+                        torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)), num_classes)
+
+
+# ---- uploaded files ----
+
+def read_dataset_file(
+    path: str | os.PathLike,
+    *,
+    max_bytes: int = MAX_DATASET_BYTES,
+    max_samples: int = MAX_SAMPLES,
+    num_classes: int | None = None,
+) -> ArrayDataset:
+    """Read and validate a dataset upload (.npz with x and y; Parquet or CSV with a `label` column
+    and numeric feature columns). num_classes = max(label) + 1 unless given, in which case every
+    label must be below it. Raises DataError(field="file") or FormatError."""
+    return _read(Path(path), max_bytes, max_samples, num_classes)[1]
+
+
+def inspect_dataset_file(
+    path: str | os.PathLike, *, max_bytes: int = MAX_DATASET_BYTES, max_samples: int = MAX_SAMPLES
+) -> DatasetReport:
+    """Validate a dataset upload and summarise it (format, N, input shape, classes, label counts)."""
+    fmt, ds = _read(Path(path), max_bytes, max_samples, None)
+    histogram = torch.bincount(ds.y, minlength=ds.num_classes).tolist()
+    return DatasetReport(fmt, ds.num_samples, list(ds.input_shape), ds.num_classes, histogram)
+
+
+def _read(path: Path, max_bytes: int, max_samples: int, num_classes: int | None) -> tuple[str, ArrayDataset]:
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise _bad(f"the file is {size} bytes, over the {max_bytes} byte limit")
+    fmt = check_format(path, "dataset")
+    if fmt == "npz":
+        x, y = _read_npz(path, max_samples)
+    else:
+        x, y = _read_table(path, fmt, max_samples)
+    return fmt, _validated(x, y, num_classes)
+
+
+def _bad(message: str) -> DataError:
+    return DataError(message, field="file")
+
+
+def _read_npz(path: Path, max_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    # Read each array's .npy header first: dtype and shape are known before any data is
+    # decompressed, so object arrays and oversized arrays are refused without loading them.
+    with zipfile.ZipFile(path) as zf:
+        members = {name[: -len(".npy")]: name for name in zf.namelist()}
+        for key in ("x", "y"):
+            if key not in members:
+                found = ", ".join(sorted(members)) or "none"
+                raise _bad(f"the .npz has no array {key!r} (found: {found}); it needs 'x' (float, N x ...) "
+                           "and 'y' (integer labels, N)")
+        headers = {key: _npy_header(zf, members[key], key) for key in ("x", "y")}
+    (x_shape, x_dtype), (y_shape, y_dtype) = headers["x"], headers["y"]
+    if x_dtype.kind not in "fiu":
+        raise _bad(f"array 'x' has dtype {x_dtype}; it must be a float or integer array")
+    if y_dtype.kind == "f":
+        raise _bad(f"array 'y' has dtype {y_dtype}; labels must be an integer array (floats are refused, "
+                   "even whole numbers: save y.astype('int64'))")
+    if y_dtype.kind not in "iu":
+        raise _bad(f"array 'y' has dtype {y_dtype}; labels must be an integer array")
+    if len(x_shape) < 2:
+        raise _bad(f"array 'x' has shape {list(x_shape)}; it needs at least 2 dimensions (N, features...)")
+    if len(y_shape) != 1:
+        raise _bad(f"array 'y' has shape {list(y_shape)}; labels must be 1-D (N,)")
+    if x_shape[0] != y_shape[0]:
+        raise _bad(f"array 'x' has {x_shape[0]} samples but 'y' has {y_shape[0]}")
+    _check_count(x_shape[0], max_samples)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return npz["x"], npz["y"]
+    except ValueError as exc:  # e.g. a header that lied about the dtype
+        raise _bad(f"cannot read the .npz arrays: {exc}") from None
+
+
+def _npy_header(zf: zipfile.ZipFile, member: str, key: str) -> tuple[tuple[int, ...], np.dtype]:
+    fmt = np.lib.format
+    with zf.open(member) as f:
+        try:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, _fortran, dtype = fmt.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _fortran, dtype = fmt.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+        except ValueError as exc:
+            if "allow_pickle" in str(exc) or "object" in str(exc).lower():
+                raise _bad(f"array {key!r} holds Python objects; object arrays are refused (they are pickles)") from None
+            raise _bad(f"array {key!r} is not a readable .npy array: {exc}") from None
+    if dtype.hasobject:
+        raise _bad(f"array {key!r} holds Python objects; object arrays are refused (they are pickles)")
+    return tuple(shape), dtype
+
+
+def _read_table(path: Path, fmt: str, max_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    import pyarrow as pa  # late: only tables need pyarrow
+
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            pf = pq.ParquetFile(path)
+            _check_count(pf.metadata.num_rows, max_samples)
+            table = pf.read()
+        else:
+            import pyarrow.csv as pcsv
+
+            table = pcsv.read_csv(path)
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+        raise _bad(f"cannot read the {fmt} file: {exc}") from None
+    _check_count(table.num_rows, max_samples)
+
+    names = table.column_names
+    if LABEL_COLUMN not in names:
+        raise _bad(f"no {LABEL_COLUMN!r} column (found: {', '.join(names[:10])}"
+                   f"{', ...' if len(names) > 10 else ''})")
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise _bad(f"column names appear more than once: {', '.join(duplicated)}")
+    features = [n for n in names if n != LABEL_COLUMN]
+    if not features:
+        raise _bad(f"no feature columns besides {LABEL_COLUMN!r}")
+    if table.num_rows == 0:
+        raise _bad("the file has no rows")
+
+    label = table.column(LABEL_COLUMN)
+    if pa.types.is_floating(label.type):
+        raise _bad(f"column {LABEL_COLUMN!r} has type {label.type}; labels must be integers "
+                   "(floats are refused, even whole numbers)")
+    if not pa.types.is_integer(label.type):
+        raise _bad(f"column {LABEL_COLUMN!r} has type {label.type}; labels must be integers")
+    _check_no_nulls(label, LABEL_COLUMN)
+    for name in features:
+        column = table.column(name)
+        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+            raise _bad(f"column {name!r} has type {column.type}; every column other than "
+                       f"{LABEL_COLUMN!r} must be numeric")
+        _check_no_nulls(column, name)
+    x = np.empty((table.num_rows, len(features)), dtype=np.float32)
+    for j, name in enumerate(features):
+        x[:, j] = table.column(name).to_numpy()
+    return x, label.to_numpy()
+
+
+def _check_no_nulls(column, name: str) -> None:
+    if column.null_count:
+        first = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+        raise _bad(f"column {name!r} has {column.null_count} missing values; first at row {first}")
+
+
+def _check_count(n: int, max_samples: int) -> None:
+    if n > max_samples:
+        raise _bad(f"{n} samples is over the limit of {max_samples}")
+
+
+def _validated(x: np.ndarray, y: np.ndarray, num_classes: int | None) -> ArrayDataset:
+    n = int(y.shape[0])
+    if n == 0:
+        raise _bad("the dataset is empty (0 samples)")
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, reported below
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    finite = torch.isfinite(xt).reshape(n, -1)
+    if not bool(finite.all()):
+        bad_count = int((~finite).sum())
+        first = int((~finite).any(dim=1).nonzero()[0, 0])
+        raise _bad(f"x has {bad_count} non-finite values (NaN or infinite after conversion to float32); "
+                   f"first in sample {first}")
+    if np.issubdtype(y.dtype, np.signedinteger) and (y < 0).any():
+        first = int(np.flatnonzero(y < 0)[0])
+        raise _bad(f"labels must be >= 0; sample {first} has label {int(y[first])}")
+    top = int(y.max())
+    limit = num_classes if num_classes is not None else MAX_NUM_CLASSES
+    if top >= limit:
+        first = int(np.flatnonzero(y >= limit)[0])
+        what = f"num_classes = {num_classes}" if num_classes is not None else f"at most {MAX_NUM_CLASSES} classes"
+        raise _bad(f"labels must be below {limit} ({what}); sample {first} has label {int(y[first])}")
+    yt = torch.from_numpy(y.astype(np.int64))
+    classes = num_classes if num_classes is not None else top + 1
+    return ArrayDataset(xt, yt, classes)
+
+
+# ---- splits ----
+
+def split_train_val(ds: ArrayDataset, *, fraction: float = 0.1, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
+    """Hold out about `fraction` of `ds` per class (a class with one sample stays in train), at
+    least one sample overall. Deterministic in (ds, fraction, seed); both parts keep ds's order
+    and num_classes."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be between 0 and 1, got {fraction}")
+    if ds.num_samples < 2:
+        raise DataError(f"{ds.num_samples} sample(s) cannot be split into train and validation", field="dataset")
+    g = torch.Generator().manual_seed(_seed_of(seed, 0))
+    val_parts: list[Tensor] = []
+    leftovers: list[Tensor] = []
+    for c in torch.unique(ds.y).tolist():
+        members = (ds.y == c).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=g)]
+        k = min(math.floor(fraction * len(members) + 0.5), len(members) - 1)
+        val_parts.append(members[:k])
+        leftovers.append(members[k:])
+    val = torch.cat(val_parts)
+    if len(val) == 0:  # every class too small for its share: take one from the largest class
+        largest = max(leftovers, key=len)
+        val = largest[:1]
+    is_val = torch.zeros(ds.num_samples, dtype=torch.bool)
+    is_val[val] = True
+    return ds.subset((~is_val).nonzero().flatten()), ds.subset(is_val.nonzero().flatten())
+
+
+# ---- scaling ----
+
+class Standardizer:
+    """Per-feature (x - mean) / std, fitted on the training split only so no statistic leaks from
+    validation or test data. std is floored at 1e-6 so constant features stay finite."""
+
+    STD_FLOOR = 1e-6
+
+    def __init__(self, mean: Tensor | None = None, std: Tensor | None = None):
+        self.mean = mean
+        self.std = std
+
+    def fit(self, x: Tensor) -> "Standardizer":
+        x64 = x.to(torch.float64)
+        self.mean = x64.mean(dim=0).to(torch.float32)
+        self.std = x64.std(dim=0, unbiased=False).clamp_min(self.STD_FLOOR).to(torch.float32)
+        return self
+
+    def apply(self, x: Tensor) -> Tensor:
+        if self.mean is None or self.std is None:
+            raise RuntimeError("Standardizer.apply before fit")
+        if tuple(x.shape[1:]) != tuple(self.mean.shape):
+            raise ValueError(f"fitted on samples of shape {list(self.mean.shape)}, got {list(x.shape[1:])}")
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain (nested) lists, so it can go into JSON metadata."""
+        if self.mean is None or self.std is None:
+            raise RuntimeError("Standardizer.state_dict before fit")
+        return {"shape": list(self.mean.shape), "mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "Standardizer":
+        shape = tuple(state["shape"])
+        mean = torch.tensor(state["mean"], dtype=torch.float32).reshape(shape)
+        std = torch.tensor(state["std"], dtype=torch.float32).reshape(shape)
+        return cls(mean, std)
+
+
+# ---- batching ----
+
+def _seed_of(seed: int, epoch: int) -> int:
+    """A 63-bit generator seed from (seed, epoch): hashed, so nearby pairs give unrelated orders
+    and no arithmetic overflows for any seed."""
+    digest = hashlib.sha256(f"{seed}:{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class IndexBatcher:
+    """Yields int64 index tensors per epoch; the order is a pure function of (seed, epoch), so a
+    run resumed at epoch k sees exactly the batches an uninterrupted run would."""
+
+    def __init__(self, num_samples: int, batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False):
+        if num_samples < 0 or batch_size < 1:
+            raise ValueError(f"need num_samples >= 0 and batch_size >= 1, got {num_samples}, {batch_size}")
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def order(self, epoch: int) -> Tensor:
+        if not self.shuffle:
+            return torch.arange(self.num_samples, dtype=torch.int64)
+        g = torch.Generator().manual_seed(_seed_of(self.seed, epoch))
+        return torch.randperm(self.num_samples, generator=g, dtype=torch.int64)
+
+    def epoch(self, epoch: int) -> Iterator[Tensor]:
+        order = self.order(epoch)
+        for b in range(len(self)):
+            yield order[b * self.batch_size:(b + 1) * self.batch_size]
+
+
+__all__ = [
+    "ArrayDataset", "Builtin", "DATASETS", "DatasetReport", "IndexBatcher", "Standardizer",
+    "describe_builtin", "inspect_dataset_file", "load_builtin", "read_dataset_file", "split_train_val",
+]

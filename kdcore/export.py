@@ -1,0 +1,194 @@
+"""The student as a self-describing artifact, and its ONNX export.
+
+`save_student` writes a safetensors file whose string metadata says how to rebuild the module:
+
+    format        "kdcore.student/v1"
+    arch          registry name, e.g. "mlp"
+    arch_params   JSON, the resolved params (every default filled in)
+    input_shape   JSON list, per sample (no batch dimension)
+    num_classes   JSON int
+    parameters    JSON int, count_params(model)
+    <key>         JSON, one per entry of the caller's `metadata` ("metrics", "job_id", "spec", ...)
+
+so `load_student` needs the file alone. Every value except `format` and `arch` is JSON.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from kdcore.checkpoint import atomic_write
+from kdcore.errors import FormatError, KDError
+from kdcore.models import build_model, count_params
+
+FORMAT = "kdcore.student/v1"
+_PLAIN_KEYS = ("format", "arch")  # stored as bare strings; everything else is JSON
+_RESERVED = ("format", "arch", "arch_params", "input_shape", "num_classes", "parameters")
+ONNX_TOLERANCE = 1e-4
+
+
+def save_student(path: Path, model: nn.Module, *, metadata: dict[str, Any] | None = None) -> str:
+    """Write `model` (built by `build_model`) with its description; returns the file's sha256 hex.
+    Written atomically: readers see the previous file or the complete new one."""
+    for attr in ("arch", "arch_params", "input_shape", "num_classes"):
+        if not hasattr(model, attr):
+            raise ValueError(f"the model has no {attr!r} attribute; build it with kdcore.models.build_model")
+    header = {
+        "format": FORMAT,
+        "arch": str(model.arch),
+        "arch_params": _to_json(model.arch_params, "arch_params"),
+        "input_shape": _to_json(list(model.input_shape), "input_shape"),
+        "num_classes": _to_json(int(model.num_classes), "num_classes"),
+        "parameters": _to_json(count_params(model), "parameters"),
+    }
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str) or key in _RESERVED:
+            raise ValueError(f"metadata key {key!r} is reserved or not a string; reserved: {', '.join(_RESERVED)}")
+        header[key] = _to_json(value, key)
+
+    data = safetensors_bytes(_plain_state_dict(model), metadata=header)
+    path = Path(path)
+    with atomic_write(path) as f:
+        f.write(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_student_metadata(path: Path) -> dict[str, Any]:
+    """The decoded metadata of a student file (reads the header only). FormatError when the file is
+    not safetensors or was not written by `save_student`."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise FormatError(f"{path.name} is not a safetensors file ({exc})", field="file") from None
+    if raw.get("format") != FORMAT:
+        found = f"format {raw['format']!r}" if "format" in raw else "no kdcore metadata"
+        raise FormatError(
+            f"{path.name} is not a kdcore student file ({found}; expected format {FORMAT!r}); a plain "
+            "safetensors state dict needs its architecture given separately",
+            field="file",
+        )
+    missing = [key for key in _RESERVED if key not in raw]
+    if missing:
+        raise FormatError(f"{path.name}: student metadata lacks {', '.join(missing)}", field="file")
+    meta: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in _PLAIN_KEYS:
+            meta[key] = value
+            continue
+        try:
+            meta[key] = json.loads(value)
+        except json.JSONDecodeError:
+            raise FormatError(f"{path.name}: metadata {key!r} is not valid JSON", field="file") from None
+    return meta
+
+
+def load_student(path: Path, *, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the module from the file alone (architecture from the metadata, weights loaded
+    strictly), in eval mode on `device`."""
+    meta = read_student_metadata(path)
+    model = build_model(
+        meta["arch"], meta["arch_params"], input_shape=tuple(meta["input_shape"]), num_classes=meta["num_classes"]
+    )
+    try:
+        model.load_state_dict(load_file(str(path), device="cpu"), strict=True)
+    except RuntimeError as exc:
+        raise FormatError(f"{Path(path).name}: weights do not fit architecture {meta['arch']!r}: {exc}",
+                          field="file") from None
+    return model.to(device).eval()
+
+
+def export_onnx(model: nn.Module, path: Path, *, opset: int = 17,
+                input_shape: tuple[int, ...] | None = None) -> None:
+    """Export to ONNX (input "input", output "logits", dynamic batch axis) and check with
+    onnxruntime that it reproduces PyTorch within 1e-4 on a random batch before writing `path`.
+    `input_shape` (per sample) defaults to `model.input_shape`. The caller's model is untouched:
+    a CPU copy in eval mode is exported."""
+    import onnxruntime as ort  # late: only the export needs it
+
+    shape = tuple(input_shape if input_shape is not None else model.input_shape)
+    module = copy.deepcopy(model).cpu().eval()
+    # Own generator: exporting must not advance the global RNG of a seeded run.
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn((2, *shape), generator=generator)
+    check = torch.randn((3, *shape), generator=generator)  # another batch size: exercises the dynamic axis
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The legacy (TorchScript) exporter is chosen on purpose (onnxscript is not installed) and
+        # announces its deprecation; tracer warnings are covered by the onnxruntime check below.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            module,
+            (example,),
+            buffer,
+            dynamo=False,
+            export_params=True,
+            opset_version=opset,
+            do_constant_folding=True,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    data = buffer.getvalue()
+
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(["logits"], {"input": check.numpy()})
+    with torch.no_grad():
+        torch_out = module(check).numpy()
+    if onnx_out.shape != torch_out.shape or not np.allclose(onnx_out, torch_out, atol=ONNX_TOLERANCE, rtol=ONNX_TOLERANCE):
+        diff = float(np.abs(onnx_out - torch_out).max()) if onnx_out.shape == torch_out.shape else float("nan")
+        raise KDError(f"the ONNX export does not reproduce PyTorch (max abs difference {diff:.3g}, "
+                      f"shapes {onnx_out.shape} vs {torch_out.shape}); nothing was written")
+    with atomic_write(Path(path)) as f:
+        f.write(data)
+
+
+def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors, none sharing memory (safetensors refuses shared storage). A tensor
+    whose storage was already seen (tied weights) is stored as its own copy: `load_student`
+    rebuilds the module, whose constructor ties it again, and a strict load fills both names."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu()
+        storage = t.untyped_storage()
+        if storage.data_ptr() in seen or not t.is_contiguous() or storage.nbytes() != t.nbytes:
+            t = t.clone(memory_format=torch.contiguous_format)
+        seen.add(t.untyped_storage().data_ptr())
+        out[name] = t
+    return out
+
+
+def _to_json(value: Any, key: str) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"metadata {key!r} is not JSON-serialisable: {exc}") from None
+
+
+def _json_default(value: Any) -> Any:
+    # Tensors and numpy values (e.g. a standardizer's mean and std) become lists and numbers.
+    if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")

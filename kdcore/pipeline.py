@@ -1,0 +1,288 @@
+"""One distillation, start to finish: the function the CLI and the worker both call.
+
+Phases, in order (the names the service reports in `progress.phase`):
+  loading          read the data, fit standardisation on the training split, load the teacher
+  caching_teacher  teacher logits for the training, validation and evaluation splits
+  training         the student with the distillation loss
+  baseline         the same student from scratch (same data, budget and seed), when asked
+  evaluating       teacher, student and baseline on the evaluation split; sizes and latencies
+  exporting        student.safetensors (self-describing), student.onnx, summary.json
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdcore.data import ArrayDataset, Standardizer, load_builtin, read_dataset_file, split_indices
+from kdcore.errors import DataError, SpecError, TeacherError
+from kdcore.evaluation import evaluate, measure_latency, predict_logits
+from kdcore.export import export_onnx, save_student
+from kdcore.formats import read_safetensors_header, sniff_format
+from kdcore.models import build_model, check_input_shape, count_params, estimate_macs, resolve_arch_params
+from kdcore.spec import DistillSpec
+from kdcore.teacher_logit_cache import can_cache, compute_teacher_logits
+from kdcore.teachers import Teacher, load_teacher
+from kdcore.trainer import Callbacks, EpochMetrics, resolve_device, train
+
+PHASES = ("loading", "caching_teacher", "training", "baseline", "evaluating", "exporting")
+STUDENT_FILE = "student.safetensors"
+ONNX_FILE = "student.onnx"
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+class PipelineCallbacks(Callbacks):
+    """Trainer callbacks plus the pipeline's own: phase changes and typed events."""
+
+    def on_phase(self, phase: str) -> None: ...
+
+    def on_event(self, type: str, message: str, data: dict | None = None) -> None: ...
+
+
+@dataclass
+class Splits:
+    train: ArrayDataset
+    val: ArrayDataset
+    test: ArrayDataset | None
+    # Rows of the training source (the file or builtin split that precomputed teacher logits are
+    # aligned with) that ended up in train and, when carved out of it, in val.
+    train_rows: torch.Tensor
+    val_rows: torch.Tensor | None
+    standardizer: Standardizer | None
+
+    @property
+    def eval_name(self) -> str:
+        return "test" if self.test is not None else "validation"
+
+    @property
+    def eval_set(self) -> ArrayDataset:
+        return self.test if self.test is not None else self.val
+
+
+def load_splits(spec: DistillSpec) -> Splits:
+    """Train, validation and (optional) test splits, standardised with statistics of train only."""
+    ds = spec.dataset
+    if ds.builtin is not None:
+        parts = load_builtin(ds.builtin)
+        source, test = parts["train"], parts["test"]
+        val_given = None
+    else:
+        source = read_dataset_file(ds.train_path)
+        num_classes = source.num_classes
+        val_given = _read_split(ds.validation_path, "dataset.validation_path", source, num_classes)
+        test = _read_split(ds.test_path, "dataset.test_path", source, num_classes)
+
+    if val_given is not None:
+        train_set, val_set = source, val_given
+        train_rows, val_rows = torch.arange(source.num_samples), None
+    else:
+        train_rows, val_rows = split_indices(source.y, fraction=ds.validation_fraction,
+                                             seed=spec.hyperparameters.seed)
+        train_set, val_set = source.subset(train_rows), source.subset(val_rows)
+
+    standardizer = None
+    if ds.standardize:
+        standardizer = Standardizer.fit(train_set.x)
+        train_set, val_set = train_set.map_x(standardizer.apply), val_set.map_x(standardizer.apply)
+        test = test.map_x(standardizer.apply) if test is not None else None
+    return Splits(train_set, val_set, test, train_rows, val_rows, standardizer)
+
+
+def _read_split(path: str | None, field: str, train: ArrayDataset, num_classes: int) -> ArrayDataset | None:
+    if path is None:
+        return None
+    try:
+        split = read_dataset_file(path, num_classes=num_classes)
+    except DataError as e:
+        raise DataError(e.message, field=field) from None
+    if split.input_shape != train.input_shape:
+        raise DataError(f"input shape {list(split.input_shape)} differs from the training set's "
+                        f"{list(train.input_shape)}", field=field)
+    return split
+
+
+def check_models(spec: DistillSpec, *, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """Student architecture and parameters against the data; raises SpecError naming the field."""
+    params = resolve_arch_params(spec.student.arch, spec.student.arch_params, field="student.arch_params")
+    check_input_shape(spec.student.arch, params, input_shape, field="student.arch")
+    if spec.teacher.arch is not None:
+        tparams = resolve_arch_params(spec.teacher.arch, spec.teacher.arch_params, field="teacher.arch_params")
+        check_input_shape(spec.teacher.arch, tparams, input_shape, field="teacher.arch")
+
+
+def run_distillation(spec: DistillSpec, *, out_dir: Path, checkpoint_dir: Path | None = None,
+                     callbacks: PipelineCallbacks | None = None, export_onnx_file: bool = True,
+                     extra_metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the whole job and return the summary (also written to out_dir/summary.json)."""
+    cb = callbacks or PipelineCallbacks()
+    hp = spec.hyperparameters
+    device = resolve_device(hp.device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    cb.on_phase("loading")
+    splits = load_splits(spec)
+    input_shape, num_classes = splits.train.input_shape, splits.train.num_classes
+    check_models(spec, input_shape=input_shape, num_classes=num_classes)
+    teacher = load_teacher(spec.teacher.path, arch=spec.teacher.arch, arch_params=spec.teacher.arch_params,
+                           input_shape=input_shape, num_classes=num_classes, device=str(device))
+    _check_teacher(teacher, splits, num_classes)
+    cb.on_event("data_loaded", f"{splits.train.num_samples} training, {splits.val.num_samples} validation "
+                f"samples, input shape {list(input_shape)}, {num_classes} classes",
+                {"train": splits.train.num_samples, "validation": splits.val.num_samples,
+                 "test": None if splits.test is None else splits.test.num_samples,
+                 "input_shape": list(input_shape), "num_classes": num_classes})
+
+    # Teacher logits once, reused by every epoch of both runs and by the evaluation.
+    cb.on_phase("caching_teacher")
+    t0 = time.perf_counter()
+    cacheable = can_cache(teacher, hp)
+    train_logits = (compute_teacher_logits(teacher, splits.train.x, indices=splits.train_rows, device=device)
+                    if cacheable else None)
+    val_logits = _teacher_logits_for(teacher, splits.val, splits.val_rows, device)
+    eval_logits = (val_logits if splits.test is None
+                   else _teacher_logits_for(teacher, splits.test, None, device))
+    cb.on_event("teacher_cached" if cacheable else "teacher_live",
+                f"teacher logits cached in {time.perf_counter() - t0:.2f}s" if cacheable else
+                "teacher runs live every step (augmentation is on)",
+                {"cached": cacheable, "seconds": time.perf_counter() - t0})
+
+    cb.on_phase("training")
+    torch.manual_seed(hp.seed)
+    student = build_model(spec.student.arch, spec.student.arch_params, input_shape=input_shape,
+                          num_classes=num_classes)
+    if spec.student.init_path is not None:
+        _load_init_weights(student, spec.student.init_path)
+    history = train(student, train_set=splits.train, val_set=splits.val, hp=hp, run="student",
+                    teacher_train_logits=train_logits, live_teacher=None if cacheable else teacher,
+                    teacher_val_logits=val_logits, callbacks=cb, device=device,
+                    checkpoint_dir=None if checkpoint_dir is None else checkpoint_dir / "student").history
+
+    baseline = None
+    baseline_history: list[EpochMetrics] = []
+    if spec.baseline:
+        cb.on_phase("baseline")
+        torch.manual_seed(hp.seed)  # same initial weights as the distilled student
+        baseline = build_model(spec.student.arch, spec.student.arch_params, input_shape=input_shape,
+                               num_classes=num_classes)
+        baseline_history = train(baseline, train_set=splits.train, val_set=splits.val, hp=hp, run="baseline",
+                                 teacher_val_logits=val_logits, callbacks=cb, device=device,
+                                 checkpoint_dir=None if checkpoint_dir is None else checkpoint_dir / "baseline"
+                                 ).history
+
+    cb.on_phase("evaluating")
+    summary = _summarise(spec, splits, teacher, student, baseline, eval_logits, device)
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+
+    cb.on_phase("exporting")
+    metadata = {"spec": spec.to_dict(), "metrics": summary["student"], **(extra_metadata or {})}
+    if splits.standardizer is not None:
+        metadata["standardizer"] = splits.standardizer.state_dict()
+    student.cpu()
+    summary["student"]["sha256"] = save_student(out_dir / STUDENT_FILE, student, metadata=metadata)
+    summary["student"]["size_bytes"] = (out_dir / STUDENT_FILE).stat().st_size
+    summary["onnx"] = None
+    if export_onnx_file:
+        try:
+            export_onnx(student, out_dir / ONNX_FILE)
+            summary["onnx"] = ONNX_FILE
+        except Exception as e:  # the safetensors student stands; say why ONNX is missing
+            cb.on_event("onnx_export_failed", f"ONNX export failed: {e}", {"error": str(e)})
+    with open(out_dir / METRICS_FILE, "w") as f:
+        for m in [*history, *baseline_history]:
+            f.write(json.dumps(m.to_dict()) + "\n")
+    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _check_teacher(teacher: Teacher, splits: Splits, num_classes: int) -> None:
+    if teacher.num_classes != num_classes:
+        raise TeacherError(f"the teacher predicts {teacher.num_classes} classes but the dataset has "
+                           f"{num_classes}", field="teacher")
+    if teacher.needs_indices:
+        n = int(splits.train_rows.numel() + (0 if splits.val_rows is None else splits.val_rows.numel()))
+        teacher.check_against(n)
+
+
+def _teacher_logits_for(teacher: Teacher, split: ArrayDataset, rows: torch.Tensor | None,
+                        device: torch.device) -> torch.Tensor | None:
+    """Teacher logits for a split; None where precomputed logits do not cover it."""
+    if teacher.needs_indices and rows is None:
+        return None
+    return compute_teacher_logits(teacher, split.x, indices=rows, device=device)
+
+
+def _load_init_weights(model: torch.nn.Module, path: str) -> None:
+    if sniff_format(path) != "safetensors":
+        raise SpecError("initial student weights must be a safetensors state dict", field="student.init_path")
+    read_safetensors_header(path)
+    from safetensors.torch import load_file
+
+    state = load_file(path)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        raise SpecError(f"initial weights do not fit the student: missing {missing[:5]}, unexpected "
+                        f"{unexpected[:5]}, wrong shapes {wrong[:5]}", field="student.init_path")
+    model.load_state_dict(state, strict=True)
+
+
+def _summarise(spec: DistillSpec, splits: Splits, teacher: Teacher, student: torch.nn.Module,
+               baseline: torch.nn.Module | None, eval_logits: torch.Tensor | None,
+               device: torch.device) -> dict[str, Any]:
+    data = splits.eval_set
+    x, y = data.x, data.y
+    student_eval = evaluate(student=student, teacher_logits=eval_logits, x=x, y=y)
+    input_shape = splits.train.input_shape
+    teacher_module = getattr(teacher, "model", None)
+    student_params = count_params(student)
+    teacher_params = count_params(teacher_module) if teacher_module is not None else getattr(teacher, "parameters", None)
+    student_latency = measure_latency(student.cpu(), input_shape)
+    teacher_latency = None
+    if teacher.input_shape is not None:
+        teacher_latency = measure_latency(lambda batch: teacher.logits(batch), input_shape)
+    student_acc = student_eval["student_accuracy"]
+    result: dict[str, Any] = {
+        "evaluated_on": splits.eval_name,
+        "num_eval_samples": data.num_samples,
+        "teacher": {
+            "accuracy": student_eval.get("teacher_accuracy"),
+            "ece": student_eval.get("teacher_ece"),
+            "parameters": teacher_params,
+            "macs": estimate_macs(teacher_module, input_shape) if teacher_module is not None else None,
+            "latency_ms": None if teacher_latency is None else teacher_latency * 1e3,
+        },
+        "student": {
+            "arch": spec.student.arch,
+            "arch_params": resolve_arch_params(spec.student.arch, spec.student.arch_params),
+            "accuracy": student_acc,
+            "agreement": student_eval.get("agreement"),
+            "mean_kl": student_eval.get("mean_kl"),
+            "ece": student_eval.get("student_ece"),
+            "parameters": student_params,
+            "macs": estimate_macs(student, input_shape),
+            "latency_ms": student_latency * 1e3,
+        },
+        "baseline": None,
+        "compression": None if not teacher_params else teacher_params / student_params,
+        "speedup": None if teacher_latency is None else teacher_latency / student_latency,
+        "temperature": spec.hyperparameters.temperature,
+        "alpha": spec.hyperparameters.alpha,
+        "loss": spec.hyperparameters.loss,
+        "standardized": splits.standardizer is not None,
+    }
+    result["agreement"] = result["student"]["agreement"]
+    if baseline is not None:
+        base_eval = evaluate(student=baseline, teacher_logits=eval_logits, x=x, y=y)
+        result["baseline"] = {"accuracy": base_eval["student_accuracy"], "agreement": base_eval.get("agreement"),
+                              "mean_kl": base_eval.get("mean_kl"), "ece": base_eval.get("student_ece")}
+        result["distillation_gain"] = student_acc - base_eval["student_accuracy"]
+    return result

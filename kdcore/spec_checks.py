@@ -1,0 +1,92 @@
+"""Checks a spec against its files before anything runs: a spec that cannot run is refused when it
+is submitted, not an hour into training (KD_MATH.md: classes and input shape must agree).
+
+These functions read headers and metadata only (no training data, no weights in memory): the API
+calls them inside `POST /v1/jobs`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from kdcore.data import load_builtin
+from kdcore.errors import SpecError
+from kdcore.formats import read_safetensors_header
+from kdcore.models import build_model, check_input_shape, resolve_arch_params
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a job needs to know about its training data: per-sample shape, classes, rows."""
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+    num_samples: int
+
+
+@lru_cache(maxsize=None)
+def builtin_info(name: str) -> DataInfo:
+    """Shape, classes and training rows of a builtin dataset (generated once per process)."""
+    train = load_builtin(name)["train"]
+    return DataInfo(tuple(train.input_shape), train.num_classes, train.num_samples)
+
+
+def check_student(arch: str, arch_params: dict | None, data: DataInfo) -> dict[str, Any]:
+    """The student's resolved parameters; SpecError naming student.* when it cannot take the data."""
+    params = resolve_arch_params(arch, arch_params, field="student.arch_params")
+    check_input_shape(arch, params, data.input_shape, field="student.arch")
+    return params
+
+
+def check_state_dict_teacher(path: str, arch: str | None, arch_params: dict | None,
+                             data: DataInfo) -> dict[str, Any]:
+    """A safetensors state dict against its declared architecture, by the file's header alone:
+    the architecture is built on the meta device (no memory) and keys and shapes compared."""
+    if arch is None:
+        raise SpecError("a safetensors state-dict teacher needs its architecture", field="teacher.arch")
+    params = resolve_arch_params(arch, arch_params, field="teacher.arch_params")
+    check_input_shape(arch, params, data.input_shape, field="teacher.arch")
+    with torch.device("meta"):
+        model = build_model(arch, params, input_shape=data.input_shape, num_classes=data.num_classes)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    header = {k: tuple(v["shape"]) for k, v in read_safetensors_header(path).items() if k != "__metadata__"}
+    missing = sorted(set(expected) - set(header))
+    unexpected = sorted(set(header) - set(expected))
+    wrong = [f"{k}: file {list(header[k])}, {arch} {list(expected[k])}"
+             for k in expected if k in header and header[k] != expected[k]]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:5]}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:5]}")
+        if wrong:
+            parts.append(f"shape mismatches {wrong[:5]}")
+        raise SpecError(f"the teacher file does not match {arch} {params} with input shape "
+                        f"{list(data.input_shape)} and {data.num_classes} classes: " + "; ".join(parts),
+                        field="teacher.arch_params")
+    return params
+
+
+def check_teacher_info(info: dict[str, Any], data: DataInfo) -> None:
+    """An ONNX or precomputed-logits teacher (as described by inspect_teacher_file) against the data."""
+    classes = info.get("num_classes")
+    if classes is not None and classes != data.num_classes:
+        raise SpecError(f"the teacher predicts {classes} classes but the dataset has {data.num_classes}",
+                        field="teacher.file_id")
+    shape = info.get("input_shape")
+    if info.get("kind") == "onnx" and shape is not None:
+        declared = list(shape)
+        actual = list(data.input_shape)
+        fits = len(declared) == len(actual) and all(
+            not isinstance(d, int) or d <= 0 or d == a for d, a in zip(declared, actual))
+        if not fits:
+            raise SpecError(f"the ONNX teacher takes inputs of shape {declared} per sample but the dataset's "
+                            f"samples have shape {actual}", field="teacher.file_id")
+    if info.get("kind") == "logits" and info.get("num_samples") not in (None, data.num_samples):
+        raise SpecError(f"the precomputed logits have {info['num_samples']} rows but the training set has "
+                        f"{data.num_samples}", field="teacher.file_id")

@@ -1,0 +1,234 @@
+"""The training loop: one flat loop for both the distilled student and the from-scratch baseline.
+
+Read it top to bottom: batch by index, (teacher logits), forward, loss, backward, clip, step,
+log, and once per epoch: validate, checkpoint. Everything the outside world needs (progress rows,
+heartbeats, cancellation) comes in through `Callbacks`; kdcore knows nothing of databases.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from kdcore.checkpoint import CheckpointInfo, load_latest_checkpoint, save_checkpoint
+from kdcore.data import ArrayDataset, IndexBatcher
+from kdcore.evaluation import predict_logits
+from kdcore.losses import kd_loss
+from kdcore.schedules import lr_at
+from kdcore.spec import Hyperparameters
+from kdcore.teachers import Teacher
+
+
+class Stopped(Exception):
+    """Raised out of `train` when `Callbacks.should_stop()` said so (cancellation, lost lease)."""
+
+
+@dataclass
+class StepInfo:
+    run: str  # "student" or "baseline"
+    epoch: int  # 0-based epoch this step belongs to
+    step: int  # optimizer steps done so far in this run (1-based after the first step)
+    steps: int  # optimizer steps the run will take in all
+    loss: float
+    hard: float
+    soft: float
+    lr: float
+
+
+@dataclass
+class EpochMetrics:
+    run: str
+    epoch: int  # 1-based: "epoch 3 of 10 is done"
+    epochs: int
+    train_loss: float
+    train_hard: float
+    train_soft: float
+    train_accuracy: float
+    val_accuracy: float
+    val_agreement: float | None  # top-1 agreement with the teacher on the validation split
+    lr: float
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Callbacks:
+    """Hooks the trainer calls; the default does nothing. The worker subclasses it to write
+    progress, metric rows, events and checkpoints, and to answer `should_stop` from its heartbeat."""
+
+    def on_step(self, info: StepInfo) -> None: ...
+
+    def on_epoch_end(self, metrics: EpochMetrics) -> None: ...
+
+    def should_stop(self) -> bool:
+        return False
+
+    def on_checkpoint(self, info: CheckpointInfo) -> None: ...
+
+    def on_resume(self, *, run: str, epoch: int, skipped: list[tuple[Path, str]]) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    run: str
+    epochs_run: int  # epochs trained in this call (fewer than hp.epochs after a resume)
+    resumed_from_epoch: int  # 0 for a fresh start
+    history: list[EpochMetrics] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def train(
+    model: torch.nn.Module,
+    *,
+    train_set: ArrayDataset,
+    val_set: ArrayDataset,
+    hp: Hyperparameters,
+    run: str = "student",
+    teacher_train_logits: torch.Tensor | None = None,
+    live_teacher: Teacher | None = None,
+    teacher_val_logits: torch.Tensor | None = None,
+    callbacks: Callbacks | None = None,
+    checkpoint_dir: Path | None = None,
+    device: torch.device | None = None,
+) -> TrainResult:
+    """Train `model` in place.
+
+    With `teacher_train_logits` (the teacher-logit cache, rows aligned with `train_set`) or a
+    `live_teacher`, the loss is kd_loss(T, α, kind) from the hyperparameters; with neither it is
+    plain cross-entropy (the from-scratch baseline). When `checkpoint_dir` holds a valid
+    checkpoint the run resumes from it and ends bit-identical (on CPU) to an uninterrupted run.
+    """
+    callbacks = callbacks or Callbacks()
+    device = device or resolve_device(hp.device)
+    distil = teacher_train_logits is not None or live_teacher is not None
+    model.to(device)
+
+    x, y = train_set.x.to(device), train_set.y.to(device)
+    cached = teacher_train_logits.to(device) if teacher_train_logits is not None else None
+    batcher = IndexBatcher(train_set.num_samples, hp.batch_size, shuffle=True, seed=hp.seed)
+    steps_per_epoch = len(batcher)
+    total_steps = steps_per_epoch * hp.epochs
+    optimizer = _make_optimizer(model, hp)
+    # bf16 autocast on CUDA only; kd_loss upcasts to float32 for the soft term. CPU stays float32
+    # so that runs (and resumes) are bit-reproducible.
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
+
+    start_epoch, step = 0, 0
+    if checkpoint_dir is not None:
+        state, info, skipped = load_latest_checkpoint(checkpoint_dir, map_location=device)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng_cpu"])
+            if device.type == "cuda" and "rng_cuda" in state:
+                torch.cuda.set_rng_state(state["rng_cuda"], device)
+            start_epoch, step = int(state["epoch"]), int(state["step"])
+        if state is not None or skipped:
+            callbacks.on_resume(run=run, epoch=start_epoch, skipped=skipped)
+
+    result = TrainResult(run=run, epochs_run=0, resumed_from_epoch=start_epoch)
+    for epoch in range(start_epoch, hp.epochs):
+        started = time.perf_counter()
+        model.train()
+        sums = torch.zeros(4, dtype=torch.float64)  # loss, hard, soft, correct
+        seen = 0
+        lr = hp.learning_rate
+        for idx in batcher.epoch(epoch):
+            if callbacks.should_stop():
+                raise Stopped(f"{run}: stopped at epoch {epoch + 1}, step {step}")
+            idx = idx.to(device)
+            xb, yb = x[idx], y[idx]
+            if hp.augment == "noise":
+                xb = xb + hp.noise_std * torch.randn_like(xb)
+
+            # The teacher is frozen: eval mode and no_grad live in the Teacher itself. From the
+            # cache when inputs are not augmented; run live on the augmented batch otherwise.
+            teacher_logits = None
+            if cached is not None:
+                teacher_logits = cached[idx]
+            elif live_teacher is not None:
+                teacher_logits = live_teacher.logits(xb, idx)
+
+            lr = lr_at(step, base_lr=hp.learning_rate, schedule=hp.schedule, total_steps=total_steps,
+                       steps_per_epoch=steps_per_epoch, step_size=hp.step_size, gamma=hp.gamma)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+            if autocast is not None:
+                with autocast:
+                    logits = model(xb)
+            else:
+                logits = model(xb)
+            if distil:
+                terms = kd_loss(logits, teacher_logits, yb, temperature=hp.temperature,
+                                alpha=hp.alpha, kind=hp.loss)
+                loss, hard, soft = terms.total, terms.hard.detach(), terms.soft.detach()
+            else:
+                loss = F.cross_entropy(logits.float(), yb)
+                hard, soft = loss.detach(), torch.zeros((), device=device)
+
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if hp.grad_clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip_norm)
+            optimizer.step()
+            step += 1
+
+            n = len(idx)
+            batch = torch.stack([loss.detach() * n, hard * n, soft * n,
+                                 (logits.argmax(1) == yb).sum()]).double().cpu()
+            sums += batch
+            seen += n
+            callbacks.on_step(StepInfo(run=run, epoch=epoch, step=step, steps=total_steps,
+                                       loss=batch[0].item() / n, hard=batch[1].item() / n,
+                                       soft=batch[2].item() / n, lr=lr))
+            if not math.isfinite(batch[0].item()):
+                raise FloatingPointError(
+                    f"{run}: the loss became {batch[0].item() / n} at epoch {epoch + 1}, step {step}; "
+                    "lower the learning rate or set grad_clip_norm")
+
+        val_logits = predict_logits(model, val_set.x, device=device)
+        metrics = EpochMetrics(
+            run=run, epoch=epoch + 1, epochs=hp.epochs,
+            train_loss=sums[0].item() / seen, train_hard=sums[1].item() / seen,
+            train_soft=sums[2].item() / seen, train_accuracy=sums[3].item() / seen,
+            val_accuracy=(val_logits.argmax(1) == val_set.y).float().mean().item(),
+            val_agreement=(None if teacher_val_logits is None else
+                           (val_logits.argmax(1) == teacher_val_logits.argmax(1)).float().mean().item()),
+            lr=lr, seconds=time.perf_counter() - started,
+        )
+        result.history.append(metrics)
+        result.epochs_run += 1
+        callbacks.on_epoch_end(metrics)
+
+        if checkpoint_dir is not None:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "epoch": epoch + 1, "step": step, "rng_cpu": torch.get_rng_state()}
+            if device.type == "cuda":
+                state["rng_cuda"] = torch.cuda.get_rng_state(device)
+            callbacks.on_checkpoint(save_checkpoint(checkpoint_dir, epoch=epoch + 1, state=state))
+    model.eval()
+    return result
+
+
+def _make_optimizer(model: torch.nn.Module, hp: Hyperparameters) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if hp.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=hp.learning_rate, momentum=hp.momentum,
+                               weight_decay=hp.weight_decay, nesterov=hp.momentum > 0)
+    raise ValueError(f"unknown optimizer {hp.optimizer!r}")

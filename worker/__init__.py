@@ -1,0 +1,1 @@
+"""The Celery worker: claims jobs, drives kdcore, writes progress through jobs/."""

@@ -1,0 +1,29 @@
+"""`python -m worker`: one Celery worker process (solo pool: one job at a time, no fork after CUDA),
+with the reaper running beside it in a thread."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from celery import signals
+
+from worker.celery_app import JOBS_QUEUE, app
+from worker.reaper import start_reaper_thread
+
+
+@signals.worker_ready.connect
+def _start_reaper(**_):
+    start_reaper_thread()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app.worker_main(["worker", "--loglevel=INFO", "--pool=solo", "--concurrency=1", "-Q", JOBS_QUEUE,
+                     f"--hostname=kd-worker-{os.getpid()}@{socket.gethostname()}", "--without-gossip",
+                     "--without-mingle", "--without-heartbeat"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""The worker's Celery app, configured for jobs whose truth is the database row (ARCHITECTURE.md).
+
+- late acks + reject on worker lost: a message is acknowledged only after its task ran, so a
+  killed worker's job is delivered again; the conditional claim makes any duplicate a no-op;
+- prefetch 1 and the solo pool: one job per process (one process per GPU), and no CUDA is ever
+  initialised in a parent that forks;
+- JSON only: a message is a job id, never a pickled object.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from jobs.settings import settings
+
+JOBS_QUEUE = "kd.jobs"
+
+app = Celery("kd-worker", broker=settings.celery_broker_url, include=["worker.tasks"])
+app.conf.update(
+    task_serializer="json",
+    accept_content=["json"],
+    task_ignore_result=True,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_default_queue=JOBS_QUEUE,
+    broker_connection_retry_on_startup=True,
+    worker_send_task_events=False,
+    # Redis redelivers an unacknowledged message after this long; a job that runs longer gets a
+    # duplicate delivery, which the claim turns into a no-op.
+    broker_transport_options={"visibility_timeout": 3600},
+)

@@ -1,0 +1,262 @@
+"""Claim a job, drive kdcore, and write what happens through the fenced state machine.
+
+Every write after the claim carries this worker's attempt number: when one changes nothing, the
+lease was lost (another worker re-claimed the job) and this worker stops at once. A heartbeat
+thread extends the lease and reads the cancellation flag; the trainer asks `should_stop` at every
+step, so cancellation takes effect at the next step boundary and the last checkpoint is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs import lifecycle
+from jobs.artifact_store import ArtifactStore, LocalArtifactStore
+from jobs.db import make_engine, make_sessionmaker
+from jobs.errors import LeaseLost
+from jobs.settings import Settings, settings as process_settings
+from jobs.tables import File, Job
+from kdcore.errors import KDError
+from kdcore.pipeline import ONNX_FILE, STUDENT_FILE, SUMMARY_FILE, METRICS_FILE, PipelineCallbacks, run_distillation
+from kdcore.spec import DistillSpec
+from kdcore.trainer import Stopped
+
+log = logging.getLogger("worker")
+PROGRESS_INTERVAL_SECONDS = 1.0  # progress rows are throttled; epochs and phases always write
+ARTIFACTS = {STUDENT_FILE: "student_safetensors", ONNX_FILE: "student_onnx",
+             SUMMARY_FILE: "summary", METRICS_FILE: "metrics"}
+# Share of the progress bar each phase owns (training and baseline split what is left).
+SETUP_SHARE, FINISH_SHARE = 0.05, 0.05
+
+_sessionmakers: dict[str, sessionmaker[Session]] = {}
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _sessions(cfg: Settings) -> sessionmaker[Session]:
+    if cfg.db_url not in _sessionmakers:
+        _sessionmakers[cfg.db_url] = make_sessionmaker(make_engine(cfg.db_url))
+    return _sessionmakers[cfg.db_url]
+
+
+def run_job(job_id: str, *, cfg: Settings | None = None, store: ArtifactStore | None = None) -> str:
+    """Run one job if this worker can claim it. Returns what happened (for logs and tests):
+    not_claimed, succeeded, failed, cancelled or lease_lost."""
+    cfg = cfg or process_settings
+    store = store or LocalArtifactStore(cfg.artifacts_path)
+    sessions = _sessions(cfg)
+    with sessions() as s:
+        attempt = lifecycle.claim(s, job_id=job_id, lease_seconds=cfg.lease_seconds, worker=worker_name())
+        s.commit()
+    if attempt is None:
+        log.info("job %s: not claimed (another worker owns it, or it is finished)", job_id)
+        return "not_claimed"
+    job = JobRun(job_id, attempt, cfg=cfg, sessions=sessions, store=store)
+    return job.run()
+
+
+class JobRun(PipelineCallbacks):
+    """One attempt at one job: the pipeline's callbacks, writing through fenced updates."""
+
+    def __init__(self, job_id: str, attempt: int, *, cfg: Settings, sessions: sessionmaker[Session],
+                 store: ArtifactStore):
+        self.job_id, self.attempt, self.cfg, self.sessions, self.store = job_id, attempt, cfg, sessions, store
+        self.lease_lost = threading.Event()
+        self.cancel_requested = threading.Event()
+        self.stop_heartbeat = threading.Event()
+        self.phase = "loading"
+        self.started = time.monotonic()
+        self.last_progress = 0.0
+        self.baseline = True
+        self.epochs = 0
+
+    # --- the attempt --------------------------------------------------------------------------
+    def run(self) -> str:
+        heartbeat = threading.Thread(target=self._heartbeat_loop, name=f"heartbeat-{self.job_id}", daemon=True)
+        heartbeat.start()
+        work = self.cfg.data_dir / "work" / self.job_id
+        try:
+            spec = self._load_spec()
+            self.baseline, self.epochs = spec.baseline, spec.hyperparameters.epochs
+            self.on_event("claimed", f"attempt {self.attempt} started on {worker_name()}", {"attempt": self.attempt})
+            summary = run_distillation(spec, out_dir=work / "out", callbacks=self,
+                                       checkpoint_dir=self.store.local_path(f"jobs/{self.job_id}/checkpoints"),
+                                       extra_metadata={"job_id": self.job_id})
+            self._publish(work / "out", summary)
+            return "succeeded"
+        except (Stopped, LeaseLost):
+            return self._stopped()
+        except KDError as e:
+            return self._fail("invalid_input", str(e))
+        except Exception as e:
+            log.exception("job %s attempt %d failed", self.job_id, self.attempt)
+            return self._fail("internal_error", f"{type(e).__name__}: {e}")
+        finally:
+            self.stop_heartbeat.set()
+            heartbeat.join(timeout=5)
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _load_spec(self) -> DistillSpec:
+        with self.sessions() as s:
+            job = s.get(Job, self.job_id)
+            raw = {k: dict(v) if isinstance(v, dict) else v for k, v in job.spec.items()}
+
+            def path_of(file_id: str | None) -> str | None:
+                if file_id is None:
+                    return None
+                row = s.get(File, file_id)
+                if row is None or row.tenant_id != job.tenant_id:
+                    raise KDError(f"file {file_id} no longer exists", field="file")
+                return str(self.store.local_path(row.storage_key))
+
+        teacher, student, dataset = raw["teacher"], raw["student"], raw["dataset"]
+        teacher["path"] = path_of(teacher.pop("file_id", None))
+        student["init_path"] = path_of(student.pop("init_file_id", None))
+        for name in ("train", "validation", "test"):
+            dataset[f"{name}_path"] = path_of(dataset.pop(f"{name}_file_id", None))
+        return DistillSpec.from_dict(raw)
+
+    def _publish(self, out: Path, summary: dict[str, Any]) -> None:
+        """Artifacts to the store, then rows and success in one transaction."""
+        stored = []
+        for filename, kind in ARTIFACTS.items():
+            if (out / filename).exists():
+                obj = self.store.put_file(f"jobs/{self.job_id}/{filename}", out / filename)
+                stored.append((kind, obj))
+        with self.sessions() as s:
+            for kind, obj in stored:
+                self._fenced(lifecycle.add_artifact(s, job_id=self.job_id, attempt=self.attempt, kind=kind,
+                                                    storage_key=obj.key, bytes=obj.bytes, sha256=obj.sha256))
+            self._fenced(lifecycle.add_event(s, job_id=self.job_id, attempt=self.attempt, type="succeeded",
+                                             message=_outcome_line(summary), data=None) is not None)
+            self._fenced(lifecycle.set_progress(s, job_id=self.job_id, attempt=self.attempt,
+                                                progress={"phase": "exporting", "fraction": 1.0,
+                                                          "eta_seconds": 0.0, "epochs": self.epochs}))
+            self._fenced(lifecycle.succeed(s, job_id=self.job_id, attempt=self.attempt, result=summary))
+            s.commit()
+
+    def _stopped(self) -> str:
+        if self.lease_lost.is_set():
+            log.warning("job %s attempt %d lost its lease; stopping without further writes",
+                        self.job_id, self.attempt)
+            return "lease_lost"
+        with self.sessions() as s:
+            lifecycle.add_event(s, job_id=self.job_id, attempt=self.attempt, type="cancelled",
+                                message="cancelled at a step boundary; the last checkpoint is kept")
+            done = lifecycle.finish_cancelled(s, job_id=self.job_id, attempt=self.attempt)
+            s.commit()
+        return "cancelled" if done else "lease_lost"
+
+    def _fail(self, code: str, message: str) -> str:
+        with self.sessions() as s:
+            lifecycle.add_event(s, job_id=self.job_id, attempt=self.attempt, type="failed", message=message,
+                                data={"code": code})
+            done = lifecycle.fail(s, job_id=self.job_id, attempt=self.attempt, code=code, message=message)
+            s.commit()
+        return "failed" if done else "lease_lost"
+
+    def _heartbeat_loop(self) -> None:
+        while not self.stop_heartbeat.wait(self.cfg.heartbeat_seconds):
+            try:
+                with self.sessions() as s:
+                    beat = lifecycle.heartbeat(s, job_id=self.job_id, attempt=self.attempt,
+                                               lease_seconds=self.cfg.lease_seconds)
+                    s.commit()
+            except Exception:  # a database blip: try again next beat; the lease has slack
+                log.exception("job %s: heartbeat failed", self.job_id)
+                continue
+            if not beat.alive:
+                self.lease_lost.set()
+                return
+            if beat.cancel_requested:
+                self.cancel_requested.set()
+
+    def _fenced(self, ok: bool) -> None:
+        if not ok:
+            self.lease_lost.set()
+            raise LeaseLost(f"job {self.job_id}: attempt {self.attempt} no longer owns the job")
+
+    def _write(self, fn, **kwargs) -> None:
+        with self.sessions() as s:
+            result = fn(s, job_id=self.job_id, attempt=self.attempt, **kwargs)
+            s.commit()
+        self._fenced(result is not None and result is not False)
+
+    # --- pipeline callbacks ---------------------------------------------------------------------
+    def should_stop(self) -> bool:
+        return self.lease_lost.is_set() or self.cancel_requested.is_set()
+
+    def on_phase(self, phase: str) -> None:
+        self.phase = phase
+        self._write(lifecycle.add_event, type="phase", message=f"phase {phase}", data={"phase": phase})
+        self._progress(force=True)
+
+    def on_event(self, type: str, message: str, data: dict | None = None) -> None:
+        self._write(lifecycle.add_event, type=type, message=message, data=data)
+
+    def on_step(self, info) -> None:
+        self._progress(epoch=info.epoch + 1, step=info.step, steps=info.steps, run=info.run)
+
+    def on_epoch_end(self, m) -> None:
+        self._write(lifecycle.add_metric, run=m.run, epoch=m.epoch, values=m.to_dict())
+        self._write(lifecycle.add_event, type="epoch",
+                    message=f"{m.run} epoch {m.epoch}/{m.epochs}: loss {m.train_loss:.4f}, "
+                            f"val accuracy {m.val_accuracy:.4f}", data=m.to_dict())
+        self._progress(epoch=m.epoch, step=None, steps=None, run=m.run, force=True)
+
+    def on_checkpoint(self, info) -> None:
+        self._write(lifecycle.add_event, type="checkpoint", message=f"checkpoint after epoch {info.epoch}",
+                    data={"epoch": info.epoch, "sha256": info.sha256, "bytes": info.bytes})
+
+    def on_resume(self, *, run: str, epoch: int, skipped) -> None:
+        for path, reason in skipped:
+            self._write(lifecycle.add_event, type="checkpoint_skipped",
+                        message=f"{run}: checkpoint {Path(path).name} is damaged ({reason}); using an older one",
+                        data={"run": run, "path": Path(path).name, "reason": reason})
+        self._write(lifecycle.add_event, type="resumed", message=f"{run}: resumed after epoch {epoch}",
+                    data={"run": run, "epoch": epoch})
+
+    def _progress(self, *, epoch=None, step=None, steps=None, run=None, force=False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_progress < PROGRESS_INTERVAL_SECONDS:
+            return
+        self.last_progress = now
+        fraction = self._fraction(epoch, step, steps)
+        elapsed = now - self.started
+        eta = elapsed * (1 - fraction) / fraction if fraction > 0.02 else None
+        progress = {"phase": self.phase, "epoch": epoch, "epochs": self.epochs, "step": step, "steps": steps,
+                    "fraction": round(fraction, 4), "eta_seconds": None if eta is None else round(eta, 1)}
+        self._write(lifecycle.set_progress, progress=progress)
+
+    def _fraction(self, epoch, step, steps) -> float:
+        train_share = 1.0 - SETUP_SHARE - FINISH_SHARE
+        runs = 2 if self.baseline else 1
+        if self.phase in ("loading", "caching_teacher"):
+            return 0.0 if self.phase == "loading" else SETUP_SHARE / 2
+        if self.phase in ("evaluating", "exporting"):
+            return 1.0 - FINISH_SHARE
+        if step and steps:
+            done = step / steps
+        else:  # an epoch boundary
+            done = (epoch or 0) / max(self.epochs, 1)
+        offset = 0 if self.phase == "training" else 1
+        return SETUP_SHARE + train_share * (offset + done) / runs
+
+
+def _outcome_line(summary: dict[str, Any]) -> str:
+    s, b = summary["student"], summary.get("baseline")
+    line = f"student accuracy {s['accuracy']:.4f} on {summary['evaluated_on']}"
+    if b is not None:
+        line += f", baseline {b['accuracy']:.4f} ({100 * summary['distillation_gain']:+.1f} points)"
+    return line
