@@ -64,7 +64,7 @@ def _log_probs(student: Tensor, teacher: Tensor, temperature: float) -> tuple[Te
 @_divergence("forward_kl")
 def forward_kl(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
     """KL(P_t ‖ Q_s), teacher first: mass-covering, the default (Hinton et al. 2015)."""
-    log_p, log_q = _log_probs(student, teacher, temperature)
+    log_q, log_p = _log_probs(student, teacher, temperature)
     # kl_div(input, target) = Σ target·(log target − input): the target is the first argument of KL.
     # "batchmean" sums over classes and divides by N only; "mean" would also divide by C.
     return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
@@ -137,7 +137,9 @@ def kd_loss(
 
     if labels is None:
         if alpha != 0:
-            raise ValueError(f"labels are required when alpha > 0 (alpha={alpha}); pass alpha=0 to distil without labels")
+            raise ValueError(
+                f"labels are required when alpha > 0 (alpha={alpha}); pass alpha=0 to distil without labels"
+            )
         hard = student.new_zeros(())
     else:
         if labels.shape != student.shape[:1]:

@@ -149,12 +149,17 @@ def resolve_arch_params(
     return asdict(resolved)
 
 
-def _normalise_shape(input_shape: Any, field: str) -> tuple[int, ...]:
+def _checked_shape(entry: Architecture, arch: str, params: Any, input_shape: Any, field: str) -> tuple[int, ...]:
+    """The per-sample shape as a tuple of ints, or SpecError under `field`."""
     if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence):
         raise SpecError(f"must be a list of positive integers, got {input_shape!r}", field=field)
     if not input_shape or not all(_is_int(d) and d >= 1 for d in input_shape):
         raise SpecError(f"must be a non-empty list of positive integers, got {list(input_shape)!r}", field=field)
-    return tuple(int(d) for d in input_shape)
+    shape = tuple(int(d) for d in input_shape)
+    problem = entry.check_shape(params, shape)
+    if problem is not None:
+        raise SpecError(f"architecture {arch!r} cannot take input shape {list(shape)}: {problem}", field=field)
+    return shape
 
 
 def check_input_shape(
@@ -169,10 +174,7 @@ def check_input_shape(
     """SpecError (field=`field`) when `arch` cannot take this per-sample input shape (no batch
     dimension). Params are resolved first, so bad params raise under `params_field`."""
     entry, resolved = _resolve(arch, params, params_field, arch_field)
-    shape = _normalise_shape(input_shape, field)
-    problem = entry.check_shape(resolved, shape)
-    if problem is not None:
-        raise SpecError(f"architecture {arch!r} cannot take input shape {list(shape)}: {problem}", field=field)
+    _checked_shape(entry, arch, resolved, input_shape, field)
 
 
 def build_model(
@@ -190,12 +192,11 @@ def build_model(
     (resolved), `input_shape` and `num_classes`; it maps a float32 (N, *input_shape) batch to
     (N, num_classes) logits."""
     entry, resolved = _resolve(arch, params, field, arch_field)
-    shape = _normalise_shape(input_shape, input_field)
-    problem = entry.check_shape(resolved, shape)
-    if problem is not None:
-        raise SpecError(f"architecture {arch!r} cannot take input shape {list(shape)}: {problem}", field=input_field)
+    shape = _checked_shape(entry, arch, resolved, input_shape, input_field)
     if not _is_int(num_classes) or not 2 <= num_classes <= MAX_NUM_CLASSES:
-        raise SpecError(f"must be an integer between 2 and {MAX_NUM_CLASSES}, got {num_classes!r}", field="num_classes")
+        raise SpecError(
+            f"must be an integer between 2 and {MAX_NUM_CLASSES}, got {num_classes!r}", field="num_classes"
+        )
     model = entry.build(resolved, shape, num_classes)
     model.arch = arch
     model.arch_params = asdict(resolved)
