@@ -209,6 +209,7 @@ def _check_logits(logits: Tensor, y: Tensor) -> None:
 
 def _check_pair(a: Tensor, b: Tensor) -> None:
     if a.ndim != 2 or a.shape != b.shape:
-        raise ValueError(f"need two (N, C) logit tensors of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(f"need two (N, C) logit tensors of the same shape, "
+                         f"got {tuple(a.shape)} and {tuple(b.shape)}")
     if len(a) == 0:
         raise ValueError("no samples to evaluate")

@@ -73,9 +73,7 @@ def read_student_metadata(path: Path) -> dict[str, Any]:
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
-    except (SafetensorError, OSError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
+    except SafetensorError as exc:  # OSError (missing file, permissions) propagates as it is
         raise FormatError(f"{path.name} is not a safetensors file ({exc})", field="file") from None
     if raw.get("format") != FORMAT:
         found = f"format {raw['format']!r}" if "format" in raw else "no kdcore metadata"
@@ -136,26 +134,31 @@ def export_onnx(model: nn.Module, path: Path, *, opset: int = 17,
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        torch.onnx.export(
-            module,
-            (example,),
-            buffer,
-            dynamo=False,
-            export_params=True,
-            opset_version=opset,
-            do_constant_folding=True,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        )
+        try:
+            torch.onnx.export(
+                module,
+                (example,),
+                buffer,
+                dynamo=False,
+                export_params=True,
+                opset_version=opset,
+                do_constant_folding=True,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            )
+        except Exception as exc:  # e.g. an operator ONNX cannot express at this opset
+            reason = str(exc).split("[Caused by", 1)[0].strip()
+            raise KDError(f"ONNX export of {type(model).__name__} failed: {reason}") from exc
     data = buffer.getvalue()
 
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     (onnx_out,) = session.run(["logits"], {"input": check.numpy()})
     with torch.no_grad():
         torch_out = module(check).numpy()
-    if onnx_out.shape != torch_out.shape or not np.allclose(onnx_out, torch_out, atol=ONNX_TOLERANCE, rtol=ONNX_TOLERANCE):
-        diff = float(np.abs(onnx_out - torch_out).max()) if onnx_out.shape == torch_out.shape else float("nan")
+    same_shape = onnx_out.shape == torch_out.shape
+    if not same_shape or not np.allclose(onnx_out, torch_out, atol=ONNX_TOLERANCE, rtol=ONNX_TOLERANCE):
+        diff = float(np.abs(onnx_out - torch_out).max()) if same_shape else float("nan")
         raise KDError(f"the ONNX export does not reproduce PyTorch (max abs difference {diff:.3g}, "
                       f"shapes {onnx_out.shape} vs {torch_out.shape}); nothing was written")
     with atomic_write(Path(path)) as f:
