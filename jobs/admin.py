@@ -13,7 +13,7 @@ import sys
 
 from sqlalchemy.engine import make_url
 
-from jobs import api_keys, migrate
+from jobs import api_keys
 from jobs.db import make_engine, make_sessionmaker
 from jobs.errors import JobsError
 from jobs.settings import settings
@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     url = settings.db_url
     if args.command == "migrate":
+        from jobs import migrate  # alembic is slow to import; only this command needs it
+
         migrate.upgrade(url)
         shown = make_url(url).render_as_string(hide_password=True)
         print(f"{shown} is at the newest revision", file=sys.stderr)

@@ -33,8 +33,10 @@ PostgreSQL and SQLite and tests can move time forward. All writers must share a 
 small fraction of the lease (NTP on every machine); skew shortens or lengthens leases by that much.
 Every function accepts `now=` for tests; production code leaves it out.
 
-These functions flush nothing themselves beyond their statements and never commit: the caller
-commits once, and a heartbeat or fenced write is only effective once committed.
+These functions never commit: the caller commits once at its boundary, and a heartbeat or a
+fenced write takes effect only then. Commit right after each worker write (do not hold the
+transaction open across training): until the commit, the job row stays locked on PostgreSQL, and
+the heartbeat thread, the tenant's cancel and the reaper all wait on it.
 """
 
 from __future__ import annotations

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from sqlalchemy import Select, select, tuple_
+from sqlalchemy import Select, literal, select, tuple_
 from sqlalchemy.orm import Session
 
 from jobs.errors import NotFound
+from jobs.tables import UTCDateTime
 
 MAX_PAGE_SIZE = 100
 
@@ -30,6 +31,7 @@ def newest_first_page(session: Session, stmt: Select, model: type[Row], *, tenan
         ).one_or_none()
         if cursor is None:
             raise NotFound(f"cursor {after!r} names no row to page after")
-        stmt = stmt.where(tuple_(model.created_at, model.id) < tuple_(*cursor))
+        created_at, row_id = cursor
+        stmt = stmt.where(tuple_(model.created_at, model.id) < tuple_(literal(created_at, UTCDateTime()), row_id))
     rows = list(session.scalars(stmt.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)))
     return rows[:limit], len(rows) > limit
