@@ -30,6 +30,7 @@ from kdcore.registry import Registry
 
 MAX_DATASET_BYTES = 2 * 1024**3
 MAX_SAMPLES = 10_000_000
+MAX_DECODED_BYTES = 8 * 1024**3  # an .npz array as declared in its header, before float32 conversion
 LABEL_COLUMN = "label"
 
 
@@ -56,6 +57,10 @@ class ArrayDataset:
 
     def subset(self, indices: Tensor) -> "ArrayDataset":
         return ArrayDataset(self.x[indices], self.y[indices], self.num_classes)
+
+    def map_x(self, fn: Callable[[Tensor], Tensor]) -> "ArrayDataset":
+        """The same samples with x replaced by fn(x) (e.g. a Standardizer's apply)."""
+        return ArrayDataset(fn(self.x), self.y, self.num_classes)
 
 
 @dataclass
@@ -85,6 +90,9 @@ class Builtin:
     num_samples: dict[str, int]
     description: str = ""
 
+    def __call__(self) -> dict[str, ArrayDataset]:
+        return self.load()
+
     def describe(self) -> dict[str, Any]:
         return {"input_shape": list(self.input_shape), "num_classes": self.num_classes,
                 "num_samples": dict(self.num_samples), "description": self.description}
@@ -93,14 +101,14 @@ class Builtin:
 DATASETS: Registry[Builtin] = Registry("dataset")
 
 
-def _mnist1d() -> dict[str, ArrayDataset]:
+def _mnist1d(num_samples: int = 5000) -> dict[str, ArrayDataset]:
     # mnist1d's own defaults, pinned here: 5000 samples, 80/20 split, seed 42. make_dataset seeds
     # numpy's and Python's global RNGs, so their state is put back afterwards. Never get_dataset:
-    # it downloads a pickle.
+    # it downloads a pickle. (num_samples exists for tests: generation takes seconds.)
     from mnist1d.data import get_dataset_args, make_dataset  # late: pulls in scipy and matplotlib
 
     args = get_dataset_args()
-    args.seed, args.num_samples, args.train_split = 42, 5000, 0.8
+    args.seed, args.num_samples, args.train_split = 42, num_samples, 0.8
     np_state, py_state = np.random.get_state(), random.getstate()
     try:
         data = make_dataset(args)
@@ -212,6 +220,10 @@ def _read_npz(path: Path, max_samples: int) -> tuple[np.ndarray, np.ndarray]:
     if x_shape[0] != y_shape[0]:
         raise _bad(f"array 'x' has {x_shape[0]} samples but 'y' has {y_shape[0]}")
     _check_count(x_shape[0], max_samples)
+    for key, (shape, dtype) in headers.items():
+        declared = math.prod(shape) * dtype.itemsize
+        if declared > MAX_DECODED_BYTES:
+            raise _bad(f"array {key!r} declares {declared} bytes, over the {MAX_DECODED_BYTES} byte limit")
     try:
         with np.load(path, allow_pickle=False) as npz:
             return npz["x"], npz["y"]
@@ -232,7 +244,8 @@ def _npy_header(zf: zipfile.ZipFile, member: str, key: str) -> tuple[tuple[int, 
                 raise ValueError(f"unsupported .npy version {version}")
         except ValueError as exc:
             if "allow_pickle" in str(exc) or "object" in str(exc).lower():
-                raise _bad(f"array {key!r} holds Python objects; object arrays are refused (they are pickles)") from None
+                raise _bad(f"array {key!r} holds Python objects; object arrays are refused "
+                           "(they are pickles)") from None
             raise _bad(f"array {key!r} is not a readable .npy array: {exc}") from None
     if dtype.hasobject:
         raise _bad(f"array {key!r} holds Python objects; object arrays are refused (they are pickles)")
@@ -328,30 +341,36 @@ def _validated(x: np.ndarray, y: np.ndarray, num_classes: int | None) -> ArrayDa
 
 # ---- splits ----
 
-def split_train_val(ds: ArrayDataset, *, fraction: float = 0.1, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
-    """Hold out about `fraction` of `ds` per class (a class with one sample stays in train), at
-    least one sample overall. Deterministic in (ds, fraction, seed); both parts keep ds's order
-    and num_classes."""
+def split_indices(y: Tensor, *, fraction: float = 0.1, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """(train_rows, val_rows), sorted int64 indices into `y`. About `fraction` of each class goes
+    to validation (a class with one sample stays in train), at least one sample overall.
+    A pure function of (y, fraction, seed)."""
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be between 0 and 1, got {fraction}")
-    if ds.num_samples < 2:
-        raise DataError(f"{ds.num_samples} sample(s) cannot be split into train and validation", field="dataset")
-    g = torch.Generator().manual_seed(_seed_of(seed, 0))
+    n = int(y.shape[0])
+    if n < 2:
+        raise DataError(f"{n} sample(s) cannot be split into train and validation", field="dataset")
+    g = torch.Generator().manual_seed(_seed_of("split", seed))
     val_parts: list[Tensor] = []
     leftovers: list[Tensor] = []
-    for c in torch.unique(ds.y).tolist():
-        members = (ds.y == c).nonzero().flatten()
+    for c in torch.unique(y).tolist():
+        members = (y == c).nonzero().flatten()
         members = members[torch.randperm(len(members), generator=g)]
         k = min(math.floor(fraction * len(members) + 0.5), len(members) - 1)
         val_parts.append(members[:k])
         leftovers.append(members[k:])
     val = torch.cat(val_parts)
     if len(val) == 0:  # every class too small for its share: take one from the largest class
-        largest = max(leftovers, key=len)
-        val = largest[:1]
-    is_val = torch.zeros(ds.num_samples, dtype=torch.bool)
+        val = max(leftovers, key=len)[:1]
+    is_val = torch.zeros(n, dtype=torch.bool)
     is_val[val] = True
-    return ds.subset((~is_val).nonzero().flatten()), ds.subset(is_val.nonzero().flatten())
+    return (~is_val).nonzero().flatten(), is_val.nonzero().flatten()
+
+
+def split_train_val(ds: ArrayDataset, *, fraction: float = 0.1, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
+    """`split_indices` applied to a dataset; both parts keep ds's order and num_classes."""
+    train_rows, val_rows = split_indices(ds.y, fraction=fraction, seed=seed)
+    return ds.subset(train_rows), ds.subset(val_rows)
 
 
 # ---- scaling ----
@@ -366,11 +385,13 @@ class Standardizer:
         self.mean = mean
         self.std = std
 
-    def fit(self, x: Tensor) -> "Standardizer":
+    @classmethod
+    def fit(cls, x: Tensor) -> "Standardizer":
+        """A new Standardizer with the statistics of `x` (pass the training split only)."""
         x64 = x.to(torch.float64)
-        self.mean = x64.mean(dim=0).to(torch.float32)
-        self.std = x64.std(dim=0, unbiased=False).clamp_min(self.STD_FLOOR).to(torch.float32)
-        return self
+        mean = x64.mean(dim=0).to(torch.float32)
+        std = x64.std(dim=0, unbiased=False).clamp_min(cls.STD_FLOOR).to(torch.float32)
+        return cls(mean, std)
 
     def apply(self, x: Tensor) -> Tensor:
         if self.mean is None or self.std is None:
@@ -395,10 +416,10 @@ class Standardizer:
 
 # ---- batching ----
 
-def _seed_of(seed: int, epoch: int) -> int:
-    """A 63-bit generator seed from (seed, epoch): hashed, so nearby pairs give unrelated orders
-    and no arithmetic overflows for any seed."""
-    digest = hashlib.sha256(f"{seed}:{epoch}".encode()).digest()
+def _seed_of(*parts: object) -> int:
+    """A 63-bit generator seed from e.g. ("batches", seed, epoch): hashed, so nearby inputs give
+    unrelated orders and no arithmetic overflows for any seed."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
@@ -424,7 +445,7 @@ class IndexBatcher:
     def order(self, epoch: int) -> Tensor:
         if not self.shuffle:
             return torch.arange(self.num_samples, dtype=torch.int64)
-        g = torch.Generator().manual_seed(_seed_of(self.seed, epoch))
+        g = torch.Generator().manual_seed(_seed_of("batches", self.seed, epoch))
         return torch.randperm(self.num_samples, generator=g, dtype=torch.int64)
 
     def epoch(self, epoch: int) -> Iterator[Tensor]:
@@ -435,5 +456,6 @@ class IndexBatcher:
 
 __all__ = [
     "ArrayDataset", "Builtin", "DATASETS", "DatasetReport", "IndexBatcher", "Standardizer",
-    "describe_builtin", "inspect_dataset_file", "load_builtin", "read_dataset_file", "split_train_val",
+    "describe_builtin", "inspect_dataset_file", "load_builtin", "read_dataset_file", "split_indices",
+    "split_train_val",
 ]

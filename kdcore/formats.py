@@ -105,7 +105,7 @@ def sniff_format(path: str | os.PathLike, *, purpose: str | None = None) -> str:
     if _looks_like_safetensors(head, size):
         read_safetensors_header(path)
         return "safetensors"
-    if _is_old_pickle(path, size):
+    if tail.endswith(b".") and _is_old_pickle(path, size):
         raise _refuse(f"a Python pickle stream (protocol 0/1); {_PICKLE_WHY}", purpose)
     if _looks_like_csv(path):
         return "csv"
@@ -164,8 +164,6 @@ def _is_old_pickle(path: Path, size: int) -> bool:
     if size > MAX_PICKLE_SCAN:
         return False
     data = path.read_bytes()
-    if not data.endswith(b"."):
-        return False
     try:
         last = None
         for _opcode, _arg, pos in pickletools.genops(io.BytesIO(data)):
