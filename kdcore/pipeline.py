@@ -242,7 +242,7 @@ def _summarise(spec: DistillSpec, splits: Splits, teacher: Teacher, student: tor
     x, y = data.x, data.y
     student_eval = evaluate(student=student, teacher_logits=eval_logits, x=x, y=y)
     input_shape = splits.train.input_shape
-    teacher_module = getattr(teacher, "model", None)
+    teacher_module = getattr(teacher, "module", None)
     student_params = count_params(student)
     teacher_params = count_params(teacher_module) if teacher_module is not None else getattr(teacher, "parameters", None)
     student_latency = measure_latency(student.cpu(), input_shape)

@@ -8,12 +8,11 @@ calls them inside `POST /v1/jobs`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import torch
 
-from kdcore.data import load_builtin
+from kdcore.data import describe_builtin
 from kdcore.errors import SpecError
 from kdcore.formats import read_safetensors_header
 from kdcore.models import build_model, check_input_shape, resolve_arch_params
@@ -28,11 +27,10 @@ class DataInfo:
     num_samples: int
 
 
-@lru_cache(maxsize=None)
 def builtin_info(name: str) -> DataInfo:
-    """Shape, classes and training rows of a builtin dataset (generated once per process)."""
-    train = load_builtin(name)["train"]
-    return DataInfo(tuple(train.input_shape), train.num_classes, train.num_samples)
+    """Shape, classes and training rows of a builtin dataset, from its registry entry (no generation)."""
+    d = describe_builtin(name)
+    return DataInfo(tuple(d["input_shape"]), d["num_classes"], d["num_samples"]["train"])
 
 
 def check_student(arch: str, arch_params: dict | None, data: DataInfo) -> dict[str, Any]:

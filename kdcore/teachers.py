@@ -157,6 +157,8 @@ class OnnxTeacher:
 
         model = read_onnx_model(path)
         self.deterministic = not any(node.op_type in _ONNX_RANDOM_OPS for node in model.graph.node)
+        # Weights stored in the graph (what the service's compression ratio compares).
+        self.parameters = sum(math.prod(init.dims) for init in model.graph.initializer)
         options = ort.SessionOptions()
         options.log_severity_level = 3
         try:

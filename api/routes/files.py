@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -44,7 +43,7 @@ async def upload_file(request: Request, session: SessionDep, tenant: TenantDep, 
         if purpose not in {p.value for p in Purpose}:
             raise Problem(422, f"must be one of {', '.join(p.value for p in Purpose)}", field="purpose")
         fmt, info = await run_in_threadpool(inspect_upload, upload.path, purpose)
-        file_id = "file_" + secrets.token_hex(12)
+        file_id = files_repo.new_file_id()
         key = f"files/{tenant.id}/{file_id}"
         await run_in_threadpool(store.put_file, key, upload.path)
     finally:
@@ -66,7 +65,7 @@ def list_files(session: SessionDep, tenant: TenantDep,
                after: Annotated[str | None, Query(description="id of the last file of the previous page")] = None,
                purpose: Purpose | None = None) -> FileList:
     """List files, newest first."""
-    rows, has_more = files_repo.list(session, tenant_id=tenant.id, limit=limit, after=after,
+    rows, has_more = files_repo.list_files(session, tenant_id=tenant.id, limit=limit, after=after,
                                      purpose=purpose.value if purpose else None)
     return FileList(data=[FileOut.from_row(r) for r in rows], has_more=has_more)
 

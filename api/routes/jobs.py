@@ -30,9 +30,12 @@ async def create_job(body: JobCreate, request: Request, session: SessionDep, ten
     session.commit()  # the row is the truth: commit before the broker can wake a worker
     try:
         request.app.state.enqueuer.enqueue_job(row.id)
+        lifecycle.mark_enqueued(session, job_id=row.id)
+        session.commit()
     except Exception:  # the reaper enqueues it again after KD_QUEUED_REQUEUE_AFTER
         log.exception("could not enqueue %s; the reaper will retry", row.id)
-    return JobOut.from_row(row)
+        session.rollback()
+    return JobOut.from_row(jobs_repo.get(session, tenant_id=tenant.id, job_id=row.id))
 
 
 @router.get("", response_model=JobList)
@@ -41,7 +44,7 @@ def list_jobs(session: SessionDep, tenant: TenantDep,
               after: Annotated[str | None, Query(description="id of the last job of the previous page")] = None,
               status: Status | None = None) -> JobList:
     """List jobs, newest first."""
-    rows, has_more = jobs_repo.list(session, tenant_id=tenant.id, limit=limit, after=after,
+    rows, has_more = jobs_repo.list_jobs(session, tenant_id=tenant.id, limit=limit, after=after,
                                     status=status.value if status else None)
     return JobList(data=[JobOut.from_row(r) for r in rows], has_more=has_more)
 
@@ -63,18 +66,16 @@ def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
 @router.get("/{job_id}/events", response_model=EventList)
 def list_events(job_id: str, session: SessionDep, tenant: TenantDep,
                 after: Annotated[int, Query(ge=0, description="last event id seen; 0 from the start")] = 0,
-                limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> EventList:
+                limit: Annotated[int, Query(ge=1, le=999)] = 100) -> EventList:
     """The job's events in order, from after `after`."""
-    job = jobs_repo.get(session, tenant_id=tenant.id, job_id=job_id)
-    rows, has_more = jobs_repo.events(session, job_id=job.id, after_seq=after, limit=limit)
-    return EventList(data=[EventOut.from_row(r) for r in rows], has_more=has_more)
+    rows = jobs_repo.events(session, tenant_id=tenant.id, job_id=job_id, after_seq=after, limit=limit + 1)
+    return EventList(data=[EventOut.from_row(r) for r in rows[:limit]], has_more=len(rows) > limit)
 
 
 @router.get("/{job_id}/metrics", response_model=MetricList)
 def list_metrics(job_id: str, session: SessionDep, tenant: TenantDep) -> MetricList:
     """One row per epoch and run (student, baseline)."""
-    job = jobs_repo.get(session, tenant_id=tenant.id, job_id=job_id)
-    rows = jobs_repo.metrics(session, job_id=job.id)
+    rows = jobs_repo.metrics(session, tenant_id=tenant.id, job_id=job_id)
     return MetricList(data=[MetricOut(run=r.run, epoch=r.epoch, values=r.values) for r in rows])
 
 
@@ -89,7 +90,8 @@ def download_student(job_id: str, session: SessionDep, tenant: TenantDep, store:
         raise Problem(409, f"the job is {job.status}; the student can be downloaded once it has succeeded",
                       slug="conflict")
     kind, filename = STUDENT_ARTIFACTS[format]
-    artifact = next((a for a in jobs_repo.artifacts(session, job_id=job.id) if a.kind == kind), None)
+    artifact = next((a for a in jobs_repo.artifacts(session, tenant_id=tenant.id, job_id=job.id)
+                     if a.kind == kind), None)
     if artifact is None:
         raise Problem(404, f"this job has no {format} student (the ONNX export may have failed: see its "
                            "events)", slug="not-found")
