@@ -112,8 +112,8 @@ def start_worker(env: dict, log_path: Path) -> Proc:
     return proc
 
 
-@pytest.fixture
-def digits_teacher(tmp_path) -> tuple[Path, dict]:
+@pytest.fixture(scope="session")
+def digits_teacher(tmp_path_factory) -> tuple[Path, dict]:
     """A small MLP teacher trained on the builtin digits split, saved as a safetensors state dict."""
     import torch
     from safetensors.torch import save_file
@@ -130,7 +130,7 @@ def digits_teacher(tmp_path) -> tuple[Path, dict]:
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(train.x), train.y).backward()
         opt.step()
-    path = tmp_path / "teacher.safetensors"
+    path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path, {"arch": "mlp", "arch_params": params}
 

@@ -1,0 +1,115 @@
+"""A real Celery worker process (`python -m worker`) on PostgreSQL and Redis runs submitted jobs:
+success with every artifact and row, cancellation of a running job, and duplicate deliveries."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import pytest
+import torch
+
+from kdcore import load_builtin, load_student
+from tests.conftest import API_KEY, service_env, start_worker, upload
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def worker(settings, tmp_path):
+    env = service_env(database_url=settings.db_url, broker_url=settings.celery_broker_url,
+                      data_dir=settings.data_dir, api_key=API_KEY, KD_HEARTBEAT_SECONDS="0.5",
+                      KD_LEASE_SECONDS="10", KD_REAPER_INTERVAL="2")
+    proc = start_worker(env, tmp_path / "worker.log")
+    yield proc
+    proc.stop()
+
+
+def submit(client, teacher, **hyper) -> dict:
+    path, arch = teacher
+    tid = upload(client, path, "teacher").json()["id"]
+    body = {"teacher": {"file_id": tid, **arch}, "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}},
+            "dataset": {"builtin": "digits", "standardize": True},
+            "hyperparameters": {"epochs": 3, "learning_rate": 0.01, **hyper}}
+    resp = client.post("/v1/jobs", json=body)
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def wait_for(client, job_id, predicate, timeout=180, worker=None) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if predicate(job):
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} stuck: {job}\n{worker.output()[-3000:] if worker else ''}")
+
+
+def test_a_job_runs_to_success_with_every_artifact(client, worker, digits_teacher):
+    job = submit(client, digits_teacher)
+    job = wait_for(client, job["id"], lambda j: j["status"] in ("succeeded", "failed"), worker=worker)
+    assert job["status"] == "succeeded", job
+    assert job["attempt"] == 1 and job["progress"]["fraction"] == 1.0
+    result = job["result"]
+    assert result["evaluated_on"] == "test"
+    assert result["teacher"]["accuracy"] > 0.9
+    assert 0.1 < result["student"]["accuracy"] <= 1 and 0 <= result["baseline"]["accuracy"] <= 1
+    assert result["distillation_gain"] == pytest.approx(result["student"]["accuracy"] - result["baseline"]["accuracy"])
+    assert result["compression"] == pytest.approx(result["teacher"]["parameters"] / result["student"]["parameters"])
+
+    metrics = client.get(f"/v1/jobs/{job['id']}/metrics").json()["data"]
+    assert sorted((m["run"], m["epoch"]) for m in metrics) == [(r, e) for r in ("baseline", "student") for e in (1, 2, 3)]
+    events = client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 500}).json()["data"]
+    assert [e["id"] for e in events] == list(range(1, len(events) + 1))
+    phases = [e["data"]["phase"] for e in events if e["type"] == "phase"]
+    assert phases == ["loading", "caching_teacher", "training", "baseline", "evaluating", "exporting"]
+    assert events[-1]["type"] == "status" and events[-1]["data"]["status"] == "succeeded"
+
+    student = client.get(f"/v1/jobs/{job['id']}/student")
+    assert student.status_code == 200
+    assert student.headers["etag"] == f'"{hashlib.sha256(student.content).hexdigest()}"'
+    path = worker.log_path.parent / "student.safetensors"
+    path.write_bytes(student.content)
+    model = load_student(path)
+    test = load_builtin("digits")["test"]
+    from kdcore.data import Standardizer
+    from kdcore.export import read_student_metadata
+
+    std = Standardizer.from_state_dict(read_student_metadata(path)["standardizer"])
+    with torch.no_grad():
+        acc = (model(std.apply(test.x)).argmax(1) == test.y).float().mean().item()
+    assert acc == pytest.approx(result["student"]["accuracy"])
+    onnx = client.get(f"/v1/jobs/{job['id']}/student", params={"format": "onnx"})
+    assert onnx.status_code == 200 and onnx.content[:1] == b"\x08"
+
+
+def test_cancelling_a_running_job_stops_it_and_keeps_its_checkpoint(client, worker, settings, digits_teacher):
+    job = submit(client, digits_teacher, epochs=500, batch_size=16)
+    wait_for(client, job["id"], lambda j: j["status"] == "running" and (j["progress"]["epoch"] or 0) >= 2,
+             worker=worker)
+    resp = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert resp.status_code == 200 and resp.json()["status"] in ("cancelling", "cancelled")
+    t0 = time.monotonic()
+    job = wait_for(client, job["id"], lambda j: j["status"] == "cancelled", timeout=30, worker=worker)
+    assert time.monotonic() - t0 < 15
+    assert job["finished_at"] is not None
+    checkpoints = list((settings.artifacts_path / "jobs" / job["id"] / "checkpoints").rglob("*.kdckpt"))
+    assert checkpoints, "the last checkpoint must be kept"
+    assert client.get(f"/v1/jobs/{job['id']}/student").status_code == 409
+
+
+def test_a_duplicate_delivery_trains_nothing(client, worker, digits_teacher):
+    from api.enqueue import Enqueuer
+
+    job = submit(client, digits_teacher, epochs=2)
+    Enqueuer(client.app.state.settings.celery_broker_url).enqueue_job(job["id"])  # the same message again
+    job = wait_for(client, job["id"], lambda j: j["status"] == "succeeded", worker=worker)
+    worker.wait_for_output("not claimed", timeout=60)
+    job = client.get(f"/v1/jobs/{job['id']}").json()
+    assert job["attempt"] == 1
+    metrics = client.get(f"/v1/jobs/{job['id']}/metrics").json()["data"]
+    assert len(metrics) == 4
+    claims = [e for e in client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 500}).json()["data"]
+              if e["type"] == "claimed"]
+    assert len(claims) == 1
