@@ -12,8 +12,11 @@ class Enqueuer:
     def __init__(self, broker_url: str):
         self.app = Celery("kd-api", broker=broker_url, set_as_current=False)
         self.app.conf.update(task_serializer="json", accept_content=["json"],
-                             broker_connection_retry_on_startup=True,
-                             broker_transport_options={"max_retries": 2})
+                             broker_connection_retry_on_startup=True)
+        if broker_url.startswith(("redis://", "rediss://")):
+            # Fail a publish within seconds when Redis is down (the reaper enqueues it later)
+            # instead of holding the request; the SQLAlchemy transport takes no such option.
+            self.app.conf.broker_transport_options = {"max_retries": 2}
 
     def enqueue_job(self, job_id: str) -> None:
         """Publish the job id; the database row (already committed) is the truth."""

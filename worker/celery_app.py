@@ -26,7 +26,9 @@ app.conf.update(
     task_default_queue=JOBS_QUEUE,
     broker_connection_retry_on_startup=True,
     worker_send_task_events=False,
-    # Redis redelivers an unacknowledged message after this long; a job that runs longer gets a
-    # duplicate delivery, which the claim turns into a no-op.
-    broker_transport_options={"visibility_timeout": 3600},
 )
+if settings.celery_broker_url.startswith(("redis://", "rediss://")):
+    # Redis redelivers an unacknowledged message after this long; a job that runs longer gets a
+    # duplicate delivery, which the claim turns into a no-op. (The SQLAlchemy transport of the
+    # embedded mode passes transport options to create_engine, so they are Redis-only.)
+    app.conf.broker_transport_options = {"visibility_timeout": 3600}

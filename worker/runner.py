@@ -19,12 +19,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import lifecycle
+from jobs import jobs_repo, lifecycle
 from jobs.artifact_store import ArtifactStore, LocalArtifactStore
 from jobs.db import make_engine, make_sessionmaker
 from jobs.errors import LeaseLost
 from jobs.settings import Settings, settings as process_settings
-from jobs.tables import File, Job
+from jobs.tables import File
 from kdcore.errors import KDError
 from kdcore.pipeline import ONNX_FILE, STUDENT_FILE, SUMMARY_FILE, METRICS_FILE, PipelineCallbacks, run_distillation
 from kdcore.spec import DistillSpec
@@ -109,7 +109,7 @@ class JobRun(PipelineCallbacks):
 
     def _load_spec(self) -> DistillSpec:
         with self.sessions() as s:
-            job = s.get(Job, self.job_id)
+            job = jobs_repo.load_for_worker(s, job_id=self.job_id)
             raw = {k: dict(v) if isinstance(v, dict) else v for k, v in job.spec.items()}
 
             def path_of(file_id: str | None) -> str | None:
@@ -138,7 +138,7 @@ class JobRun(PipelineCallbacks):
             for kind, obj in stored:
                 self._fenced(lifecycle.add_artifact(s, job_id=self.job_id, attempt=self.attempt, kind=kind,
                                                     storage_key=obj.key, bytes=obj.bytes, sha256=obj.sha256))
-            self._fenced(lifecycle.add_event(s, job_id=self.job_id, attempt=self.attempt, type="succeeded",
+            self._fenced(lifecycle.add_event(s, job_id=self.job_id, attempt=self.attempt, type="result",
                                              message=_outcome_line(summary), data=None) is not None)
             self._fenced(lifecycle.set_progress(s, job_id=self.job_id, attempt=self.attempt,
                                                 progress={"phase": "exporting", "fraction": 1.0,
@@ -152,16 +152,14 @@ class JobRun(PipelineCallbacks):
                         self.job_id, self.attempt)
             return "lease_lost"
         with self.sessions() as s:
-            lifecycle.add_event(s, job_id=self.job_id, attempt=self.attempt, type="cancelled",
-                                message="cancelled at a step boundary; the last checkpoint is kept")
+            lifecycle.add_event(s, job_id=self.job_id, attempt=self.attempt, type="stopped",
+                                message="stopped at a step boundary; the last checkpoint is kept")
             done = lifecycle.finish_cancelled(s, job_id=self.job_id, attempt=self.attempt)
             s.commit()
         return "cancelled" if done else "lease_lost"
 
     def _fail(self, code: str, message: str) -> str:
         with self.sessions() as s:
-            lifecycle.add_event(s, job_id=self.job_id, attempt=self.attempt, type="failed", message=message,
-                                data={"code": code})
             done = lifecycle.fail(s, job_id=self.job_id, attempt=self.attempt, code=code, message=message)
             s.commit()
         return "failed" if done else "lease_lost"

@@ -1,0 +1,93 @@
+"""The whole lifecycle over HTTP against real processes (`python -m api` under uvicorn and
+`python -m worker`), on the production stack (PostgreSQL + Redis) and on the embedded default
+(SQLite + the SQLAlchemy broker transport: nothing to install)."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import sys
+import time
+
+import httpx
+import pytest
+
+from jobs.migrate import upgrade
+from tests.conftest import Proc, service_env, start_worker
+
+pytestmark = pytest.mark.slow
+KEY = "kd_e2e_" + "e" * 40
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(params=["production", "embedded"])
+def stack(request, tmp_path):
+    data = tmp_path / "data"
+    if request.param == "production":
+        db = request.getfixturevalue("clean_pg")
+        broker = request.getfixturevalue("redis_url")
+    else:
+        db, broker = f"sqlite:///{data}/kd.sqlite3", f"sqla+sqlite:///{data}/broker.sqlite3"
+        data.mkdir(parents=True)
+        upgrade(db)
+    port = free_port()
+    env = service_env(database_url=db, broker_url=broker, data_dir=data, api_key=KEY,
+                      KD_API_PORT=str(port), KD_HEARTBEAT_SECONDS="0.5", KD_LEASE_SECONDS="10")
+    worker = start_worker(env, tmp_path / "worker.log")
+    api = Proc([sys.executable, "-m", "api"], env, tmp_path / "api.log")
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or api.popen.poll() is not None:
+            raise RuntimeError(api.output())
+        time.sleep(0.3)
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as client:
+        yield client, worker, api
+    api.stop()
+    worker.stop()
+
+
+def test_upload_submit_watch_download(stack, digits_teacher):
+    client, worker, api = stack
+    assert client.get("/readyz").json()["status"] == "ready"
+    path, arch = digits_teacher
+    with open(path, "rb") as f:
+        up = client.post("/v1/files", files={"file": ("teacher.safetensors", f)}, data={"purpose": "teacher"})
+    assert up.status_code == 201, up.text
+    job = client.post("/v1/jobs", json={
+        "teacher": {"file_id": up.json()["id"], **arch},
+        "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}},
+        "dataset": {"builtin": "digits", "standardize": True},
+        "hyperparameters": {"epochs": 3, "learning_rate": 0.01}})
+    assert job.status_code == 201, job.text
+    job_id = job.json()["id"]
+
+    seen_statuses, fractions = [], []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        state = client.get(f"/v1/jobs/{job_id}").json()
+        seen_statuses.append(state["status"])
+        fractions.append(state["progress"]["fraction"])
+        if state["status"] in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(0.25)
+    assert state["status"] == "succeeded", (state, worker.output()[-3000:])
+    assert fractions == sorted(fractions), "progress never goes backwards"
+    assert state["result"]["student"]["accuracy"] > 0.1 and state["result"]["baseline"] is not None
+
+    student = client.get(f"/v1/jobs/{job_id}/student")
+    assert student.headers["etag"] == f'"{hashlib.sha256(student.content).hexdigest()}"'
+    tail = client.get(f"/v1/jobs/{job_id}/student", headers={"Range": "bytes=100-"})
+    assert tail.status_code == 206 and tail.content == student.content[100:]
+    assert len(client.get(f"/v1/jobs/{job_id}/metrics").json()["data"]) == 6
+    assert "Traceback" not in client.get("/v1/jobs/job_nope").text

@@ -1,0 +1,278 @@
+"""One distillation start to finish (kdcore.pipeline.run_distillation) on the builtin digits data,
+with each kind of teacher file, standardisation and uploaded dataset files."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import kdcore
+from kdcore.data import Standardizer, load_builtin, split_indices
+from kdcore.errors import DataError, TeacherError
+from kdcore.evaluation import accuracy, predict_logits
+from kdcore.export import read_student_metadata
+from kdcore.models import build_model, count_params
+from kdcore.pipeline import PHASES, PipelineCallbacks, load_splits, run_distillation
+from kdcore.spec import DistillSpec
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
+                                        "ignore::torch.jit.TracerWarning")
+
+TEACHER_PARAMS = {"hidden_sizes": [64]}
+STUDENT = {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}}
+FAST = {"epochs": 2, "learning_rate": 0.01, "device": "cpu"}
+
+
+def train_digits_teacher(num_classes: int = 10) -> torch.nn.Module:
+    """An mlp [64] trained for 50 full-batch Adam steps on the builtin digits train split (~95 %)."""
+    train = load_builtin("digits")["train"]
+    y = train.y % num_classes
+    torch.manual_seed(0)
+    model = build_model("mlp", TEACHER_PARAMS, input_shape=(64,), num_classes=num_classes)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(50):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(train.x), y).backward()
+        opt.step()
+    return model.eval()
+
+
+def save_state_dict(model: torch.nn.Module, path: Path) -> Path:
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def teacher_model() -> torch.nn.Module:
+    return train_digits_teacher()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, teacher_model) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("teachers")
+    out = {"state_dict": save_state_dict(teacher_model, d / "teacher.safetensors")}
+    x = torch.zeros(1, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(teacher_model, x, str(d / "teacher.onnx"), dynamo=False, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    out["onnx"] = d / "teacher.onnx"
+    train = load_builtin("digits")["train"]  # the builtin split in its original order
+    np.savez(d / "logits.npz", logits=predict_logits(teacher_model, train.x).numpy())
+    out["logits"] = d / "logits.npz"
+    return out
+
+
+def _spec(teacher_path: Path, *, teacher_arch: bool = True, dataset: dict | None = None,
+          baseline: bool = True, **hp) -> DistillSpec:
+    teacher = {"path": str(teacher_path)}
+    if teacher_arch:
+        teacher |= {"arch": "mlp", "arch_params": TEACHER_PARAMS}
+    return DistillSpec.from_dict({
+        "teacher": teacher, "student": STUDENT, "dataset": dataset or {"builtin": "digits"},
+        "hyperparameters": {**FAST, **hp}, "baseline": baseline,
+    })
+
+
+class PhaseRecorder(PipelineCallbacks):
+    def __init__(self):
+        self.phases: list[str] = []
+        self.events: list[tuple[str, dict | None]] = []
+        self.epochs = []
+
+    def on_phase(self, phase):
+        self.phases.append(phase)
+
+    def on_event(self, type, message, data=None):
+        self.events.append((type, data))
+
+    def on_epoch_end(self, metrics):
+        self.epochs.append(metrics)
+
+
+def _accuracy(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return accuracy(predict_logits(module, x), y)
+
+
+# ---- a state-dict teacher: the whole summary and the artifacts ----
+
+@pytest.fixture(scope="module")
+def state_dict_run(tmp_path_factory, files):
+    out = tmp_path_factory.mktemp("out")
+    cb = PhaseRecorder()
+    summary = run_distillation(_spec(files["state_dict"]), out_dir=out, callbacks=cb)
+    return summary, out, cb
+
+
+def test_summary_reports_teacher_student_baseline_and_their_relations(state_dict_run, teacher_model):
+    summary, _, _ = state_dict_run
+    test = load_builtin("digits")["test"]
+    t, s, b = summary["teacher"], summary["student"], summary["baseline"]
+    assert summary["evaluated_on"] == "test" and summary["num_eval_samples"] == test.num_samples
+    assert t["accuracy"] == _accuracy(teacher_model, test.x, test.y) and t["accuracy"] > 0.8
+    assert 0 < s["accuracy"] <= 1 and 0 < b["accuracy"] <= 1
+    assert 0 <= s["agreement"] <= 1 and summary["agreement"] == s["agreement"]
+    assert t["parameters"] == count_params(teacher_model) == 64 * 64 + 64 + 64 * 10 + 10
+    assert s["parameters"] == 64 * 16 + 16 + 16 * 10 + 10
+    assert summary["compression"] == t["parameters"] / s["parameters"]
+    assert summary["speedup"] > 0 and t["latency_ms"] > 0 and s["latency_ms"] > 0
+    assert summary["distillation_gain"] == s["accuracy"] - b["accuracy"]
+    assert (summary["temperature"], summary["alpha"], summary["loss"]) == (4.0, 0.3, "forward_kl")
+    assert summary["standardized"] is False and summary["onnx"] == "student.onnx"
+
+
+def test_artifacts_are_written_and_the_student_file_reproduces_the_accuracy(state_dict_run):
+    summary, out, _ = state_dict_run
+    assert {p.name for p in out.iterdir()} >= {"student.safetensors", "student.onnx", "metrics.jsonl",
+                                               "summary.json"}
+    assert json.loads((out / "summary.json").read_text()) == summary
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["run"], r["epoch"]) for r in rows] == [("student", 1), ("student", 2),
+                                                      ("baseline", 1), ("baseline", 2)]
+    assert rows[0]["val_agreement"] is not None and rows[0]["train_soft"] > 0
+    assert rows[2]["train_soft"] == 0
+
+    student = kdcore.load_student(out / "student.safetensors")
+    test = load_builtin("digits")["test"]
+    assert _accuracy(student, test.x, test.y) == summary["student"]["accuracy"]
+    meta = read_student_metadata(out / "student.safetensors")
+    assert meta["arch"] == "mlp" and meta["arch_params"]["hidden_sizes"] == [16]
+    assert meta["metrics"]["accuracy"] == summary["student"]["accuracy"]
+    assert meta["spec"]["hyperparameters"]["epochs"] == 2 and "standardizer" not in meta
+    assert summary["student"]["size_bytes"] == (out / "student.safetensors").stat().st_size
+
+
+def test_phases_are_reported_in_the_documented_order(state_dict_run, files, tmp_path):
+    _, _, cb = state_dict_run
+    assert cb.phases == list(PHASES)
+    assert PHASES == ("loading", "caching_teacher", "training", "baseline", "evaluating", "exporting")
+    assert [e for e, _ in cb.events] == ["data_loaded", "teacher_cached"]
+    assert cb.events[0][1]["train"] + cb.events[0][1]["validation"] == 1438
+
+    cb2 = PhaseRecorder()
+    run_distillation(_spec(files["state_dict"], baseline=False, epochs=1), out_dir=tmp_path, callbacks=cb2,
+                     export_onnx_file=False)
+    assert cb2.phases == [p for p in PHASES if p != "baseline"]
+    assert not (tmp_path / "student.onnx").exists()
+
+
+# ---- other teacher files ----
+
+def test_an_onnx_teacher(files, teacher_model, tmp_path):
+    summary = run_distillation(_spec(files["onnx"], teacher_arch=False, epochs=1), out_dir=tmp_path,
+                               export_onnx_file=False)
+    test = load_builtin("digits")["test"]
+    t, s = summary["teacher"], summary["student"]
+    assert t["accuracy"] == pytest.approx(_accuracy(teacher_model, test.x, test.y), abs=0.01)
+    assert t["parameters"] == count_params(teacher_model)  # initializers of the graph
+    assert summary["compression"] == t["parameters"] / s["parameters"]
+    assert summary["speedup"] > 0 and 0 <= s["agreement"] <= 1
+    assert summary["distillation_gain"] == s["accuracy"] - summary["baseline"]["accuracy"]
+    student = kdcore.load_student(tmp_path / "student.safetensors")
+    assert _accuracy(student, test.x, test.y) == s["accuracy"]
+
+
+def test_a_precomputed_logits_teacher(files, tmp_path):
+    cb = PhaseRecorder()
+    summary = run_distillation(_spec(files["logits"], teacher_arch=False, epochs=1), out_dir=tmp_path,
+                               callbacks=cb, export_onnx_file=False)
+    # The logits cover the training source only: validation (carved from it) has agreement, test has not.
+    assert all(m.val_agreement is not None for m in cb.epochs if m.run == "student")
+    assert summary["teacher"]["accuracy"] is None and summary["agreement"] is None
+    assert summary["teacher"]["parameters"] is None and summary["compression"] is None
+    assert summary["speedup"] is None
+    test = load_builtin("digits")["test"]
+    student = kdcore.load_student(tmp_path / "student.safetensors")
+    assert _accuracy(student, test.x, test.y) == summary["student"]["accuracy"]
+    assert summary["distillation_gain"] == summary["student"]["accuracy"] - summary["baseline"]["accuracy"]
+
+
+def test_precomputed_logits_with_noise_augmentation_follow_the_training_rows(files, tmp_path):
+    # Pure distillation (alpha 0): the student can only learn the digits from the right teacher rows.
+    spec = _spec(files["logits"], teacher_arch=False, baseline=False, epochs=4, alpha=0.0,
+                 augment="noise", noise_std=0.1)
+    summary = run_distillation(spec, out_dir=tmp_path, export_onnx_file=False)
+    assert summary["student"]["accuracy"] > 0.6
+
+
+def test_standardize_stores_the_standardizer_and_the_teacher_still_sees_raw_inputs(files, tmp_path, state_dict_run):
+    spec = _spec(files["state_dict"], dataset={"builtin": "digits", "standardize": True}, baseline=False)
+    summary = run_distillation(spec, out_dir=tmp_path, export_onnx_file=False)
+    assert summary["standardized"] is True
+    meta = read_student_metadata(tmp_path / "student.safetensors")
+    expected = load_splits(spec).standardizer
+    train = load_builtin("digits")["train"]
+    train_rows, _ = split_indices(train.y, fraction=0.1, seed=0)
+    fitted = Standardizer.fit(train.x[train_rows])  # training split only, not validation or test
+    assert torch.equal(expected.mean, fitted.mean) and torch.equal(expected.std, fitted.std)
+    assert meta["standardizer"] == fitted.state_dict()
+
+    # The teacher was trained on raw pixels: standardising is for the student only.
+    assert summary["teacher"]["accuracy"] == pytest.approx(state_dict_run[0]["teacher"]["accuracy"], abs=0.006)
+
+    # Inference with the stored standardizer reproduces the reported accuracy.
+    student = kdcore.load_student(tmp_path / "student.safetensors")
+    test = load_builtin("digits")["test"]
+    scaler = Standardizer.from_state_dict(meta["standardizer"])
+    assert _accuracy(student, scaler.apply(test.x), test.y) == summary["student"]["accuracy"]
+
+
+# ---- refusals ----
+
+def test_a_teacher_with_the_wrong_number_of_classes_is_refused(tmp_path):
+    path = save_state_dict(train_digits_teacher(num_classes=5), tmp_path / "five.safetensors")
+    with pytest.raises(TeacherError):
+        run_distillation(_spec(path), out_dir=tmp_path / "out")
+    np.savez(tmp_path / "five.npz", logits=np.zeros((1438, 5), dtype=np.float32))
+    with pytest.raises(TeacherError, match="5 classes"):
+        run_distillation(_spec(tmp_path / "five.npz", teacher_arch=False), out_dir=tmp_path / "out")
+    assert not (tmp_path / "out" / "student.safetensors").exists()
+
+
+# ---- uploaded dataset files ----
+
+def _write_npz(path: Path, x: torch.Tensor, y: torch.Tensor) -> Path:
+    np.savez(path, x=x.numpy(), y=y.numpy())
+    return path
+
+
+def test_uploaded_train_and_validation_files(files, teacher_model, tmp_path):
+    parts = load_builtin("digits")
+    train, test = parts["train"], parts["test"]
+    train_path = _write_npz(tmp_path / "train.npz", train.x[:1200], train.y[:1200])
+    val_path = _write_npz(tmp_path / "val.npz", train.x[1200:], train.y[1200:])
+    spec = _spec(files["state_dict"], baseline=False, epochs=1,
+                 dataset={"train_path": str(train_path), "validation_path": str(val_path)})
+    cb = PhaseRecorder()
+    summary = run_distillation(spec, out_dir=tmp_path / "out", callbacks=cb, export_onnx_file=False)
+    loaded = dict(cb.events)["data_loaded"]
+    assert (loaded["train"], loaded["validation"], loaded["test"]) == (1200, 238, None)
+    assert summary["evaluated_on"] == "validation" and summary["num_eval_samples"] == 238
+    val_x, val_y = train.x[1200:], train.y[1200:]
+    assert summary["teacher"]["accuracy"] == _accuracy(teacher_model, val_x, val_y)
+    student = kdcore.load_student(tmp_path / "out" / "student.safetensors")
+    assert _accuracy(student, val_x, val_y) == summary["student"]["accuracy"]
+
+    # A test file, when given, is what the final evaluation uses.
+    test_path = _write_npz(tmp_path / "test.npz", test.x, test.y)
+    spec = _spec(files["state_dict"], baseline=False, epochs=1,
+                 dataset={"train_path": str(train_path), "test_path": str(test_path)})
+    summary = run_distillation(spec, out_dir=tmp_path / "out2", export_onnx_file=False)
+    assert summary["evaluated_on"] == "test" and summary["num_eval_samples"] == test.num_samples
+
+
+def test_a_validation_file_with_another_input_shape_names_the_field(files, tmp_path):
+    train = load_builtin("digits")["train"]
+    train_path = _write_npz(tmp_path / "train.npz", train.x, train.y)
+    val_path = _write_npz(tmp_path / "val.npz", train.x[:50, :32], train.y[:50])
+    spec = _spec(files["state_dict"], dataset={"train_path": str(train_path), "validation_path": str(val_path)})
+    with pytest.raises(DataError, match=r"\[32\].*\[64\]") as info:
+        run_distillation(spec, out_dir=tmp_path / "out")
+    assert info.value.field == "dataset.validation_path"
+    assert str(info.value).startswith("dataset.validation_path: ")
