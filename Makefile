@@ -1,0 +1,42 @@
+# Two commands: `make run` (the embedded service) and `make test` (the whole suite).
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Re-install only when a requirements file changes.
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-12)
+
+.PHONY: run test test-fast demo migrate install clean help
+
+help:
+	@echo "make run    - start the API on 127.0.0.1:8000 and one worker (SQLite, no servers needed)"
+	@echo "make test   - install what the tests need and run the whole suite"
+	@echo "make demo   - one end-to-end distillation over HTTP against the running service"
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need Python 3.11 as $(PYTHON) (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python requirements.txt requirements-dev.txt
+	$(BIN)/pip install -q -r requirements-dev.txt
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)
+
+migrate: install
+	$(BIN)/python -m jobs.admin migrate
+
+run: install
+	$(BIN)/python scripts/serve.py
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+demo: install
+	$(BIN)/python scripts/demo.py
+
+clean:
+	rm -rf var tests/artifacts .pytest_cache
