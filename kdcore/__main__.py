@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         printer = ProgressPrinter()
         summary = run_distillation(spec, out_dir=args.out, checkpoint_dir=args.checkpoint_dir,
                                    callbacks=_make_callbacks(printer), export_onnx_file=not args.no_onnx)
-    except (KDError, OSError, json.JSONDecodeError) as e:
+    except (KDError, OSError, json.JSONDecodeError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     s, b, t = summary["student"], summary["baseline"], summary["teacher"]

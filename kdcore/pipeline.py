@@ -133,6 +133,8 @@ def run_distillation(spec: DistillSpec, *, out_dir: Path, checkpoint_dir: Path |
     teacher = load_teacher(spec.teacher.path, arch=spec.teacher.arch, arch_params=spec.teacher.arch_params,
                            input_shape=input_shape, num_classes=num_classes, device=str(device))
     _check_teacher(teacher, splits, num_classes)
+    if splits.standardizer is not None:
+        teacher = _RawInputTeacher(teacher, splits.standardizer)
     cb.on_event("data_loaded", f"{splits.train.num_samples} training, {splits.val.num_samples} validation "
                 f"samples, input shape {list(input_shape)}, {num_classes} classes",
                 {"train": splits.train.num_samples, "validation": splits.val.num_samples,
@@ -142,7 +144,10 @@ def run_distillation(spec: DistillSpec, *, out_dir: Path, checkpoint_dir: Path |
     # Teacher logits once, reused by every epoch of both runs and by the evaluation.
     cb.on_phase("caching_teacher")
     t0 = time.perf_counter()
-    cacheable = can_cache(teacher, hp)
+    # Precomputed logits are looked up by row of the training source, which the trainer's batch
+    # indices (positions in the training split) are not; they ignore the inputs anyway, so augmented
+    # batches would get the same rows from the cache.
+    cacheable = can_cache(teacher, hp) or teacher.needs_indices
     train_logits = (compute_teacher_logits(teacher, splits.train.x, indices=splits.train_rows, device=device)
                     if cacheable else None)
     val_logits = _teacher_logits_for(teacher, splits.val, splits.val_rows, device)
@@ -208,6 +213,23 @@ def _check_teacher(teacher: Teacher, splits: Splits, num_classes: int) -> None:
     if teacher.needs_indices:
         n = int(splits.train_rows.numel() + (0 if splits.val_rows is None else splits.val_rows.numel()))
         teacher.check_against(n)
+
+
+class _RawInputTeacher:
+    """The teacher was trained on the data as the user gave it, not on kdcore's standardisation
+    (fitted on a split the user never saw): undo it before the teacher sees a batch."""
+
+    def __init__(self, teacher: Teacher, standardizer: Standardizer):
+        self.teacher = teacher
+        self.mean, self.std = standardizer.mean, standardizer.std
+
+    def logits(self, x: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
+        return self.teacher.logits(x * self.std.to(x.device) + self.mean.to(x.device), indices)
+
+    def __getattr__(self, name: str) -> Any:  # num_classes, input_shape, module, parameters, ...
+        if name == "teacher":  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.teacher, name)
 
 
 def _teacher_logits_for(teacher: Teacher, split: ArrayDataset, rows: torch.Tensor | None,

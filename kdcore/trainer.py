@@ -79,7 +79,7 @@ class TrainResult:
     run: str
     epochs_run: int  # epochs trained in this call (fewer than hp.epochs after a resume)
     resumed_from_epoch: int  # 0 for a fresh start
-    history: list[EpochMetrics] = field(default_factory=list)
+    history: list[EpochMetrics] = field(default_factory=list)  # every epoch, those before a resume too
 
 
 def resolve_device(name: str) -> torch.device:
@@ -127,19 +127,23 @@ def train(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
 
     start_epoch, step = 0, 0
+    history: list[EpochMetrics] = []
     if checkpoint_dir is not None:
         state, info, skipped = load_latest_checkpoint(checkpoint_dir, map_location=device)
         if state is not None:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["rng_cpu"])
+            # RNG states must be CPU byte tensors; map_location moved them to `device`.
+            torch.set_rng_state(state["rng_cpu"].cpu())
             if device.type == "cuda" and "rng_cuda" in state:
-                torch.cuda.set_rng_state(state["rng_cuda"], device)
+                torch.cuda.set_rng_state(state["rng_cuda"].cpu(), device)
             start_epoch, step = int(state["epoch"]), int(state["step"])
+            # metrics.jsonl must list the epochs trained before the interruption as well
+            history = [EpochMetrics(**m) for m in state.get("history", [])]
         if state is not None or skipped:
             callbacks.on_resume(run=run, epoch=start_epoch, skipped=skipped)
 
-    result = TrainResult(run=run, epochs_run=0, resumed_from_epoch=start_epoch)
+    result = TrainResult(run=run, epochs_run=0, resumed_from_epoch=start_epoch, history=history)
     for epoch in range(start_epoch, hp.epochs):
         started = time.perf_counter()
         model.train()
@@ -216,7 +220,8 @@ def train(
 
         if checkpoint_dir is not None:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "epoch": epoch + 1, "step": step, "rng_cpu": torch.get_rng_state()}
+                     "epoch": epoch + 1, "step": step, "rng_cpu": torch.get_rng_state(),
+                     "history": [m.to_dict() for m in result.history]}
             if device.type == "cuda":
                 state["rng_cuda"] = torch.cuda.get_rng_state(device)
             callbacks.on_checkpoint(save_checkpoint(checkpoint_dir, epoch=epoch + 1, state=state))

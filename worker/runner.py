@@ -99,6 +99,8 @@ class JobRun(PipelineCallbacks):
             return self._stopped()
         except KDError as e:
             return self._fail("invalid_input", str(e))
+        except FloatingPointError as e:  # the loss diverged: a spec problem, not a crash
+            return self._fail("diverged", str(e))
         except Exception as e:
             log.exception("job %s attempt %d failed", self.job_id, self.attempt)
             return self._fail("internal_error", f"{type(e).__name__}: {e}")

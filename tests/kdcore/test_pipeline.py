@@ -20,6 +20,7 @@ from kdcore.export import read_student_metadata
 from kdcore.models import build_model, count_params
 from kdcore.pipeline import PHASES, PipelineCallbacks, load_splits, run_distillation
 from kdcore.spec import DistillSpec
+from kdcore.trainer import Stopped
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
                                         "ignore::torch.jit.TracerWarning")
@@ -160,6 +161,32 @@ def test_phases_are_reported_in_the_documented_order(state_dict_run, files, tmp_
                      export_onnx_file=False)
     assert cb2.phases == [p for p in PHASES if p != "baseline"]
     assert not (tmp_path / "student.onnx").exists()
+
+
+class StopAfterFirstCheckpoint(PhaseRecorder):
+    def __init__(self):
+        super().__init__()
+        self.saved = 0
+
+    def on_checkpoint(self, info):
+        self.saved += 1
+
+    def should_stop(self):
+        return self.saved >= 1
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoints_and_reports_every_epoch(files, tmp_path):
+    spec = _spec(files["state_dict"], baseline=False)
+    with pytest.raises(Stopped):
+        run_distillation(spec, out_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt",
+                         callbacks=StopAfterFirstCheckpoint(), export_onnx_file=False)
+    assert not (tmp_path / "out" / "summary.json").exists()
+    cb = PhaseRecorder()
+    run_distillation(spec, out_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt", callbacks=cb,
+                     export_onnx_file=False)
+    assert [m.epoch for m in cb.epochs] == [2]  # only epoch 2 was trained again
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["run"], r["epoch"]) for r in rows] == [("student", 1), ("student", 2)]
 
 
 # ---- other teacher files ----
