@@ -39,11 +39,12 @@ class LeNetParams:
 
 class LeNet5(nn.Module):
     """LeCun et al. (1998) LeNet-5 with ReLU and max pooling: conv 6@5×5 → pool → conv 16@5×5 →
-    pool → 120 → 84 → classes. Both convs pad by 2 and an adaptive pool restores the classic
-    16×5×5 feature map, so inputs from 4×4 upwards work (28×28 gives the textbook shapes up to the
-    second conv, whose padding keeps 14×14 instead of shrinking to 10×10)."""
+    pool → 120 → 84 → classes. Both convs pad by 2, so inputs from 4×4 upwards work; the first
+    fully connected layer takes the 16×(H/4)×(W/4) map as it is (sized at build time from the
+    input shape: no adaptive pooling, which the ONNX exporter cannot express for every size)."""
 
-    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.0):
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.0, *,
+                 height: int = 32, width: int = 32):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 6, 5, padding=2),
@@ -52,11 +53,10 @@ class LeNet5(nn.Module):
             nn.Conv2d(6, 16, 5, padding=2),
             nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d((5, 5)),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(16 * 5 * 5, 120),
+            nn.Linear(16 * (height // 4) * (width // 4), 120),
             nn.ReLU(),
             nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
             nn.Linear(120, 84),
@@ -112,7 +112,8 @@ ARCHITECTURES.register("lenet")(
     Architecture(
         LeNetParams,
         lambda params, shape: _check_image(shape, MIN_SIDE),
-        lambda params, shape, num_classes: LeNet5(shape[0], num_classes, params.dropout),
+        lambda params, shape, num_classes: LeNet5(shape[0], num_classes, params.dropout,
+                                                  height=shape[1], width=shape[2]),
         "LeNet-5; input (C, H, W) with H, W >= 4",
     )
 )
