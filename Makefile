@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Re-install only when a requirements file changes.
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-12)
 
-.PHONY: run test test-fast demo migrate install clean help
+.PHONY: run test test-fast demo bench migrate install clean help
 
 help:
 	@echo "make run    - start the API on 127.0.0.1:8000 and one worker (SQLite, no servers needed)"
@@ -40,3 +40,6 @@ demo: install
 
 clean:
 	rm -rf var tests/artifacts .pytest_cache
+
+bench: install
+	$(BIN)/python -m bench.run_all

@@ -22,8 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "var" / "demo"
 TEACHER = {"arch": "mlp", "arch_params": {"hidden_sizes": [256, 256]}}
-JOB = {"student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}}, "dataset": {"builtin": "digits"},
-       "hyperparameters": {"epochs": 20, "temperature": 4.0, "alpha": 0.3}, "baseline": True}
+JOB = {"student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}},
+       "dataset": {"builtin": "digits", "standardize": True},
+       "hyperparameters": {"epochs": 20, "temperature": 4.0, "alpha": 0.3, "learning_rate": 0.01},
+       "baseline": True}
 FINISHED = {"succeeded", "failed", "cancelled"}
 
 
