@@ -1,0 +1,69 @@
+"""B4: the API under load on the production stack (uvicorn with N processes, PostgreSQL, Redis),
+measured with wrk: requests/s and p50/p99 at 16 and 64 connections for GET /v1/jobs/{id},
+GET /v1/jobs?limit=20 and POST /v1/jobs, with GET /healthz as the ceiling.
+Targets: GET job ≥ 50 % of /healthz throughput; p99 < 50 ms at 64 connections."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from bench.stack import API_KEY, stack, tiny_teacher
+
+DURATION_S = 8
+CONNECTIONS = (16, 64)
+API_PROCESSES = 2
+
+
+def _wrk(url: str, connections: int, script: Path | None = None) -> dict:
+    args = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{DURATION_S}s", "--latency", "--timeout", "10s",
+            "-H", f"Authorization: Bearer {API_KEY}", url]
+    if script is not None:
+        args[1:1] = ["-s", str(script)]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = {p: _ms(re.search(rf"^\s+{p}%\s+(\S+)", out, re.M).group(1)) for p in ("50", "99")}
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "p50_ms": lat["50"], "p99_ms": lat["99"],
+            "non_2xx": int(errors.group(1)) if errors else 0, "socket_errors": socket_errors.group(1) if socket_errors else ""}
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def run() -> dict:
+    if shutil.which("wrk") is None:
+        raise SystemExit("B4 needs wrk: apt-get install wrk")
+    tmp = Path(tempfile.mkdtemp(prefix="kd-b4-"))
+    with stack(production=True, api_workers=API_PROCESSES) as s, s.client() as c:
+        arch = tiny_teacher(tmp / "t.safetensors")
+        with open(tmp / "t.safetensors", "rb") as f:
+            fid = c.post("/v1/files", files={"file": ("t.safetensors", f)}, data={"purpose": "teacher"}).json()["id"]
+        body = {"teacher": {"file_id": fid, **arch}, "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [8]}},
+                "dataset": {"builtin": "digits"}, "hyperparameters": {"epochs": 1}}
+        job = c.post("/v1/jobs", json=body).json()["id"]
+        for _ in range(40):
+            c.post("/v1/jobs", json=body)
+        post = tmp / "post.lua"
+        post.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                        f"wrk.body = {json.dumps(json.dumps(body))}\n")
+        targets = {"GET /healthz": (f"{s.base_url}/healthz", None),
+                   "GET /v1/jobs/{id}": (f"{s.base_url}/v1/jobs/{job}", None),
+                   "GET /v1/jobs?limit=20": (f"{s.base_url}/v1/jobs?limit=20", None),
+                   "POST /v1/jobs": (f"{s.base_url}/v1/jobs", post)}
+        results = {name: {n: _wrk(url, n, script) for n in CONNECTIONS} for name, (url, script) in targets.items()}
+    ceiling = results["GET /healthz"]
+    return {"results": results, "api_processes": API_PROCESSES, "duration_s": DURATION_S,
+            "get_job_share_of_healthz": {n: results["GET /v1/jobs/{id}"][n]["rps"] / ceiling[n]["rps"]
+                                         for n in CONNECTIONS}}
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2))
