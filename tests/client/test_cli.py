@@ -1,0 +1,152 @@
+"""The `kd` command line: the student shorthand, spec building, and the commands against the real API
+in-process (typer's CliRunner; `make_client` is pointed at the in-process API)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import tomllib
+
+import pytest
+from typer.testing import CliRunner
+
+from kdclient import Client, cli
+from tests.conftest import API_KEY, ROOT
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("mlp", ("mlp", {})),
+    ("mlp:hidden_sizes=64", ("mlp", {"hidden_sizes": [64]})),
+    ("mlp:hidden_sizes=64-32,dropout=0.1", ("mlp", {"hidden_sizes": [64, 32], "dropout": 0.1})),
+    ("mlp:hidden_sizes=[64, 32],dropout=0", ("mlp", {"hidden_sizes": [64, 32], "dropout": 0})),
+    ("cnn1d:channels=16-32,kernel_size=5", ("cnn1d", {"channels": [16, 32], "kernel_size": 5})),
+    ("resnet:depth=20,width=16", ("resnet", {"depth": 20, "width": 16})),
+    ("x:flag=true,name=abc", ("x", {"flag": True, "name": "abc"})),
+])
+def test_the_student_shorthand(text, expected):
+    assert cli.parse_arch(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", ":hidden_sizes=64", "mlp:hidden_sizes", "mlp:=3"])
+def test_a_bad_shorthand_is_refused(text):
+    with pytest.raises(ValueError):
+        cli.parse_arch(text)
+
+
+def test_flags_override_the_spec_file(tmp_path):
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps({
+        "teacher": {"file_id": "file_a", "arch": "mlp", "arch_params": {"hidden_sizes": [256]}},
+        "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [8], "dropout": 0.2}},
+        "dataset": {"builtin": "digits", "standardize": True},
+        "hyperparameters": {"temperature": 2, "epochs": 5}, "baseline": True}))
+    result = runner.invoke(cli.app, ["jobs", "create", "--dry-run", "--spec", str(spec_file), "--teacher-file",
+                                     "file_b", "--student-params", '{"hidden_sizes": [32]}', "-T", "6",
+                                     "--lr", "0.01", "--no-baseline", "--train-file", "file_d",
+                                     "--metadata", '{"run": "a"}'])
+    assert result.exit_code == 0, result.output
+    spec = json.loads(result.stdout)
+    assert spec == {
+        "teacher": {"file_id": "file_b", "arch": "mlp", "arch_params": {"hidden_sizes": [256]}},
+        "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [32], "dropout": 0.2}},
+        "dataset": {"train_file_id": "file_d", "standardize": True},
+        "hyperparameters": {"temperature": 6.0, "epochs": 5, "learning_rate": 0.01},
+        "baseline": False, "metadata": {"run": "a"}}
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["jobs", "create", "--dry-run", "--student", "mlp:hidden_sizes"], "--student"),
+    (["jobs", "create", "--dry-run", "--teacher-params", "{nope"], "--teacher-params"),
+    (["jobs", "create", "--dry-run", "--spec", "/nonexistent/spec.json"], "--spec"),
+    (["jobs", "create", "--dry-run", "--epochs", "many"], "--epochs"),
+    (["files", "upload", "/nonexistent.safetensors", "--purpose", "teacher"], "nonexistent"),
+    (["files", "upload", __file__, "--purpose", "weights"], "--purpose"),
+])
+def test_usage_errors_exit_2(args, needle):
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == 2, result.output
+    assert needle in result.output and "Traceback" not in result.output
+
+
+def test_the_console_script_is_declared():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, name = scripts["kd"].partition(":")
+    assert getattr(importlib.import_module(module), name) is cli.main
+
+
+# --- against the in-process API -----------------------------------------------------------------------
+
+@pytest.fixture
+def kd_cli(client, monkeypatch):
+    """Run `kd ARGS...` against the in-process API; returns the CliRunner result."""
+    monkeypatch.setattr(cli, "make_client",
+                        lambda url, key: Client(api_key=API_KEY, http_client=client, max_retries=0))
+
+    def run(*args: str):
+        return runner.invoke(cli.app, list(args))
+
+    return run
+
+
+def test_files_and_jobs_commands(kd_cli, digits_teacher, tmp_path):
+    path, arch = digits_teacher
+    up = kd_cli("files", "upload", str(path), "--purpose", "teacher", "-q")
+    assert up.exit_code == 0, up.output
+    file_id = up.stdout.strip()
+    assert file_id.startswith("file_")
+    listed = kd_cli("files", "list")
+    assert listed.exit_code == 0 and file_id in listed.stdout and "teacher" in listed.stdout
+    assert json.loads(kd_cli("files", "get", file_id, "--json").stdout)["id"] == file_id
+
+    created = kd_cli("jobs", "create", "--teacher-file", file_id, "--teacher-arch", "mlp", "--teacher-params",
+                     json.dumps(arch["arch_params"]), "--student", "mlp:hidden_sizes=16", "--builtin", "digits",
+                     "-T", "3", "--alpha", "0.5", "--epochs", "1", "--json")
+    assert created.exit_code == 0, created.output
+    job = json.loads(created.stdout)
+    assert job["status"] == "queued" and job["spec"]["hyperparameters"]["temperature"] == 3.0
+    assert job["spec"]["student"]["arch_params"]["hidden_sizes"] == [16]
+
+    got = kd_cli("jobs", "get", job["id"])
+    assert got.exit_code == 0, got.output
+    for needle in (job["id"], "queued", "mlp", "T 3.0, alpha 0.5", "1 epochs"):
+        assert needle in got.stdout
+    assert job["id"] in kd_cli("jobs", "list", "--status", "queued").stdout
+    assert job["id"] not in kd_cli("jobs", "list", "--status", "succeeded").stdout
+
+    early = kd_cli("jobs", "download", job["id"], "-o", str(tmp_path / "s.safetensors"))
+    assert early.exit_code == 2 and "409" in early.stderr and "queued" in early.stderr
+
+    cancel = kd_cli("jobs", "cancel", job["id"])
+    assert cancel.exit_code == 0 and "cancelled" in cancel.stdout
+    watch = kd_cli("jobs", "watch", job["id"], "--poll", "0.1")
+    assert watch.exit_code == 1 and "cancelled" in watch.stderr
+    again = kd_cli("jobs", "cancel", job["id"])
+    assert again.exit_code == 2 and "409" in again.stderr
+
+    delete = kd_cli("files", "delete", file_id)
+    assert delete.exit_code == 0, delete.output
+
+
+def test_api_errors_print_the_problem_and_exit_2(kd_cli, digits_teacher):
+    missing = kd_cli("jobs", "get", "job_nope")
+    assert missing.exit_code == 2
+    assert "404 Not Found" in missing.stderr and "no job 'job_nope'" in missing.stderr
+    assert "Traceback" not in missing.output
+
+    file_id = kd_cli("files", "upload", str(digits_teacher[0]), "--purpose", "teacher", "-q").stdout.strip()
+    bad = kd_cli("jobs", "create", "--teacher-file", file_id, "--teacher-arch", "mlp", "--teacher-params",
+                 '{"hidden_sizes": [128]}', "--alpha", "2")
+    assert bad.exit_code == 2 and "422" in bad.stderr and "hyperparameters.alpha" in bad.stderr
+    assert "Traceback" not in bad.output
+
+    wrong = kd_cli("files", "upload", __file__, "--purpose", "teacher")
+    assert wrong.exit_code == 2 and "file:" in wrong.stderr
+
+
+def test_an_unreachable_service_is_one_line(monkeypatch):
+    monkeypatch.setattr("kdclient.client._sleep", lambda s: None)
+    result = runner.invoke(cli.app, ["--url", "http://127.0.0.1:9", "jobs", "list"])
+    assert result.exit_code == 2 and "cannot reach http://127.0.0.1:9" in result.stderr
+    assert "Traceback" not in result.output
