@@ -10,6 +10,7 @@ reaches a client: anything unexpected is a 500 with a generic detail, and the lo
 
 from __future__ import annotations
 
+import json
 import logging
 from http import HTTPStatus
 
@@ -66,7 +67,51 @@ def _validation_field(loc: tuple) -> str:
     return ".".join(parts) or str(loc[0])
 
 
+# Problems that handlers here (and api/uploads.py) produce whatever the route declares.
+_MALFORMED_BODY = {"description": "the body cannot be parsed: not UTF-8 JSON, or malformed multipart "
+                                  "(RFC 9457 problem details)", "content": PROBLEM_SCHEMA["content"]}
+
+
+def document_problems(schema: dict) -> dict:
+    """Make the OpenAPI document say what the handlers below really answer: FastAPI documents its
+    request-validation 422 as `application/json` HTTPValidationError, but `_validation` answers
+    problem+json; an operation with a body can be a 400 (a body FastAPI or api/uploads.py cannot
+    parse), one that takes multipart/form-data a 413 or 415 (api/uploads.py) too; one that needs a
+    key can be a 401. Edits `schema` in place."""
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = operation["responses"]
+            for status, response in list(responses.items()):
+                content = response.get("content", {})
+                if status.startswith(("4", "5")) and "application/json" in content and MEDIA_TYPE not in content:
+                    responses[status] = {"description": response.get("description") or "RFC 9457 problem details",
+                                         "content": PROBLEM_SCHEMA["content"]}
+            body = operation.get("requestBody", {}).get("content", {})
+            if body:
+                responses.setdefault("400", _MALFORMED_BODY)
+            if "multipart/form-data" in body:
+                responses.setdefault("413", PROBLEM_SCHEMA)
+                responses.setdefault("415", PROBLEM_SCHEMA)
+            if operation.get("security"):
+                responses.setdefault("401", PROBLEM_SCHEMA)
+    components = schema.get("components", {}).get("schemas", {})
+    text = json.dumps(schema.get("paths", {}))
+    for name in ("HTTPValidationError", "ValidationError"):
+        if name in components and f'"#/components/schemas/{name}"' not in text:
+            del components[name]
+    return schema
+
+
 def install(app: FastAPI) -> None:
+    fastapi_openapi = app.openapi
+
+    def openapi() -> dict:
+        return document_problems(fastapi_openapi())
+
+    app.openapi = openapi
+
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem):
         if exc.field:
@@ -78,7 +123,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        errors = [{"field": _validation_field(tuple(e["loc"])), "reason": e["msg"]} for e in exc.errors()]
+        errors = [{"field": _validation_field(tuple(e["loc"])), "reason": e["msg"].removeprefix("Value error, ")}
+                  for e in exc.errors()]
         detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors[:5])
         return problem_response(request, 422, detail, slug="invalid-field", errors=errors)
 

@@ -3,6 +3,9 @@
 The request body is parsed as it arrives (python-multipart's push parser): the `file` part goes
 straight to a temporary file, hashed on the way; the upload stops with 413 as soon as it passes
 `KD_MAX_UPLOAD_BYTES`, whether or not the client sent Content-Length. Nothing is kept on failure.
+Form fields other than the file are limited to ALLOWED_FORM_FIELDS (a client never sets a file's
+tenant, id, size or hash), and the file name the client sent is kept only as a display name:
+its last path component, without control characters, at most MAX_FILENAME_CHARS long.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from api.problems import Problem
 
 MAX_FORM_FIELD_BYTES = 64 * 1024  # non-file fields (purpose) are tiny; refuse anything bigger
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # boundaries and part headers on top of the file itself
+ALLOWED_FORM_FIELDS = frozenset({"purpose"})  # besides `file`
+MAX_FILENAME_CHARS = 255  # the files.filename column
 
 
 @dataclass
@@ -31,8 +36,10 @@ class ReceivedUpload:
     fields: dict[str, str] = field(default_factory=dict)
 
 
-async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path) -> ReceivedUpload:
-    """Parse a multipart/form-data body with one `file` part; 413 past max_bytes, 400/422 if malformed."""
+async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path,
+                         allowed_fields: frozenset[str] = ALLOWED_FORM_FIELDS) -> ReceivedUpload:
+    """Parse a multipart/form-data body with one `file` part and form fields among `allowed_fields`;
+    413 past max_bytes, 400 if malformed, 422 for a second file or a field not allowed."""
     content_type, params = parse_options_header(request.headers.get("content-type"))
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         raise Problem(415, "send multipart/form-data with a `file` part and a `purpose` field",
@@ -64,9 +71,14 @@ async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path) -> 
         state.value = b""
         if state.name == "file":
             if state.file_seen:
-                raise Problem(422, "send exactly one file part", slug="invalid-field")
+                raise Problem(422, "send exactly one file part", slug="invalid-field", field="file")
             state.file_seen = True
-            state.received_filename = state.filename or "upload"
+            state.received_filename = clean_filename(state.filename)
+        elif state.name not in allowed_fields:
+            shown = state.name[:64] + ("..." if len(state.name) > 64 else "")
+            expected = ", ".join(f"`{f}`" for f in sorted(allowed_fields))
+            raise Problem(422, f"is not accepted; send `file` and {expected}", slug="invalid-field",
+                          field=shown or "(unnamed part)")
 
     def on_part_data(data, start, end):
         chunk = data[start:end]
@@ -79,7 +91,8 @@ async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path) -> 
         else:
             state.value += chunk
             if len(state.value) > MAX_FORM_FIELD_BYTES:
-                raise Problem(422, f"form field {state.name!r} is too long", slug="invalid-field")
+                raise Problem(422, f"is longer than {MAX_FORM_FIELD_BYTES} bytes", slug="invalid-field",
+                              field=state.name)
 
     def on_part_end():
         if state.name and state.name != "file":
@@ -110,6 +123,20 @@ async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path) -> 
         os.unlink(tmp_name)
         raise Problem(422, "a `file` part is required", slug="invalid-field", field="file")
     return ReceivedUpload(Path(tmp_name), state.received_filename, state.size, digest.hexdigest(), state.fields)
+
+
+def clean_filename(raw: str) -> str:
+    """The display name to keep for a client's file name: its last path component, control
+    characters removed, at most MAX_FILENAME_CHARS (the extension kept); "upload" if nothing is left."""
+    name = raw.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable()).strip()
+    if name in ("", ".", ".."):
+        return "upload"
+    if len(name) > MAX_FILENAME_CHARS:
+        stem, dot, ext = name.rpartition(".")
+        keep = f"{dot}{ext}" if dot and len(ext) <= 16 else ""
+        name = name[: MAX_FILENAME_CHARS - len(keep)] + keep
+    return name
 
 
 def _too_large(max_bytes: int) -> Problem:

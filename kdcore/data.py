@@ -23,14 +23,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kdcore.errors import DataError
-from kdcore.formats import check_format
+from kdcore.errors import DataError, FormatError
+from kdcore.formats import check_decoded_size, check_format, read_npz_headers
 from kdcore.models.architecture import MAX_NUM_CLASSES
 from kdcore.registry import Registry
 
 MAX_DATASET_BYTES = 2 * 1024**3
 MAX_SAMPLES = 10_000_000
-MAX_DECODED_BYTES = 8 * 1024**3  # an .npz array as declared in its header, before float32 conversion
+MAX_COLUMNS = 100_000  # a Parquet/CSV table's columns (pyarrow builds one array per column)
 LABEL_COLUMN = "label"
 
 
@@ -195,17 +195,19 @@ def _bad(message: str) -> DataError:
 
 
 def _read_npz(path: Path, max_samples: int) -> tuple[np.ndarray, np.ndarray]:
-    # Read each array's .npy header first: dtype and shape are known before any data is
-    # decompressed, so object arrays and oversized arrays are refused without loading them.
-    with zipfile.ZipFile(path) as zf:
-        members = {name[: -len(".npy")]: name for name in zf.namelist()}
-        for key in ("x", "y"):
-            if key not in members:
-                found = ", ".join(sorted(members)) or "none"
-                raise _bad(f"the .npz has no array {key!r} (found: {found}); it needs 'x' (float, N x ...) "
-                           "and 'y' (integer labels, N)")
-        headers = {key: _npy_header(zf, members[key], key) for key in ("x", "y")}
-    (x_shape, x_dtype), (y_shape, y_dtype) = headers["x"], headers["y"]
+    # Every array's size and dtype are known from the zip directory and the .npy headers before
+    # any data is decompressed (kdcore.formats.read_npz_headers): object arrays, zip bombs and
+    # oversized arrays are refused without loading them.
+    try:
+        headers = read_npz_headers(path)
+    except FormatError as exc:
+        raise _bad(exc.message) from None
+    for key in ("x", "y"):
+        if key not in headers:
+            found = ", ".join(sorted(headers)) or "none"
+            raise _bad(f"the .npz has no array {key!r} (found: {found}); it needs 'x' (float, N x ...) "
+                       "and 'y' (integer labels, N)")
+    (x_shape, x_dtype), (y_shape, y_dtype) = ((headers[k].shape, headers[k].dtype) for k in ("x", "y"))
     if x_dtype.kind not in "fiu":
         raise _bad(f"array 'x' has dtype {x_dtype}; it must be a float or integer array")
     if y_dtype.kind == "f":
@@ -220,36 +222,11 @@ def _read_npz(path: Path, max_samples: int) -> tuple[np.ndarray, np.ndarray]:
     if x_shape[0] != y_shape[0]:
         raise _bad(f"array 'x' has {x_shape[0]} samples but 'y' has {y_shape[0]}")
     _check_count(x_shape[0], max_samples)
-    for key, (shape, dtype) in headers.items():
-        declared = math.prod(shape) * dtype.itemsize
-        if declared > MAX_DECODED_BYTES:
-            raise _bad(f"array {key!r} declares {declared} bytes, over the {MAX_DECODED_BYTES} byte limit")
     try:
         with np.load(path, allow_pickle=False) as npz:
             return npz["x"], npz["y"]
-    except ValueError as exc:  # e.g. a header that lied about the dtype
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # e.g. a header that lied
         raise _bad(f"cannot read the .npz arrays: {exc}") from None
-
-
-def _npy_header(zf: zipfile.ZipFile, member: str, key: str) -> tuple[tuple[int, ...], np.dtype]:
-    fmt = np.lib.format
-    with zf.open(member) as f:
-        try:
-            version = fmt.read_magic(f)
-            if version == (1, 0):
-                shape, _fortran, dtype = fmt.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, _fortran, dtype = fmt.read_array_header_2_0(f)
-            else:
-                raise ValueError(f"unsupported .npy version {version}")
-        except ValueError as exc:
-            if "allow_pickle" in str(exc) or "object" in str(exc).lower():
-                raise _bad(f"array {key!r} holds Python objects; object arrays are refused "
-                           "(they are pickles)") from None
-            raise _bad(f"array {key!r} is not a readable .npy array: {exc}") from None
-    if dtype.hasobject:
-        raise _bad(f"array {key!r} holds Python objects; object arrays are refused (they are pickles)")
-    return tuple(shape), dtype
 
 
 def _read_table(path: Path, fmt: str, max_samples: int) -> tuple[np.ndarray, np.ndarray]:
@@ -259,8 +236,17 @@ def _read_table(path: Path, fmt: str, max_samples: int) -> tuple[np.ndarray, np.
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
+            # Rows, columns and types come from the footer: a file whose values would decode to
+            # more than the limits (Parquet's run-length and dictionary encodings compress a
+            # constant column to nothing) or that holds non-numeric columns is refused unread.
             pf = pq.ParquetFile(path)
             _check_count(pf.metadata.num_rows, max_samples)
+            _check_columns(pf.schema_arrow, pf.metadata.num_rows, pa)
+            try:
+                check_decoded_size(pf.metadata.num_rows * pf.metadata.num_columns * 8, path.stat().st_size,
+                                   what="the columns")
+            except FormatError as exc:
+                raise _bad(exc.message) from None
             table = pf.read()
         else:
             import pyarrow.csv as pcsv
@@ -269,37 +255,48 @@ def _read_table(path: Path, fmt: str, max_samples: int) -> tuple[np.ndarray, np.
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
         raise _bad(f"cannot read the {fmt} file: {exc}") from None
     _check_count(table.num_rows, max_samples)
-
-    names = table.column_names
-    if LABEL_COLUMN not in names:
-        raise _bad(f"no {LABEL_COLUMN!r} column (found: {', '.join(names[:10])}"
-                   f"{', ...' if len(names) > 10 else ''})")
-    duplicated = sorted({n for n in names if names.count(n) > 1})
-    if duplicated:
-        raise _bad(f"column names appear more than once: {', '.join(duplicated)}")
-    features = [n for n in names if n != LABEL_COLUMN]
-    if not features:
-        raise _bad(f"no feature columns besides {LABEL_COLUMN!r}")
-    if table.num_rows == 0:
-        raise _bad("the file has no rows")
+    _check_columns(table.schema, table.num_rows, pa)
 
     label = table.column(LABEL_COLUMN)
-    if pa.types.is_floating(label.type):
-        raise _bad(f"column {LABEL_COLUMN!r} has type {label.type}; labels must be integers "
-                   "(floats are refused, even whole numbers)")
-    if not pa.types.is_integer(label.type):
-        raise _bad(f"column {LABEL_COLUMN!r} has type {label.type}; labels must be integers")
     _check_no_nulls(label, LABEL_COLUMN)
+    features = [n for n in table.column_names if n != LABEL_COLUMN]
     for name in features:
-        column = table.column(name)
-        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
-            raise _bad(f"column {name!r} has type {column.type}; every column other than "
-                       f"{LABEL_COLUMN!r} must be numeric")
-        _check_no_nulls(column, name)
+        _check_no_nulls(table.column(name), name)
     x = np.empty((table.num_rows, len(features)), dtype=np.float32)
     for j, name in enumerate(features):
         x[:, j] = table.column(name).to_numpy()
     return x, label.to_numpy()
+
+
+def _check_columns(schema, num_rows: int, pa) -> None:
+    """A `label` integer column and at least one other column, every one numeric, names unique,
+    and at least one row."""
+    names = schema.names
+    if LABEL_COLUMN not in names:
+        raise _bad(f"no {LABEL_COLUMN!r} column (found: {', '.join(names[:10])}"
+                   f"{', ...' if len(names) > 10 else ''})")
+    if len(names) > MAX_COLUMNS:
+        raise _bad(f"{len(names)} columns, over the limit of {MAX_COLUMNS} (MAX_COLUMNS); "
+                   "save wide data as .npz")
+    if len(set(names)) != len(names):
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        raise _bad(f"column names appear more than once: {', '.join(duplicated)}")
+    features = [n for n in names if n != LABEL_COLUMN]
+    if not features:
+        raise _bad(f"no feature columns besides {LABEL_COLUMN!r}")
+    if num_rows == 0:
+        raise _bad("the file has no rows")
+    label_type = schema.field(LABEL_COLUMN).type
+    if pa.types.is_floating(label_type):
+        raise _bad(f"column {LABEL_COLUMN!r} has type {label_type}; labels must be integers "
+                   "(floats are refused, even whole numbers)")
+    if not pa.types.is_integer(label_type):
+        raise _bad(f"column {LABEL_COLUMN!r} has type {label_type}; labels must be integers")
+    for name in features:
+        kind = schema.field(name).type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+            raise _bad(f"column {name!r} has type {kind}; every column other than "
+                       f"{LABEL_COLUMN!r} must be numeric")
 
 
 def _check_no_nulls(column, name: str) -> None:

@@ -7,6 +7,16 @@ accepted. Refused on sight, because loading them runs code: pickle streams (incl
 
 Checks run cheapest first; ONNX, the only one that needs a full parse, runs last.
 `read_safetensors_header` validates a safetensors header completely before anyone trusts it.
+`read_npz_headers` sizes every array of an .npz from the zip directory and the .npy headers
+before a byte of array data is decompressed, so a zip bomb is refused by arithmetic, not by
+running out of memory.
+
+Limits on what a header may make us allocate (each named in the message that enforces it):
+zip archives: MAX_ZIP_MEMBERS members and a MAX_ZIP_DIRECTORY_BYTES central directory;
+.npz: stored or deflated members only, at most MAX_DECODED_BYTES once decompressed, and
+beyond EXPANSION_FREE_BYTES no more than MAX_EXPANSION times the file's size;
+safetensors: a MAX_SAFETENSORS_HEADER header, MAX_SAFETENSORS_TENSORS tensors of rank at most
+MAX_TENSOR_RANK, and every tensor inside the file.
 """
 
 from __future__ import annotations
@@ -16,7 +26,9 @@ import json
 import math
 import os
 import pickletools
+import struct
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -39,6 +51,14 @@ FORMATS_BY_PURPOSE: dict[str, tuple[str, ...]] = {
 }
 
 MAX_SAFETENSORS_HEADER = 16 * 1024 * 1024  # bytes; real headers are kilobytes
+MAX_SAFETENSORS_TENSORS = 100_000  # a ResNet-152 has about 1,000
+MAX_TENSOR_RANK = 32  # dimensions per tensor (weights have at most 5)
+MAX_ZIP_MEMBERS = 10_000  # an .npz has a handful; a torch.save archive one per tensor
+MAX_ZIP_DIRECTORY_BYTES = 4 * 1024 * 1024  # the central directory, parsed into memory before any member
+MAX_DECODED_BYTES = 2 * 1024**3  # a file's arrays once decompressed/decoded (= the largest dataset file taken)
+MAX_EXPANSION = 100  # decoded size / file size; past EXPANSION_FREE_BYTES a higher ratio is a bomb
+EXPANSION_FREE_BYTES = 64 * 1024 * 1024  # contents this small may compress as well as they like
+NPZ_COMPRESSIONS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}  # what numpy.savez* writes
 MAX_PICKLE_SCAN = 16 * 1024 * 1024  # protocol 0/1 pickles are recognised by an opcode scan up to this size
 CSV_SNIFF_BYTES = 64 * 1024
 
@@ -132,9 +152,10 @@ def check_format(path: str | os.PathLike, purpose: str) -> str:
 
 def _sniff_zip(path: Path, purpose: str | None) -> str:
     try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        names = [info.filename for info in _zip_infolist(path)]
+    except _ZipTooBig as exc:
+        raise _refuse(str(exc), purpose) from None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error) as exc:
         raise _refuse(f"a damaged zip archive ({exc})", purpose) from None
     if not names:
         raise _refuse("an empty zip archive", purpose)
@@ -148,8 +169,175 @@ def _sniff_zip(path: Path, purpose: str | None) -> str:
                       "safetensors state dict or the model as ONNX", purpose)
     if any(b == "data.pkl" for b in base):
         raise _refuse(f"a torch.save archive, which holds a pickle; {_PICKLE_WHY}; {_CONVERT_HINT}", purpose)
-    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    shown = ", ".join(_short(n, 60).strip("'\"") for n in names[:5]) + (", ..." if len(names) > 5 else "")
     raise _refuse(f"a zip archive that is not an .npz (members: {shown})", purpose)
+
+
+class _ZipTooBig(Exception):
+    """A zip archive whose directory alone is over the limits (a message for the user)."""
+
+
+def _zip_directory_size(path: Path) -> tuple[int, int] | None:
+    """(entries, central directory bytes) as the end-of-central-directory record declares them
+    (ZIP64 aware), read from the file's tail without parsing the directory; None if not found."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        start = max(0, size - (22 + 65535))
+        f.seek(start)
+        tail = f.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) - at < 22:
+            return None
+        entries, cd_size = struct.unpack("<HI", tail[at + 10:at + 16])
+        if entries == 0xFFFF or cd_size == 0xFFFFFFFF:  # ZIP64: the real figures are in the ZIP64 record
+            loc = at - 20
+            if loc < 0 or tail[loc:loc + 4] != b"PK\x06\x07":
+                return entries, cd_size
+            (record,) = struct.unpack("<Q", tail[loc + 8:loc + 16])
+            f.seek(record)
+            z64 = f.read(56)
+            if len(z64) < 56 or z64[:4] != b"PK\x06\x06":
+                return entries, cd_size
+            entries, cd_size = struct.unpack("<QQ", z64[32:48])
+    return entries, cd_size
+
+
+def _zip_infolist(path: Path) -> list[zipfile.ZipInfo]:
+    """The archive's members, once its directory is known to be small enough to parse
+    (zipfile builds one object per entry before anyone can look at them)."""
+    declared = _zip_directory_size(path)
+    if declared is not None:
+        entries, cd_size = declared
+        if entries > MAX_ZIP_MEMBERS:
+            raise _ZipTooBig(f"a zip archive of {entries} members, over the limit of {MAX_ZIP_MEMBERS} "
+                             "(MAX_ZIP_MEMBERS)")
+        if cd_size > MAX_ZIP_DIRECTORY_BYTES:
+            raise _ZipTooBig(f"a zip archive whose directory is {cd_size} bytes, over the limit of "
+                             f"{MAX_ZIP_DIRECTORY_BYTES} (MAX_ZIP_DIRECTORY_BYTES)")
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+    if len(infos) > MAX_ZIP_MEMBERS:  # the end record lied about its count
+        raise _ZipTooBig(f"a zip archive of {len(infos)} members, over the limit of {MAX_ZIP_MEMBERS} "
+                         "(MAX_ZIP_MEMBERS)")
+    return infos
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    """One array of an .npz, as its .npy header declares it (nothing decompressed past the header)."""
+
+    name: str  # the array's name: the member name without ".npy"
+    shape: tuple[int, ...]
+    dtype: Any  # numpy.dtype
+    nbytes: int  # prod(shape) * itemsize
+
+
+def read_npz_headers(path: str | os.PathLike) -> dict[str, NpyHeader]:
+    """Size and type every array of an .npz before any of it is decompressed, and refuse what
+    numpy.load(allow_pickle=False) must never be asked to read. Returns {array name: NpyHeader}
+    in archive order. Raises FormatError(field="file") naming the member and the limit for:
+    a directory over MAX_ZIP_MEMBERS / MAX_ZIP_DIRECTORY_BYTES; a member that is not .npy,
+    duplicated, encrypted, or compressed other than stored/deflate; a header that is unreadable
+    or declares Python objects; arrays (by the zip directory or by their headers, whichever is
+    larger) over MAX_DECODED_BYTES in all, or past EXPANSION_FREE_BYTES more than
+    MAX_EXPANSION times the file's size; a header that declares more data than its member holds.
+    """
+    import numpy as np  # late: sniffing needs no numpy
+
+    path = Path(path)
+    size = path.stat().st_size
+
+    def bad(reason: str) -> FormatError:
+        return FormatError(f"not a usable .npz: {reason}", field="file")
+
+    try:
+        infos = _zip_infolist(path)
+    except _ZipTooBig as exc:
+        raise bad(str(exc)) from None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error) as exc:
+        raise bad(f"a damaged zip archive ({exc})") from None
+    seen: set[str] = set()
+    for info in infos:
+        if not info.filename.endswith(".npy"):
+            raise bad(f"member {_short(info.filename)} is not a .npy array")
+        if info.filename in seen:
+            raise bad(f"member {_short(info.filename)} appears more than once")
+        seen.add(info.filename)
+        if info.flag_bits & 0x1:
+            raise bad(f"member {_short(info.filename)} is encrypted")
+        if info.compress_type not in NPZ_COMPRESSIONS:
+            raise bad(f"member {_short(info.filename)} uses zip compression method {info.compress_type}; only "
+                      f"{' and '.join(NPZ_COMPRESSIONS.values())} (what numpy.savez and savez_compressed "
+                      "write) are read")
+        if info.file_size > MAX_DECODED_BYTES:
+            raise bad(f"member {_short(info.filename)} decompresses to {info.file_size} bytes, over the limit of "
+                      f"{MAX_DECODED_BYTES} (MAX_DECODED_BYTES)")
+    _check_npz_total(sum(info.file_size for info in infos), size, bad)
+
+    headers: dict[str, NpyHeader] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in infos:
+                header = _read_npy_header(zf, info, np, bad)
+                headers[header.name] = header
+    except FormatError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, struct.error, NotImplementedError) as exc:
+        raise bad(f"a damaged zip archive ({exc})") from None
+    _check_npz_total(sum(h.nbytes for h in headers.values()), size, bad)
+    return headers
+
+
+def _read_npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, np, bad) -> NpyHeader:
+    fmt = np.lib.format
+    name = info.filename[: -len(".npy")]
+    with zf.open(info) as f:  # reads (and inflates) only as far as the header
+        try:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, _fortran, dtype = fmt.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _fortran, dtype = fmt.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+        except (ValueError, TypeError, SyntaxError, OverflowError) as exc:
+            if "allow_pickle" in str(exc) or "object" in str(exc).lower():
+                raise bad(f"array {_short(name)} holds Python objects; object arrays are refused "
+                          "(they are pickles)") from None
+            raise bad(f"array {_short(name)} is not a readable .npy array: {exc}") from None
+        header_len = f.tell()
+    if dtype.hasobject:
+        raise bad(f"array {_short(name)} holds Python objects; object arrays are refused (they are pickles)")
+    shape = tuple(int(d) for d in shape)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > MAX_DECODED_BYTES:
+        raise bad(f"array {_short(name)} declares {nbytes} bytes, over the limit of {MAX_DECODED_BYTES} "
+                  "(MAX_DECODED_BYTES)")
+    if header_len + nbytes > info.file_size:
+        raise bad(f"array {_short(name)} declares {nbytes} bytes but its member holds only "
+                  f"{max(0, info.file_size - header_len)}")
+    return NpyHeader(name, shape, dtype, nbytes)
+
+
+def _check_npz_total(decoded: int, size: int, bad) -> None:
+    try:
+        check_decoded_size(decoded, size, what="the arrays")
+    except FormatError as exc:
+        raise bad(exc.message) from None
+
+
+def check_decoded_size(decoded: int, size: int, *, what: str) -> None:
+    """Refuse contents that would decode to `decoded` bytes from a `size` byte file when that is
+    over MAX_DECODED_BYTES, or (past EXPANSION_FREE_BYTES) more than MAX_EXPANSION times `size`:
+    the arithmetic of a decompression bomb, checked before anything is decoded."""
+    if decoded > MAX_DECODED_BYTES:
+        raise FormatError(f"{what} decompress to {decoded} bytes, over the limit of {MAX_DECODED_BYTES} "
+                          "(MAX_DECODED_BYTES)", field="file")
+    if decoded > EXPANSION_FREE_BYTES and decoded > MAX_EXPANSION * size:
+        raise FormatError(f"{what} decompress to {decoded} bytes from a {size} byte file, "
+                          f"{decoded // max(size, 1)} times its size, over the limit of {MAX_EXPANSION} times "
+                          f"(MAX_EXPANSION) for contents over {EXPANSION_FREE_BYTES} bytes; this is how a "
+                          "decompression bomb looks (store real data uncompressed)", field="file")
 
 
 def _describe_npy(head: bytes) -> str:
@@ -213,9 +401,11 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, Any]:
     "data_offsets"}, ...} plus "__metadata__" (str -> str) when the file has it.
 
     Checked: an 8-byte little-endian length capped at MAX_SAFETENSORS_HEADER and inside the file;
-    UTF-8 JSON object without duplicate keys; each tensor's dtype known, shape non-negative ints,
+    UTF-8 JSON object without duplicate keys; at most MAX_SAFETENSORS_TENSORS tensors; each
+    tensor's dtype known, shape at most MAX_TENSOR_RANK non-negative ints whose sizes fit int64,
     byte size = prod(shape) * itemsize; offsets sorted, non-overlapping and covering the data
-    buffer exactly. Raises FormatError(field="file") with the reason.
+    buffer exactly (so no tensor can claim more memory than the file holds). Raises
+    FormatError(field="file") with the reason.
     """
     path = Path(path)
     size = path.stat().st_size
@@ -245,40 +435,55 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, Any]:
             isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
         raise bad("__metadata__ must map strings to strings")
 
+    if len(header) > MAX_SAFETENSORS_TENSORS + 1:
+        raise bad(f"header lists {len(header)} entries, over the limit of {MAX_SAFETENSORS_TENSORS} tensors "
+                  "(MAX_SAFETENSORS_TENSORS)")
     buffer_len = size - 8 - n
     spans: list[tuple[int, int, str]] = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            raise bad(f"tensor {name!r} must have exactly dtype, shape and data_offsets")
+            raise bad(f"tensor {_short(name)} must have exactly dtype, shape and data_offsets")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in SAFETENSORS_DTYPES:
-            raise bad(f"tensor {name!r} has unknown dtype {dtype!r}; known: {', '.join(SAFETENSORS_DTYPES)}")
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+            raise bad(f"tensor {_short(name)} has unknown dtype {_short(dtype)}; "
+                      f"known: {', '.join(SAFETENSORS_DTYPES)}")
         if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-            raise bad(f"tensor {name!r} shape {shape!r} must be a list of integers >= 0")
+            raise bad(f"tensor {_short(name)} shape {_short(shape)} must be a list of integers >= 0")
+        if len(shape) > MAX_TENSOR_RANK:
+            raise bad(f"tensor {_short(name)} has {len(shape)} dimensions, over the limit of {MAX_TENSOR_RANK} "
+                      "(MAX_TENSOR_RANK)")
+        if math.prod(max(d, 1) for d in shape) >= 2**63:  # even an empty tensor needs int64 strides
+            raise bad(f"tensor {_short(name)} shape {_short(shape)} overflows 64-bit sizes")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
-            raise bad(f"tensor {name!r} data_offsets {offsets!r} must be two integers")
+            raise bad(f"tensor {_short(name)} data_offsets {_short(offsets)} must be two integers")
         begin, end = offsets
         if not 0 <= begin <= end <= buffer_len:
-            raise bad(f"tensor {name!r} data_offsets [{begin}, {end}] lie outside the "
+            raise bad(f"tensor {_short(name)} data_offsets [{begin}, {end}] lie outside the "
                       f"{buffer_len} byte data buffer")
         expected = math.prod(shape) * SAFETENSORS_DTYPES[dtype]
         if end - begin != expected:
-            raise bad(f"tensor {name!r} spans {end - begin} bytes but {dtype} {shape} needs {expected}")
+            raise bad(f"tensor {_short(name)} spans {end - begin} bytes but {dtype} {_short(shape)} "
+                      f"needs {expected}")
         spans.append((begin, end, name))
 
     spans.sort()
     position, previous = 0, None
     for begin, end, name in spans:
         if begin < position:
-            raise bad(f"tensors {previous!r} and {name!r} overlap")
+            raise bad(f"tensors {_short(previous)} and {_short(name)} overlap")
         if begin > position:
             raise bad(f"bytes {position}..{begin} of the data buffer belong to no tensor")
         position, previous = end, name
     if position != buffer_len:
         raise bad(f"{buffer_len - position} trailing bytes belong to no tensor")
     return header
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def safetensors_tensor_names(header: dict[str, Any]) -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
@@ -26,6 +27,7 @@ from kdcore.errors import FormatError, KDError, TeacherError
 from kdcore.formats import (
     accepted_message,
     check_format,
+    read_npz_headers,
     read_onnx_model,
     read_safetensors_header,
     safetensors_tensor_names,
@@ -312,19 +314,19 @@ def read_logits_file(path: str | os.PathLike) -> Tensor:
             raise FormatError(f"a safetensors file with tensors {safetensors_tensor_names(header)[:SHOWN]}, "
                               f"not one tensor 'logits'; {accepted_message('teacher_logits')}", field="file")
         return _load_safetensors(path)["logits"]
+    try:  # sizes and dtypes from the headers first: nothing is decompressed for a bomb or a pickle
+        headers = read_npz_headers(path)
+    except FormatError as exc:
+        raise TeacherError(exc.message, field=FIELD) from None
+    if "logits" not in headers:
+        raise TeacherError(f"the .npz has no array 'logits' (found: {', '.join(headers) or 'none'})", field=FIELD)
+    if headers["logits"].dtype.kind != "f":
+        raise TeacherError(f"array 'logits' has dtype {headers['logits'].dtype}; it must be floats", field=FIELD)
     try:
         with np.load(path, allow_pickle=False) as npz:
-            if "logits" not in npz.files:
-                raise TeacherError(f"the .npz has no array 'logits' (found: {', '.join(npz.files) or 'none'})",
-                                   field=FIELD)
             array = npz["logits"]
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise TeacherError("array 'logits' holds Python objects; object arrays are refused (they are pickles)",
-                               field=FIELD) from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise TeacherError(f"cannot read the .npz: {exc}", field=FIELD) from None
-    if array.dtype.kind != "f":
-        raise TeacherError(f"array 'logits' has dtype {array.dtype}; it must be floats", field=FIELD)
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
@@ -392,8 +394,12 @@ def _inspect_onnx(path: str | os.PathLike) -> dict[str, Any]:
     for tensor in model.graph.initializer:
         parameters += math.prod(tensor.dims)
         if tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
-            if not np.isfinite(numpy_helper.to_array(tensor)).all():
-                raise TeacherError(f"tensor {tensor.name!r} has non-finite values (NaN or Inf)", field=FIELD)
+            try:  # the values are in the file already: to_array can allocate no more than it holds
+                values = numpy_helper.to_array(tensor)
+            except Exception as exc:  # dims that do not match the stored data, among others
+                raise TeacherError(f"tensor {tensor.name[:120]!r} cannot be read: {exc}", field=FIELD) from None
+            if not np.isfinite(values).all():
+                raise TeacherError(f"tensor {tensor.name[:120]!r} has non-finite values (NaN or Inf)", field=FIELD)
 
     per_sample = [d if isinstance(d, int) else None for d in teacher.onnx_input_shape[1:]]
     return _report("onnx", "onnx", parameters, teacher.num_classes, per_sample, None, len(model.graph.initializer))
@@ -421,9 +427,15 @@ def _check_finite_file(path: str | os.PathLike) -> None:
     """Tensor by tensor, so at most one tensor is in memory at a time."""
     from safetensors import safe_open
 
-    with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
-        for name in f.keys():
-            _check_finite({name: f.get_tensor(name)}, what="the state dict")
+    try:
+        with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
+            for name in f.keys():
+                tensor = f.get_tensor(name)
+                _check_finite({name: tensor}, what="the state dict")
+    except KDError:
+        raise
+    except Exception as exc:  # safetensors and torch raise their own types on a header they cannot map
+        raise FormatError(f"not a valid safetensors file: {exc}", field="file") from None
 
 
 def _check_finite(tensors: Mapping[str, Tensor], *, what: str) -> None:

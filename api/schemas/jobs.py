@@ -2,18 +2,61 @@
 
 `JobCreate` checks types and unknown fields only; ranges, choices and defaults live in one place,
 kdcore.spec, and every resolved default is echoed back in `JobOut.spec`. Clients never set
-tenant, status or attempt: unknown fields are refused (extra="forbid").
+tenant, status or attempt: unknown fields are refused (extra="forbid"). Two things no spec check
+covers are refused here: NUL characters and non-finite numbers anywhere in the free-form parts of
+the body (PostgreSQL cannot store them, and no name or id contains one), and `metadata` over
+MAX_METADATA_BYTES (it is stored with the job and written into the student file).
 """
 
 from __future__ import annotations
 
+import json
+import math
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from kdcore.spec import FIELD_HELP
+
+MAX_METADATA_BYTES = 16 * 1024  # `metadata` as compact JSON
+MAX_JSON_DEPTH = 32  # nesting of the free-form objects (metadata, arch_params)
+
+
+def _storable(value: Any, depth: int = 0) -> Any:
+    """Refuse what PostgreSQL's JSONB and text columns cannot hold, in any string, key or number
+    of a JSON value: NUL characters and non-finite numbers (Python's json reads NaN and Infinity);
+    and absurd nesting."""
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"is nested deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("must not contain NUL (\\u0000) characters")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"must hold finite numbers only, not {value}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _storable(key, depth + 1)
+            _storable(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _storable(item, depth + 1)
+    return value
+
+
+def _small_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    _storable(value)
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"is {size} bytes as JSON, over the limit of {MAX_METADATA_BYTES} (MAX_METADATA_BYTES)")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_storable)]
+Params = Annotated[dict[str, Any], AfterValidator(_storable)]
+Metadata = Annotated[dict[str, Any], AfterValidator(_small_metadata)]
 
 
 def _help(name: str, *, file_id: bool = False) -> str:
@@ -26,24 +69,24 @@ class _In(BaseModel):
 
 
 class TeacherIn(_In):
-    file_id: str = Field(description="id of a file uploaded with purpose teacher or teacher_logits. "
+    file_id: Text = Field(description="id of a file uploaded with purpose teacher or teacher_logits. "
                                      + FIELD_HELP["teacher.path"])
-    arch: str | None = Field(None, description=FIELD_HELP["teacher.arch"])
-    arch_params: dict[str, Any] | None = Field(None, description=FIELD_HELP["teacher.arch_params"])
+    arch: Text | None = Field(None, description=FIELD_HELP["teacher.arch"])
+    arch_params: Params | None = Field(None, description=FIELD_HELP["teacher.arch_params"])
 
 
 class StudentIn(_In):
-    arch: str | None = Field(None, description=FIELD_HELP["student.arch"])
-    arch_params: dict[str, Any] | None = Field(None, description=FIELD_HELP["student.arch_params"])
-    init_file_id: str | None = Field(None, description="id of a file uploaded with purpose student_init. "
+    arch: Text | None = Field(None, description=FIELD_HELP["student.arch"])
+    arch_params: Params | None = Field(None, description=FIELD_HELP["student.arch_params"])
+    init_file_id: Text | None = Field(None, description="id of a file uploaded with purpose student_init. "
                                                        + FIELD_HELP["student.init_path"])
 
 
 class DatasetIn(_In):
-    builtin: str | None = Field(None, description=FIELD_HELP["dataset.builtin"])
-    train_file_id: str | None = Field(None, description="id of a dataset file. " + FIELD_HELP["dataset.train_path"])
-    validation_file_id: str | None = Field(None, description=FIELD_HELP["dataset.validation_path"])
-    test_file_id: str | None = Field(None, description=FIELD_HELP["dataset.test_path"])
+    builtin: Text | None = Field(None, description=FIELD_HELP["dataset.builtin"])
+    train_file_id: Text | None = Field(None, description="id of a dataset file. " + FIELD_HELP["dataset.train_path"])
+    validation_file_id: Text | None = Field(None, description=FIELD_HELP["dataset.validation_path"])
+    test_file_id: Text | None = Field(None, description=FIELD_HELP["dataset.test_path"])
     validation_fraction: float | None = Field(None, description=FIELD_HELP["dataset.validation_fraction"])
     standardize: bool | None = Field(None, description=FIELD_HELP["dataset.standardize"])
 
@@ -51,21 +94,21 @@ class DatasetIn(_In):
 class HyperparametersIn(_In):
     temperature: float | None = Field(None, description=FIELD_HELP["hyperparameters.temperature"])
     alpha: float | None = Field(None, description=FIELD_HELP["hyperparameters.alpha"])
-    loss: str | None = Field(None, description=FIELD_HELP["hyperparameters.loss"])
+    loss: Text | None = Field(None, description=FIELD_HELP["hyperparameters.loss"])
     epochs: int | None = Field(None, description=FIELD_HELP["hyperparameters.epochs"])
     batch_size: int | None = Field(None, description=FIELD_HELP["hyperparameters.batch_size"])
     learning_rate: float | None = Field(None, description=FIELD_HELP["hyperparameters.learning_rate"])
     weight_decay: float | None = Field(None, description=FIELD_HELP["hyperparameters.weight_decay"])
-    optimizer: str | None = Field(None, description=FIELD_HELP["hyperparameters.optimizer"])
+    optimizer: Text | None = Field(None, description=FIELD_HELP["hyperparameters.optimizer"])
     momentum: float | None = Field(None, description=FIELD_HELP["hyperparameters.momentum"])
-    schedule: str | None = Field(None, description=FIELD_HELP["hyperparameters.schedule"])
+    schedule: Text | None = Field(None, description=FIELD_HELP["hyperparameters.schedule"])
     step_size: int | None = Field(None, description=FIELD_HELP["hyperparameters.step_size"])
     gamma: float | None = Field(None, description=FIELD_HELP["hyperparameters.gamma"])
     grad_clip_norm: float | None = Field(None, description=FIELD_HELP["hyperparameters.grad_clip_norm"])
     seed: int | None = Field(None, description=FIELD_HELP["hyperparameters.seed"])
-    augment: str | None = Field(None, description=FIELD_HELP["hyperparameters.augment"])
+    augment: Text | None = Field(None, description=FIELD_HELP["hyperparameters.augment"])
     noise_std: float | None = Field(None, description=FIELD_HELP["hyperparameters.noise_std"])
-    device: str | None = Field(None, description=FIELD_HELP["hyperparameters.device"])
+    device: Text | None = Field(None, description=FIELD_HELP["hyperparameters.device"])
 
 
 class JobCreate(_In):
@@ -74,7 +117,7 @@ class JobCreate(_In):
     dataset: DatasetIn = Field(default_factory=lambda: DatasetIn(builtin="digits"))
     hyperparameters: HyperparametersIn = Field(default_factory=HyperparametersIn)
     baseline: bool = Field(True, description=FIELD_HELP["baseline"])
-    metadata: dict[str, Any] = Field(default_factory=dict, description=FIELD_HELP["metadata"])
+    metadata: Metadata = Field(default_factory=dict, description=FIELD_HELP["metadata"])
 
 
 class Status(str, Enum):
