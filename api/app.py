@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from api import problems
+from api.body_limit import BodyLimitMiddleware
 from api.enqueue import Enqueuer
 from api.routes import files, health, jobs
 from jobs import api_keys
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = LocalArtifactStore(settings.artifacts_path)
     app.state.enqueuer = Enqueuer(settings.celery_broker_url)
     problems.install(app)
+    app.add_middleware(BodyLimitMiddleware)
     app.include_router(health.router)
     app.include_router(files.router)
     app.include_router(jobs.router)

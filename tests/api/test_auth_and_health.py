@@ -61,3 +61,19 @@ def test_openapi_documents_the_routes_and_problems(client):
     assert {"/v1/files", "/v1/jobs", "/v1/jobs/{job_id}/student", "/healthz", "/readyz"} <= set(doc["paths"])
     assert "Problem" in doc["components"]["schemas"]
     assert client.get("/docs").status_code == 200
+
+
+def test_json_bodies_are_capped_with_and_without_content_length(client):
+    from api.body_limit import MAX_JSON_BODY_BYTES
+
+    big = b'{"teacher": {"file_id": "' + b"x" * (MAX_JSON_BODY_BYTES + 10) + b'"}}'
+    resp = client.post("/v1/jobs", content=big, headers={"Content-Type": "application/json"})
+    assert problem(resp, 413)["type"] == "urn:kd:problem:too-large"
+
+    def chunks():
+        for i in range(0, len(big), 65536):
+            yield big[i:i + 65536]
+
+    resp = client.post("/v1/jobs", content=chunks(), headers={"Content-Type": "application/json"})
+    problem(resp, 413)
+    assert client.get("/v1/jobs").json()["data"] == []
