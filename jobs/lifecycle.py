@@ -207,6 +207,37 @@ def add_event(session: Session, *, job_id: str, attempt: int, type: str, message
                          data=data, now=now)
 
 
+def add_event_once(session: Session, *, job_id: str, attempt: int, type: str, message: str,
+                   data: dict[str, Any], key: tuple[str, ...], now: datetime | None = None) -> int | None:
+    """Append an event unless the job already has one of this `type` whose data agree with `data`
+    on every field named in `key` (str, int or bool values), whichever attempt wrote it.
+
+    For events that report one step of the work, such as ("run", "epoch"): a resumed attempt
+    trains again the epochs after its checkpoint, and an earlier attempt may already have reported
+    one of them (it died after the report, before its checkpoint was on disk; or the newest
+    checkpoint was damaged). Returns the new event's seq, 0 when such an event was already there
+    (nothing written), None when the lease is lost. The check runs under the job row's lock taken
+    by the fence, so two writers of one job cannot both find the event missing."""
+    now = now or utcnow()
+    if _fence(session, job_id=job_id, attempt=attempt, now=now) is None:
+        return None
+    same = [JobEvent.job_id == job_id, JobEvent.type == type]
+    for name in key:
+        value, element = data[name], JobEvent.data[name]
+        if isinstance(value, bool):
+            same.append(element.as_boolean() == value)
+        elif isinstance(value, int):
+            same.append(element.as_integer() == value)
+        elif isinstance(value, str):
+            same.append(element.as_string() == value)
+        else:
+            raise TypeError(f"key field {name!r} must be a str, int or bool, not {value.__class__.__name__}")
+    if session.scalar(select(JobEvent.seq).where(*same).limit(1)) is not None:
+        return 0
+    return _append_event(session, job_id=job_id, attempt=attempt, type=type, message=message,
+                         data=data, now=now)
+
+
 def add_metric(session: Session, *, job_id: str, attempt: int, run: str, epoch: int,
                values: dict[str, Any], now: datetime | None = None) -> bool:
     """Record one epoch's metrics. Idempotent for a resumed run: a row already there for

@@ -60,7 +60,15 @@ class EpochMetrics:
 
 class Callbacks:
     """Hooks the trainer calls; the default does nothing. The worker subclasses it to write
-    progress, metric rows, events and checkpoints, and to answer `should_stop` from its heartbeat."""
+    progress, metric rows, events and checkpoints, and to answer `should_stop` from its heartbeat.
+
+    Once per epoch, in this order: `on_epoch_end`, then the checkpoint is written, then
+    `on_checkpoint`. Reporting first means no epoch goes unreported when the process dies between
+    the two (its checkpoint is not on disk, so the resumed run trains and reports it again), and an
+    exception raised by `on_epoch_end` (a lost lease) keeps a stale process from writing a
+    checkpoint. The price: after a resume `on_epoch_end` (and, when a damaged newest checkpoint was
+    skipped, `on_checkpoint`) may come again for an epoch already reported, with the same numbers
+    on CPU. Callbacks that record them must be idempotent per (run, epoch)."""
 
     def on_step(self, info: StepInfo) -> None: ...
 

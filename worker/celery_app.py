@@ -4,7 +4,8 @@
   killed worker's job is delivered again; the conditional claim makes any duplicate a no-op;
 - prefetch 1 and the solo pool: one job per process (one process per GPU), and no CUDA is ever
   initialised in a parent that forks;
-- JSON only: a message is a job id, never a pickled object.
+- JSON only: a message is a job id, never a pickled object;
+- a broker that goes away is waited for, forever; the job that runs meanwhile carries on.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     task_default_queue=JOBS_QUEUE,
     broker_connection_retry_on_startup=True,
+    # A broker restart must not end the worker, nor the job it runs: reconnect for as long as it
+    # takes, and let the running job finish (the database row is its truth; the reaper enqueues
+    # again whatever messages the restart lost). Celery 6 would cancel it by default.
+    broker_connection_retry=True,
+    broker_connection_max_retries=None,
+    worker_cancel_long_running_tasks_on_connection_loss=False,
     worker_send_task_events=False,
 )
 if settings.celery_broker_url.startswith(("redis://", "rediss://")):

@@ -4,10 +4,21 @@ Every write after the claim carries this worker's attempt number: when one chang
 lease was lost (another worker re-claimed the job) and this worker stops at once. A heartbeat
 thread extends the lease and reads the cancellation flag; the trainer asks `should_stop` at every
 step, so cancellation takes effect at the next step boundary and the last checkpoint is kept.
+
+Attempts of one job can overlap (a stalled worker wakes after its job was re-claimed), so what is
+not fenced by the database is kept apart per attempt: the scratch directory
+`{data_dir}/work/{job}/attempt-{n}` and the published files `jobs/{job}/attempt-{n}/...`. The
+checkpoints (`jobs/{job}/checkpoints/`) are shared, since a resumed attempt needs them; the trainer
+reports each epoch (a fenced write: LeaseLost for a stale attempt) before it checkpoints it, so a
+stale attempt writes one only if it stalled in the instant between the two, and then with the
+state the new attempt computes for that epoch as well. The price of that order: a resumed attempt
+may report an epoch again, so epoch and checkpoint events are written once per (run, epoch) and
+metric rows replaced, never duplicated.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -36,6 +47,7 @@ ARTIFACTS = {STUDENT_FILE: "student_safetensors", ONNX_FILE: "student_onnx",
              SUMMARY_FILE: "summary", METRICS_FILE: "metrics"}
 # Share of the progress bar each phase owns (training and baseline split what is left).
 SETUP_SHARE, FINISH_SHARE = 0.05, 0.05
+EPOCH_KEY = ("run", "epoch")  # epoch and checkpoint events: one per (run, epoch), whichever attempt
 
 _sessionmakers: dict[str, sessionmaker[Session]] = {}
 
@@ -80,12 +92,16 @@ class JobRun(PipelineCallbacks):
         self.last_progress = 0.0
         self.baseline = True
         self.epochs = 0
+        self.current_run = "student"  # the trainer's run the next checkpoint belongs to
 
     # --- the attempt --------------------------------------------------------------------------
     def run(self) -> str:
         heartbeat = threading.Thread(target=self._heartbeat_loop, name=f"heartbeat-{self.job_id}", daemon=True)
         heartbeat.start()
-        work = self.cfg.data_dir / "work" / self.job_id
+        # This attempt's own scratch directory: a stale attempt of the same job that stops on
+        # this machine removes its directory, never the one the attempt that owns the job uses.
+        work = self.cfg.data_dir / "work" / self.job_id / f"attempt-{self.attempt}"
+        _remove_older_attempts(work)
         try:
             spec = self._load_spec()
             self.baseline, self.epochs = spec.baseline, spec.hyperparameters.epochs
@@ -108,8 +124,13 @@ class JobRun(PipelineCallbacks):
             self.stop_heartbeat.set()
             heartbeat.join(timeout=5)
             shutil.rmtree(work, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                work.parent.rmdir()  # the job's directory, once no attempt uses it
 
     def _load_spec(self) -> DistillSpec:
+        # Every read inside the one session block: a session used after its block begins a new
+        # transaction that nobody ends, and its connection stays "idle in transaction" (holding
+        # its table locks) for the whole job.
         with self.sessions() as s:
             job = jobs_repo.load_for_worker(s, job_id=self.job_id)
             raw = {k: dict(v) if isinstance(v, dict) else v for k, v in job.spec.items()}
@@ -122,31 +143,40 @@ class JobRun(PipelineCallbacks):
                     raise KDError(f"file {file_id} no longer exists", field="file")
                 return str(self.store.local_path(row.storage_key))
 
-        teacher, student, dataset = raw["teacher"], raw["student"], raw["dataset"]
-        teacher["path"] = path_of(teacher.pop("file_id", None))
-        student["init_path"] = path_of(student.pop("init_file_id", None))
-        for name in ("train", "validation", "test"):
-            dataset[f"{name}_path"] = path_of(dataset.pop(f"{name}_file_id", None))
+            teacher, student, dataset = raw["teacher"], raw["student"], raw["dataset"]
+            teacher["path"] = path_of(teacher.pop("file_id", None))
+            student["init_path"] = path_of(student.pop("init_file_id", None))
+            for name in ("train", "validation", "test"):
+                dataset[f"{name}_path"] = path_of(dataset.pop(f"{name}_file_id", None))
         return DistillSpec.from_dict(raw)
 
     def _publish(self, out: Path, summary: dict[str, Any]) -> None:
-        """Artifacts to the store, then rows and success in one transaction."""
+        """Artifacts to the store, then rows and success in one transaction.
+
+        The files go under this attempt's own keys: a worker that lost its lease after its last
+        fenced write (paused while exporting) must not overwrite what the attempt that won
+        published, and its files are removed again when its fenced transaction changes nothing."""
         stored = []
-        for filename, kind in ARTIFACTS.items():
-            if (out / filename).exists():
-                obj = self.store.put_file(f"jobs/{self.job_id}/{filename}", out / filename)
-                stored.append((kind, obj))
-        with self.sessions() as s:
-            for kind, obj in stored:
-                self._fenced(lifecycle.add_artifact(s, job_id=self.job_id, attempt=self.attempt, kind=kind,
-                                                    storage_key=obj.key, bytes=obj.bytes, sha256=obj.sha256))
-            self._fenced(lifecycle.add_event(s, job_id=self.job_id, attempt=self.attempt, type="result",
-                                             message=_outcome_line(summary), data=None) is not None)
-            self._fenced(lifecycle.set_progress(s, job_id=self.job_id, attempt=self.attempt,
-                                                progress={"phase": "exporting", "fraction": 1.0,
-                                                          "eta_seconds": 0.0, "epochs": self.epochs}))
-            self._fenced(lifecycle.succeed(s, job_id=self.job_id, attempt=self.attempt, result=summary))
-            s.commit()
+        try:
+            for filename, kind in ARTIFACTS.items():
+                if (out / filename).exists():
+                    key = f"jobs/{self.job_id}/attempt-{self.attempt}/{filename}"
+                    stored.append((kind, self.store.put_file(key, out / filename)))
+            with self.sessions() as s:
+                for kind, obj in stored:
+                    self._fenced(lifecycle.add_artifact(s, job_id=self.job_id, attempt=self.attempt, kind=kind,
+                                                        storage_key=obj.key, bytes=obj.bytes, sha256=obj.sha256))
+                self._fenced(lifecycle.add_event(s, job_id=self.job_id, attempt=self.attempt, type="result",
+                                                 message=_outcome_line(summary), data=None) is not None)
+                self._fenced(lifecycle.set_progress(s, job_id=self.job_id, attempt=self.attempt,
+                                                    progress={"phase": "exporting", "fraction": 1.0,
+                                                              "eta_seconds": 0.0, "epochs": self.epochs}))
+                self._fenced(lifecycle.succeed(s, job_id=self.job_id, attempt=self.attempt, result=summary))
+                s.commit()
+        except LeaseLost:  # rolled back: no row names these files
+            for _, obj in stored:
+                self.store.delete(obj.key)
+            raise
 
     def _stopped(self) -> str:
         if self.lease_lost.is_set():
@@ -209,17 +239,28 @@ class JobRun(PipelineCallbacks):
         self._progress(epoch=info.epoch + 1, step=info.step, steps=info.steps, run=info.run)
 
     def on_epoch_end(self, m) -> None:
-        self._write(lifecycle.add_metric, run=m.run, epoch=m.epoch, values=m.to_dict())
-        self._write(lifecycle.add_event, type="epoch",
-                    message=f"{m.run} epoch {m.epoch}/{m.epochs}: loss {m.train_loss:.4f}, "
-                            f"val accuracy {m.val_accuracy:.4f}", data=m.to_dict())
+        # The trainer reports an epoch before it checkpoints it, so an attempt that died in between
+        # reported an epoch that the next attempt trains (and reports) again: the metric row is
+        # replaced and the event written once, in one transaction, so the two always agree.
+        self.current_run = m.run
+        with self.sessions() as s:
+            self._fenced(lifecycle.add_metric(s, job_id=self.job_id, attempt=self.attempt, run=m.run,
+                                              epoch=m.epoch, values=m.to_dict()))
+            self._fenced(lifecycle.add_event_once(
+                s, job_id=self.job_id, attempt=self.attempt, type="epoch", data=m.to_dict(), key=EPOCH_KEY,
+                message=f"{m.run} epoch {m.epoch}/{m.epochs}: loss {m.train_loss:.4f}, "
+                        f"val accuracy {m.val_accuracy:.4f}") is not None)
+            s.commit()
         self._progress(epoch=m.epoch, step=None, steps=None, run=m.run, force=True)
 
     def on_checkpoint(self, info) -> None:
-        self._write(lifecycle.add_event, type="checkpoint", message=f"checkpoint after epoch {info.epoch}",
-                    data={"epoch": info.epoch, "sha256": info.sha256, "bytes": info.bytes})
+        # Written again for an epoch only when a damaged newer checkpoint sent the run back to it.
+        self._write(lifecycle.add_event_once, type="checkpoint", key=EPOCH_KEY,
+                    message=f"{self.current_run}: checkpoint after epoch {info.epoch}",
+                    data={"run": self.current_run, "epoch": info.epoch, "sha256": info.sha256, "bytes": info.bytes})
 
     def on_resume(self, *, run: str, epoch: int, skipped) -> None:
+        self.current_run = run
         for path, reason in skipped:
             self._write(lifecycle.add_event, type="checkpoint_skipped",
                         message=f"{run}: checkpoint {Path(path).name} is damaged ({reason}); using an older one",
@@ -252,6 +293,16 @@ class JobRun(PipelineCallbacks):
             done = (epoch or 0) / max(self.epochs, 1)
         offset = 0 if self.phase == "training" else 1
         return SETUP_SHARE + train_share * (offset + done) / runs
+
+
+def _remove_older_attempts(work: Path) -> None:
+    """Scratch directories of this job's earlier attempts on this machine: left behind by a worker
+    that was killed, or still written by one that lost its lease (its writes are fenced anyway)."""
+    mine = int(work.name.removeprefix("attempt-"))
+    for other in work.parent.glob("attempt-*"):
+        number = other.name.removeprefix("attempt-")
+        if number.isdigit() and int(number) < mine:
+            shutil.rmtree(other, ignore_errors=True)
 
 
 def _outcome_line(summary: dict[str, Any]) -> str:

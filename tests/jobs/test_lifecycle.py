@@ -303,3 +303,31 @@ def test_reaper_finds_stale_queued_and_expired_leases(session, make_job):
     found = lifecycle.find_jobs_to_enqueue(session, now=now + timedelta(seconds=120), queued_after_seconds=60)
     assert sorted(found) == sorted([forgotten.id, expired.id])
     assert lifecycle.find_jobs_to_enqueue(session, now=now + timedelta(seconds=10), queued_after_seconds=60) == []
+
+
+def test_an_epoch_event_is_written_once_whichever_attempt_reports_it(session, make_job):
+    job = make_job()
+    lifecycle.claim(session, job_id=job.id, lease_seconds=LEASE, worker="w1")
+    for run in ("student", "baseline"):  # same epoch number, another run: a different event
+        assert lifecycle.add_event_once(session, job_id=job.id, attempt=1, type="epoch", message=f"{run} 1",
+                                        data={"run": run, "epoch": 1, "loss": 0.5}, key=("run", "epoch")) > 0
+    assert lifecycle.add_event_once(session, job_id=job.id, attempt=1, type="checkpoint", message="ckpt 1",
+                                    data={"run": "student", "epoch": 1}, key=("run", "epoch")) > 0
+    session.commit()
+    # attempt 1 died after reporting epoch 1 but before its checkpoint: attempt 2 trains it again
+    assert lifecycle.claim(session, job_id=job.id, lease_seconds=LEASE, worker="w2", now=later(LEASE + 1)) == 2
+    assert lifecycle.add_event_once(session, job_id=job.id, attempt=2, type="epoch", message="again",
+                                    data={"run": "student", "epoch": 1, "loss": 0.5}, key=("run", "epoch")) == 0
+    assert lifecycle.add_event_once(session, job_id=job.id, attempt=2, type="epoch", message="student 2",
+                                    data={"run": "student", "epoch": 2, "loss": 0.4}, key=("run", "epoch")) > 0
+    # a stale attempt writes nothing, even an event that is not there yet
+    assert lifecycle.add_event_once(session, job_id=job.id, attempt=1, type="epoch", message="stale",
+                                    data={"run": "student", "epoch": 3}, key=("run", "epoch")) is None
+    session.commit()
+    events = [(e.type, e.data["run"], e.data["epoch"], e.attempt)
+              for e in jobs_repo.events(session, tenant_id=job.tenant_id, job_id=job.id) if e.type != "status"]
+    assert events == [("epoch", "student", 1, 1), ("epoch", "baseline", 1, 1), ("checkpoint", "student", 1, 1),
+                      ("epoch", "student", 2, 2)]
+    with pytest.raises(TypeError):
+        lifecycle.add_event_once(session, job_id=job.id, attempt=2, type="epoch", message="x",
+                                 data={"run": "student", "epoch": 1.5}, key=("run", "epoch"))
