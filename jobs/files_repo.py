@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from jobs.errors import FileInUse, NotFound
 from jobs.pagination import newest_first_page
-from jobs.tables import TERMINAL_STATUSES, File, Job, new_id
+from jobs.tables import TERMINAL_STATUSES, File, Job, could_be_id, new_id
 
 
 def new_file_id() -> str:
@@ -29,6 +29,8 @@ def create(session: Session, *, tenant_id: str, purpose: str, format: str, filen
 
 
 def get(session: Session, *, tenant_id: str, file_id: str) -> File:
+    if not could_be_id(file_id):
+        raise NotFound(f"no file {file_id!r}")
     row = session.scalar(select(File).where(File.id == file_id, File.tenant_id == tenant_id))
     if row is None:
         raise NotFound(f"no file {file_id!r}")

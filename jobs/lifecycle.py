@@ -65,6 +65,7 @@ from jobs.tables import (
     JobEvent,
     JobMetric,
     UTCDateTime,
+    could_be_id,
     utcnow,
 )
 
@@ -311,6 +312,8 @@ def request_cancel(session: Session, *, tenant_id: str, job_id: str, now: dateti
     cancelling (the worker sees it at its next heartbeat); cancelling stays. A finished job is a
     Conflict; an unknown job, or another tenant's, is NotFound."""
     now = now or utcnow()
+    if not could_be_id(job_id):
+        raise NotFound(f"no job {job_id!r}")
     # Each lost race means the status moved forward, so this loop runs at most once per status.
     for _ in JOB_STATUSES:
         row = session.execute(select(Job.status, Job.attempt)

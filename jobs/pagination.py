@@ -13,7 +13,7 @@ from sqlalchemy import Select, literal, select, tuple_
 from sqlalchemy.orm import Session
 
 from jobs.errors import NotFound
-from jobs.tables import UTCDateTime
+from jobs.tables import could_be_id, UTCDateTime
 
 MAX_PAGE_SIZE = 100
 
@@ -26,6 +26,8 @@ def newest_first_page(session: Session, stmt: Select, model: type[Row], *, tenan
     if not 1 <= limit <= MAX_PAGE_SIZE:
         raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}")
     if after is not None:
+        if not could_be_id(after):
+            raise NotFound(f"cursor {after!r} names no row to page after")
         cursor = session.execute(
             select(model.created_at, model.id).where(model.id == after, model.tenant_id == tenant_id)
         ).one_or_none()

@@ -23,6 +23,10 @@ Defaults (the embedded mode: nothing to install, everything under `data_dir`):
 | KD_API_PORT                | 8000                                      |
 | KD_API_WORKERS             | 1                                         |
 | KD_WORKER_CONCURRENCY      | 1                                         |
+| KD_IDEMPOTENCY_TTL_SECONDS | 86400 (seconds a finished request's Idempotency-Key is kept and replayed) |
+| KD_IDEMPOTENCY_IN_FLIGHT_SECONDS | 3600 (seconds before a key held by a request that never finished, e.g. the API died, may be taken over) |
+| KD_QUOTA_STORED_BYTES      | 10737418240 (10 GiB of uploaded files per tenant) |
+| KD_QUOTA_CONCURRENT_JOBS   | 4 (unfinished jobs per tenant: queued, running or cancelling) |
 
 In production mode the embedded defaults are refused at construction (ValueError): a SQLite
 database, an SQLAlchemy/memory/filesystem broker, or a bootstrap key shorter than 32 characters.
@@ -62,6 +66,10 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, ge=1, le=65535)
     api_workers: int = Field(default=1, ge=1)
     worker_concurrency: int = Field(default=1, ge=1)
+    idempotency_ttl_seconds: int = Field(default=24 * 3600, gt=0)
+    idempotency_in_flight_seconds: int = Field(default=3600, gt=0)
+    quota_stored_bytes: int = Field(default=10 * GIB, gt=0)  # per tenant, uploaded files only
+    quota_concurrent_jobs: int = Field(default=4, gt=0)  # per tenant: queued + running + cancelling
 
     @property
     def db_url(self) -> str:

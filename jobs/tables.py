@@ -35,6 +35,8 @@ JOB_STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLING, CANCELLED)
 ACTIVE_STATUSES = (RUNNING, CANCELLING)  # a worker holds a lease
 TERMINAL_STATUSES = (SUCCEEDED, FAILED, CANCELLED)
 METRIC_RUNS = ("student", "baseline")
+IN_FLIGHT, DONE = "in_flight", "done"
+IDEMPOTENCY_STATUSES = (IN_FLIGHT, DONE)
 
 
 def utcnow() -> datetime:
@@ -44,6 +46,12 @@ def utcnow() -> datetime:
 def new_id(prefix: str) -> str:
     """"job_3f9c…": a prefix that names the kind, then 96 random bits."""
     return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def could_be_id(value: str) -> bool:
+    """Whether `value` has the shape of an id we issue. Anything else (a NUL byte, 10 kB of text)
+    names no row, and is answered as not found without asking the database."""
+    return 0 < len(value) <= 64 and value.isascii() and value.replace("_", "").isalnum()
 
 
 class UTCDateTime(TypeDecorator):
@@ -197,3 +205,33 @@ class Artifact(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IdempotencyKey(Base):
+    """An `Idempotency-Key` a tenant sent with a POST: claimed (`in_flight`) before the work starts,
+    then `done` with the response to replay, in the transaction that wrote the job or file row.
+
+    `fingerprint` is the sha256 of the request (None while an upload is still arriving);
+    `expires_at` is when the row stops counting (an expired row is ignored, then replaced or
+    purged). `response_body` is plain JSON, not JSONB, so PostgreSQL keeps its key order and a
+    replay is byte-for-byte the first response."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "key"),
+        Index("ix_idempotency_keys_expires_at", "expires_at"),
+        CheckConstraint(f"status IN ({', '.join(repr(s) for s in IDEMPOTENCY_STATUSES)})", name="status"),
+        CheckConstraint(f"status = '{IN_FLIGHT}' OR (response_status IS NOT NULL AND response_body IS NOT NULL)",
+                        name="response"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=IN_FLIGHT)
+    response_status: Mapped[int | None]
+    response_body: Mapped[Any | None] = mapped_column(JSON(none_as_null=True))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]

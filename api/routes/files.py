@@ -6,10 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 
+from api import quotas
 from api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
 from api.file_inspection import inspect_upload
+from api.idempotency import IdempotencyKeyDep, IdempotentRequest, fingerprint
 from api.problems import PROBLEM_SCHEMA, Problem
 from api.schemas.files import FileList, FileOut, Purpose
 from api.uploads import receive_upload
@@ -32,31 +34,47 @@ UPLOAD_BODY = {
 
 
 @router.post("", status_code=201, response_model=FileOut, openapi_extra=UPLOAD_BODY,
-             responses={413: PROBLEM_SCHEMA, 415: PROBLEM_SCHEMA, 422: PROBLEM_SCHEMA})
+             responses={409: PROBLEM_SCHEMA, 413: PROBLEM_SCHEMA, 415: PROBLEM_SCHEMA, 422: PROBLEM_SCHEMA,
+                        429: PROBLEM_SCHEMA})
 async def upload_file(request: Request, session: SessionDep, tenant: TenantDep, store: StoreDep,
-                      settings: SettingsDep) -> FileOut:
+                      settings: SettingsDep, key: IdempotencyKeyDep) -> JSONResponse:
     """Upload a file (multipart: `file`, `purpose`); its content is validated before it is kept."""
-    upload = await receive_upload(request, max_bytes=settings.max_upload_bytes,
-                                  tmp_dir=settings.data_dir / "tmp")
-    try:
-        purpose = upload.fields.get("purpose")
-        if purpose not in {p.value for p in Purpose}:
-            raise Problem(422, f"must be one of {', '.join(p.value for p in Purpose)}", field="purpose")
-        fmt, info = await run_in_threadpool(inspect_upload, upload.path, purpose)
-        file_id = files_repo.new_file_id()
-        key = f"files/{tenant.id}/{file_id}"
-        await run_in_threadpool(store.put_file, key, upload.path)
-    finally:
-        upload.path.unlink(missing_ok=True)
-    try:
-        row = files_repo.create(session, tenant_id=tenant.id, file_id=file_id, purpose=purpose, format=fmt,
-                                filename=upload.filename, bytes=upload.bytes, sha256=upload.sha256,
-                                storage_key=key, info=info)
-        session.commit()
-    except BaseException:
-        store.delete(key)
-        raise
-    return FileOut.from_row(row)
+    tenant_id = tenant.id
+    idempotent = IdempotentRequest(session, settings, tenant_id=tenant_id, key=key)
+    idempotent.begin()  # claimed before the body arrives; the fingerprint needs the content's sha256
+    with idempotent.released_on_error():
+        if not idempotent.replaying:
+            quotas.refuse_declared_upload(request, session, tenant_id=tenant_id, settings=settings)
+        upload = await receive_upload(request, max_bytes=settings.max_upload_bytes,
+                                      tmp_dir=settings.data_dir / "tmp")
+        try:
+            purpose = upload.fields.get("purpose")
+            request_fingerprint = fingerprint(request.method, request.url.path, upload.sha256, purpose,
+                                              upload.filename)
+            if (replay := idempotent.replay(request_fingerprint)) is not None:
+                return replay
+            if purpose not in {p.value for p in Purpose}:
+                raise Problem(422, f"must be one of {', '.join(p.value for p in Purpose)}", field="purpose")
+            quotas.check_stored_bytes(session, tenant_id=tenant_id, settings=settings, adding=upload.bytes)
+            fmt, info = await run_in_threadpool(inspect_upload, upload.path, purpose)
+            file_id = files_repo.new_file_id()
+            storage_key = f"files/{tenant_id}/{file_id}"
+            await run_in_threadpool(store.put_file, storage_key, upload.path)
+        finally:
+            upload.path.unlink(missing_ok=True)
+        try:
+            quotas.check_stored_bytes(session, tenant_id=tenant_id, settings=settings, adding=upload.bytes,
+                                      lock=True)  # again, under the tenant's lock: this one decides
+            row = files_repo.create(session, tenant_id=tenant_id, file_id=file_id, purpose=purpose, format=fmt,
+                                    filename=upload.filename, bytes=upload.bytes, sha256=upload.sha256,
+                                    storage_key=storage_key, info=info)
+            out = FileOut.from_row(row).model_dump(mode="json")
+            idempotent.finish(request_fingerprint, 201, out)
+            session.commit()
+        except BaseException:
+            store.delete(storage_key)
+            raise
+    return JSONResponse(out, status_code=201)
 
 
 @router.get("", response_model=FileList)

@@ -7,9 +7,11 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 
+from api import quotas
 from api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from api.idempotency import IdempotencyKeyDep, IdempotentRequest, fingerprint
 from api.problems import PROBLEM_SCHEMA, Problem
 from api.schemas.jobs import EventList, EventOut, JobCreate, JobList, JobOut, MetricList, MetricOut, Status
 from api.spec_resolution import resolve_spec
@@ -21,13 +23,24 @@ STUDENT_ARTIFACTS = {"safetensors": ("student_safetensors", "student.safetensors
                      "onnx": ("student_onnx", "student.onnx")}
 
 
-@router.post("", status_code=201, response_model=JobOut, responses={422: PROBLEM_SCHEMA})
+@router.post("", status_code=201, response_model=JobOut,
+             responses={409: PROBLEM_SCHEMA, 422: PROBLEM_SCHEMA, 429: PROBLEM_SCHEMA})
 async def create_job(body: JobCreate, request: Request, session: SessionDep, tenant: TenantDep,
-                     store: StoreDep, settings: SettingsDep) -> JobOut:
+                     store: StoreDep, settings: SettingsDep, key: IdempotencyKeyDep) -> JSONResponse:
     """Submit a distillation job; a spec that cannot run is refused here with 422."""
-    spec = await run_in_threadpool(resolve_spec, session, tenant_id=tenant.id, body=body, store=store)
-    row = jobs_repo.create(session, tenant_id=tenant.id, spec=spec, max_attempts=settings.max_attempts)
-    session.commit()  # the row is the truth: commit before the broker can wake a worker
+    tenant_id = tenant.id
+    request_fingerprint = fingerprint(request.method, request.url.path, await request.json())
+    idempotent = IdempotentRequest(session, settings, tenant_id=tenant_id, key=key)
+    idempotent.begin(request_fingerprint)
+    if (replay := idempotent.replay(request_fingerprint)) is not None:
+        return replay
+    with idempotent.released_on_error():
+        spec = await run_in_threadpool(resolve_spec, session, tenant_id=tenant_id, body=body, store=store)
+        quotas.take_job_slot(session, tenant_id=tenant_id, settings=settings)
+        row = jobs_repo.create(session, tenant_id=tenant_id, spec=spec, max_attempts=settings.max_attempts)
+        out = JobOut.from_row(row).model_dump(mode="json")
+        idempotent.finish(request_fingerprint, 201, out)
+        session.commit()  # the row is the truth: commit before the broker can wake a worker
     try:
         request.app.state.enqueuer.enqueue_job(row.id)
         lifecycle.mark_enqueued(session, job_id=row.id)
@@ -35,7 +48,7 @@ async def create_job(body: JobCreate, request: Request, session: SessionDep, ten
     except Exception:  # the reaper enqueues it again after KD_QUEUED_REQUEUE_AFTER
         log.exception("could not enqueue %s; the reaper will retry", row.id)
         session.rollback()
-    return JobOut.from_row(jobs_repo.get(session, tenant_id=tenant.id, job_id=row.id))
+    return JSONResponse(out, status_code=201)
 
 
 @router.get("", response_model=JobList)

@@ -1,16 +1,19 @@
-"""The Alembic migration on fresh databases: creates every table, matches the models, downgrades."""
+"""The Alembic migrations on fresh databases: create every table, match the models, downgrade step by step."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from jobs.db import make_engine
 from jobs.migrate import downgrade, upgrade
-from jobs.tables import Base
+from jobs.tables import Base, utcnow
 
-TABLES = {"tenants", "api_keys", "files", "jobs", "job_events", "job_metrics", "artifacts"}
+TABLES_0001 = {"tenants", "api_keys", "files", "jobs", "job_events", "job_metrics", "artifacts"}
+TABLES = TABLES_0001 | {"idempotency_keys"}
 
 
 def test_upgrade_matches_models_and_downgrade_removes_everything(empty_database_url):
@@ -27,5 +30,34 @@ def test_upgrade_matches_models_and_downgrade_removes_everything(empty_database_
         downgrade(empty_database_url)
         with engine.connect() as conn:
             assert set(inspect(conn).get_table_names()) == {"alembic_version"}
+    finally:
+        engine.dispose()
+
+
+def test_0002_adds_idempotency_keys_and_downgrades_to_0001_keeping_data(empty_database_url):
+    upgrade(empty_database_url, "0001_initial")
+    engine = make_engine(empty_database_url)
+    now = utcnow().replace(tzinfo=None)
+    try:
+        with engine.begin() as conn:
+            assert set(inspect(conn).get_table_names()) == TABLES_0001 | {"alembic_version"}
+            conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('ten_a', 'a', :now)"),
+                         {"now": now})
+        upgrade(empty_database_url)
+        with engine.begin() as conn:
+            assert set(inspect(conn).get_table_names()) == TABLES | {"alembic_version"}
+            unique = {tuple(u["column_names"]) for u in inspect(conn).get_unique_constraints("idempotency_keys")}
+            assert ("tenant_id", "key") in unique
+            conn.execute(text("INSERT INTO idempotency_keys (tenant_id, key, status, created_at, expires_at) "
+                              "VALUES ('ten_a', 'k1', 'in_flight', :now, :later)"),
+                         {"now": now, "later": now + timedelta(hours=1)})
+        downgrade(empty_database_url, "0001_initial")
+        with engine.connect() as conn:
+            assert set(inspect(conn).get_table_names()) == TABLES_0001 | {"alembic_version"}
+            assert conn.execute(text("SELECT name FROM tenants")).scalars().all() == ["a"]
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001_initial"
+        upgrade(empty_database_url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM idempotency_keys")).scalar() == 0
     finally:
         engine.dispose()

@@ -145,8 +145,6 @@ def test_non_finite_metadata_is_a_422(client, seeded):
     assert err["errors"][0]["field"] == "metadata" and "finite" in err["detail"]
 
 
-@pytest.mark.xfail(strict=True, reason="routes/repositories look NUL-bearing ids up in PostgreSQL (500); "
-                                       "fix outside tests/security, then drop this mark")
 def test_nul_in_an_id_is_not_a_500(client):
     answers = {}
     for method, url in [("GET", "/v1/files/%00"), ("GET", "/v1/files/%00/content"), ("DELETE", "/v1/files/%00"),
