@@ -26,7 +26,10 @@ from jobs.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 REDIS_SERVER = "redis://127.0.0.1:6379"
-REDIS_TEST_DB = 11  # tests flush this database; nothing else on the machine should use it
+# The Redis database this test run flushes and uses as its broker: one of 1..15 per pytest process,
+# so two test runs on one machine (developers running suites side by side) do not take each other's
+# messages. Database 0 is left alone.
+REDIS_TEST_DB = os.getpid() % 15 + 1
 TABLES = ("artifacts", "job_metrics", "job_events", "jobs", "files", "api_keys", "tenants")
 
 
