@@ -71,10 +71,9 @@ def redis_url() -> str:
 def service_env(*, database_url: str, broker_url: str, data_dir: Path, api_key: str, **extra: str) -> dict:
     """Environment for an API or worker subprocess: the machine's, plus KD_ settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KD_")}
-    env.update(KD_DATABASE_URL=database_url, KD_BROKER_URL=broker_url, KD_DATA_DIR=str(data_dir),
-               KD_BOOTSTRAP_API_KEY=api_key, PYTHONPATH=str(ROOT),
-               OMP_NUM_THREADS="1",  # one thread per worker process: 2 cores, several processes
-               **extra)
+    # One thread per worker process (2 cores, several processes); `extra` may override it.
+    env.update({"KD_DATABASE_URL": database_url, "KD_BROKER_URL": broker_url, "KD_DATA_DIR": str(data_dir),
+                "KD_BOOTSTRAP_API_KEY": api_key, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **extra})
     return env
 
 
