@@ -1,0 +1,239 @@
+"""A self-contained HTML report of a succeeded job (GET /v1/jobs/{id}/report).
+
+`render_report(job, metrics)` is pure: plain dicts in (the job as JobOut JSON, the metric rows as
+{"run", "epoch", "values"}), one HTML string out. No external assets: the plots are PNGs drawn with
+matplotlib's Agg canvas (no pyplot, so it is safe in the API's worker threads) and embedded as
+base64 data URIs, the CSS is inline. Every string that comes from the job (metadata, arch names,
+ids) is HTML-escaped. It must not import torch, fastapi or celery.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:60rem;
+color:#222;padding:0 1rem}
+h1{font-size:1.5rem;margin-bottom:.2rem}h2{font-size:1.15rem;margin-top:2rem}
+.sub{color:#666;margin-top:0}.verdict{font-size:1.1rem;padding:.8rem 1rem;background:#f3f6fa;
+border-left:4px solid #3b6ea5}
+table{border-collapse:collapse;width:100%;font-size:.92rem}
+th,td{border-bottom:1px solid #ddd;padding:.35rem .5rem;text-align:right}
+th:first-child,td:first-child{text-align:left}thead th{background:#fafafa}
+.plots img{max-width:100%;display:block;margin:1rem 0}pre{background:#f7f7f7;padding:.8rem;
+overflow:auto;font-size:.85rem}.note{color:#666;font-size:.85rem}
+"""
+DASH = "\u2014"
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _pct(value: Any) -> str:
+    v = _num(value)
+    return DASH if v is None else f"{v * 100:.2f} %"
+
+
+def _int(value: Any) -> str:
+    v = _num(value)
+    return DASH if v is None else f"{int(v):,}"
+
+
+def _bytes(value: Any) -> str:
+    v = _num(value)
+    if v is None:
+        return DASH
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if v < 1024 or unit == "GiB":
+            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
+        v /= 1024
+    return DASH
+
+
+def _ms(value: Any) -> str:
+    v = _num(value)
+    return DASH if v is None else f"{v:.3f} ms"
+
+
+def _times(value: Any) -> str:
+    v = _num(value)
+    return DASH if v is None else f"{v:.2f}\u00d7"
+
+
+def _plain(value: Any) -> str:
+    v = _num(value)
+    return DASH if v is None else f"{v:g}"
+
+
+def verdict(result: dict[str, Any]) -> str:
+    """One sentence (plain text, not escaped): did distillation beat the baseline, by how much."""
+    split = result.get("evaluated_on") or "evaluation"
+    student = result.get("student") or {}
+    baseline = result.get("baseline")
+    gain = _num(result.get("distillation_gain"))
+    if not baseline or gain is None:
+        return (f"No baseline was trained, so there is no measure of what distillation gained; the student "
+                f"reached {_pct(student.get('accuracy'))} accuracy on the {split} split.")
+    points = abs(gain) * 100
+    both = f"(student {_pct(student.get('accuracy'))} vs baseline {_pct(baseline.get('accuracy'))})"
+    if gain > 0:
+        return f"Distillation beat the baseline by {points:.2f} percentage points on the {split} split {both}."
+    if gain < 0:
+        return (f"Distillation did not beat the baseline: the student was {points:.2f} percentage points "
+                f"below it on the {split} split {both}.")
+    return f"Distillation tied with the baseline (0.00 percentage points) on the {split} split {both}."
+
+
+def _series(metrics: list[dict[str, Any]], run: str, key: str) -> tuple[list[int], list[float]]:
+    rows = sorted((m for m in metrics if m.get("run") == run), key=lambda m: m.get("epoch", 0))
+    points = [(int(m["epoch"]), _num((m.get("values") or {}).get(key))) for m in rows]
+    points = [(e, v) for e, v in points if v is not None]
+    return [e for e, _ in points], [v for _, v in points]
+
+
+def _png(fig: Figure) -> str:
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig)
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figure(title: str, ylabel: str) -> tuple[Figure, Any]:
+    fig = Figure(figsize=(7, 3.4))
+    ax = fig.add_subplot()
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def _finish(fig: Figure, ax: Any, has_data: bool) -> str:
+    if has_data:
+        ax.legend(loc="best")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="#888")
+    return _png(fig)
+
+
+def _loss_plot(metrics: list[dict[str, Any]]) -> str:
+    fig, ax = _figure("Training loss of the student: hard and soft terms", "loss")
+    has = False
+    for key, label, style in (("train_hard", "hard (labels)", "-o"), ("train_soft", "soft (teacher)", "-s"),
+                              ("train_loss", "total", "--")):
+        x, y = _series(metrics, "student", key)
+        if x:
+            ax.plot(x, y, style, label=label, markersize=3)
+            has = True
+    return _finish(fig, ax, has)
+
+
+def _accuracy_plot(metrics: list[dict[str, Any]], result: dict[str, Any]) -> str:
+    fig, ax = _figure("Validation accuracy", "accuracy")
+    has = False
+    for run, style in (("student", "-o"), ("baseline", "-s")):
+        x, y = _series(metrics, run, "val_accuracy")
+        if x:
+            ax.plot(x, y, style, label=run, markersize=3)
+            has = True
+    teacher = _num((result.get("teacher") or {}).get("accuracy"))
+    if teacher is not None:
+        ax.axhline(teacher, color="#444", linestyle=":",
+                   label=f"teacher ({result.get('evaluated_on') or 'evaluation'} split)")
+        has = True
+    return _finish(fig, ax, has)
+
+
+def _agreement_plot(metrics: list[dict[str, Any]]) -> str:
+    fig, ax = _figure("Top-1 agreement with the teacher (validation)", "agreement")
+    has = False
+    for run, style in (("student", "-o"), ("baseline", "-s")):
+        x, y = _series(metrics, run, "val_agreement")
+        if x:
+            ax.plot(x, y, style, label=run, markersize=3)
+            has = True
+    return _finish(fig, ax, has)
+
+
+def _table(job: dict[str, Any], result: dict[str, Any]) -> str:
+    teacher = result.get("teacher") or {}
+    student = result.get("student") or {}
+    baseline = result.get("baseline")
+    spec = job.get("spec") or {}
+    t_arch = (spec.get("teacher") or {}).get("arch") or "teacher"
+    s_arch = student.get("arch") or (spec.get("student") or {}).get("arch") or "student"
+    rows = [
+        ("teacher", t_arch, teacher.get("accuracy"), teacher.get("parameters"),
+         teacher.get("size_bytes", job.get("teacher_file_bytes")), teacher.get("latency_ms"), 1.0, 1.0,
+         None, None),
+        ("student", s_arch, student.get("accuracy"), student.get("parameters"), student.get("size_bytes"),
+         student.get("latency_ms"), result.get("compression"), result.get("speedup"), result.get("temperature"),
+         result.get("alpha")),
+    ]
+    if baseline:  # the same architecture as the student, trained on the labels alone
+        rows.append(("baseline", s_arch, baseline.get("accuracy"), baseline.get("parameters", student.get("parameters")),
+                     baseline.get("size_bytes", student.get("size_bytes")),
+                     baseline.get("latency_ms", student.get("latency_ms")), result.get("compression"),
+                     result.get("speedup"), None, None))
+    head = ("model", "architecture", "accuracy", "parameters", "size on disk", "CPU latency", "compression",
+            "speed-up", "T", "\u03b1")
+    out = ["<table><thead><tr>", *(f"<th>{_e(h)}</th>" for h in head), "</tr></thead><tbody>"]
+    for name, arch, acc, params, size, lat, comp, speed, temp, alpha in rows:
+        cells = (name, arch, _pct(acc), _int(params), _bytes(size), _ms(lat), _times(comp), _times(speed),
+                 _plain(temp), _plain(alpha))
+        out.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def render_report(job: dict[str, Any], metrics: list[dict[str, Any]]) -> str:
+    """The report page of a job (as JobOut JSON) and its metric rows."""
+    result = job.get("result") or {}
+    spec = job.get("spec") or {}
+    split = result.get("evaluated_on") or "evaluation"
+    metadata = spec.get("metadata") or job.get("metadata") or {}
+    plots = [("Loss", _loss_plot(metrics)), ("Accuracy", _accuracy_plot(metrics, result)),
+             ("Agreement", _agreement_plot(metrics))]
+    hp = spec.get("hyperparameters") or {}
+    details = {k: hp.get(k) for k in ("loss", "epochs", "batch_size", "learning_rate", "optimizer", "seed")
+               if k in hp}
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>Distillation report {_e(job.get('id', ''))}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>Distillation report</h1><p class=\"sub\">job <code>{_e(job.get('id', ''))}</code> \u00b7 "
+        f"{_e(job.get('status', ''))} \u00b7 finished {_e(job.get('finished_at') or DASH)}</p>",
+        f'<p class="verdict" id="verdict">{_e(verdict(result))}</p>',
+        f"<h2>Models (accuracy on the {_e(split)} split, {_e(_int(result.get('num_eval_samples')))} samples)</h2>",
+        _table(job, result),
+        '<p class="note">Compression and speed-up are relative to the teacher (parameters, CPU latency of one '
+        "batch). The baseline has the student's architecture and training budget, without the teacher.</p>",
+        '<h2>Training</h2><div class="plots">',
+        *(f'<img alt="{_e(name)}" src="data:image/png;base64,{data}">' for name, data in plots),
+        "</div>",
+        f"<h2>Settings</h2><pre>{_e(json.dumps(details, indent=2, ensure_ascii=False))}</pre>",
+        f"<h2>Metadata</h2><pre>{_e(json.dumps(metadata, indent=2, ensure_ascii=False))}</pre>",
+        "</body></html>",
+    ]
+    return "\n".join(parts)

@@ -1,0 +1,121 @@
+"""The job report (jobs.report.render_report, GET /v1/jobs/{id}/report) and the live event stream
+of a running job: a hand-made job renders without a database; a real worker (marked slow) runs a
+job that is followed over SSE and whose report is fetched."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from jobs.report import render_report, verdict
+from tests.conftest import problem
+from tests.worker.test_worker_process import submit, wait_for, worker  # noqa: F401 (a fixture)
+
+SENTENCE = re.compile(r'<p class="verdict" id="verdict">(.*?)</p>', re.S)
+
+
+def hand_made(baseline: bool = True) -> tuple[dict, list[dict]]:
+    result = {
+        "evaluated_on": "test", "num_eval_samples": 360,
+        "teacher": {"accuracy": 0.9722, "parameters": 9610, "latency_ms": 0.5, "ece": 0.02, "macs": 9472},
+        "student": {"arch": "mlp", "accuracy": 0.9444, "parameters": 1210, "latency_ms": 0.125,
+                    "size_bytes": 6144, "agreement": 0.95},
+        "baseline": {"accuracy": 0.9111, "agreement": 0.91} if baseline else None,
+        "compression": 9610 / 1210, "speedup": 4.0, "temperature": 4.0, "alpha": 0.3, "loss": "forward_kl",
+    }
+    if baseline:
+        result["distillation_gain"] = 0.9444 - 0.9111
+    job = {"id": "job_0123456789abcdef01234567", "status": "succeeded", "result": result,
+           "finished_at": "2026-11-28T21:00:00Z", "teacher_file_bytes": 40 * 1024,
+           "spec": {"teacher": {"file_id": "file_x", "arch": "mlp"}, "student": {"arch": "mlp"},
+                    "hyperparameters": {"temperature": 4.0, "alpha": 0.3, "epochs": 3},
+                    "metadata": {"owner": "<script>alert('x')</script>", "link": "see a&b"}}}
+    metrics = [{"run": run, "epoch": e,
+                "values": {"train_loss": 1.0 / e, "train_hard": 0.6 / e, "train_soft": 0.4 / e,
+                           "val_accuracy": 0.8 + e / 100 - (0.02 if run == "baseline" else 0), "val_agreement": 0.8 + e / 50}}
+               for run in (("baseline", "student") if baseline else ("student",)) for e in (1, 2, 3)]
+    return job, metrics
+
+
+def test_the_report_says_by_how_much_distillation_beat_the_baseline():
+    job, metrics = hand_made()
+    page = render_report(job, metrics)
+    sentence = html.unescape(SENTENCE.search(page).group(1))
+    assert sentence.startswith("Distillation beat the baseline by 3.33 percentage points on the test split")
+    assert "94.44 %" in sentence and "91.11 %" in sentence
+    for cell in ("97.22 %", "94.44 %", "91.11 %", "9,610", "1,210", "6.0 KiB", "40.0 KiB", "0.500 ms", "0.125 ms",
+                 "7.94\u00d7", "4.00\u00d7", "<td>4</td>", "<td>0.3</td>"):
+        assert cell in page, cell
+    assert page.count('<img alt="') == 3
+    assert page.count('<img alt="Loss" src="data:image/png;base64,') == 1
+    assert page.count('src="data:image/png;base64,') == 3
+    assert "http://" not in page and "https://" not in page
+    assert "<script>" not in page and "&lt;script&gt;alert(" in page and "a&amp;b" in page
+
+
+def test_the_report_says_when_no_baseline_was_trained_and_when_distillation_lost():
+    job, metrics = hand_made(baseline=False)
+    page = render_report(job, metrics)
+    assert "No baseline was trained" in html.unescape(SENTENCE.search(page).group(1))
+    assert page.count('src="data:image/png;base64,') == 3 and "<td>baseline</td>" not in page
+    job, _ = hand_made()
+    job["result"]["baseline"]["accuracy"], job["result"]["distillation_gain"] = 0.96, 0.9444 - 0.96
+    assert verdict(job["result"]).startswith("Distillation did not beat the baseline: the student was 1.56 "
+                                             "percentage points below it on the test split")
+
+
+def test_arch_names_are_escaped_and_nothing_heavy_is_imported():
+    job, metrics = hand_made()
+    job["result"]["student"]["arch"] = '"><img src=x onerror=alert(1)>'
+    page = render_report(job, metrics)
+    assert "<img src=x" not in page and "&lt;img src=x" in page
+    code = "import sys, jobs.report; print(sorted({'torch', 'fastapi', 'celery'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_a_running_jobs_stream_and_report(client, worker, digits_teacher):  # noqa: F811
+    job = submit(client, digits_teacher, epochs=6)
+    problem(client.get(f"/v1/jobs/{job['id']}/report"), 409)  # not succeeded yet
+    received: list[tuple[float, dict]] = []
+    statuses_seen_live: list[str] = []
+    with client.stream("GET", f"/v1/jobs/{job['id']}/events", headers={"Accept": "text/event-stream"},
+                       timeout=300) as resp:
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            if line.startswith("data: "):
+                event = json.loads(line[len("data: "):])
+                received.append((time.monotonic(), event))
+                if event["type"] == "epoch" and not statuses_seen_live:  # the job is still running now
+                    statuses_seen_live.append(client.get(f"/v1/jobs/{job['id']}").json()["status"])
+    ended = time.monotonic()
+    events = [e for _, e in received]
+    assert [e["id"] for e in events] == list(range(1, len(events) + 1))
+    phases = [e["data"]["phase"] for e in events if e["type"] == "phase"]
+    assert phases == ["loading", "caching_teacher", "training", "baseline", "evaluating", "exporting"]
+    epochs = [(e["data"]["run"], e["data"]["epoch"]) for e in events if e["type"] == "epoch"]
+    assert epochs == [(r, n) for r in ("student", "baseline") for n in range(1, 7)]
+    assert statuses_seen_live == ["running"]
+    first_epoch_at = next(t for t, e in received if e["type"] == "epoch")
+    assert first_epoch_at < received[-1][0] <= ended  # delivered as they happened, not all at the end
+    assert events[-1]["type"] == "status" and events[-1]["data"]["status"] == "succeeded"
+
+    job = wait_for(client, job["id"], lambda j: j["status"] == "succeeded", timeout=30, worker=worker)
+    resp = client.get(f"/v1/jobs/{job['id']}/report")
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/html")
+    page = resp.text
+    gain = job["result"]["distillation_gain"]
+    sentence = html.unescape(SENTENCE.search(page).group(1))
+    points = f"{abs(gain) * 100:.2f} percentage points"
+    assert points in sentence and "on the test split" in sentence, (sentence, gain)
+    assert sentence.startswith("Distillation beat" if gain > 0 else
+                               "Distillation did not beat" if gain < 0 else "Distillation tied")
+    assert page.count('src="data:image/png;base64,') == 3
+    assert "http://" not in page and "https://" not in page
