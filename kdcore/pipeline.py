@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from kdcore.models import build_model, check_input_shape, count_params, estimate
 from kdcore.spec import DistillSpec
 from kdcore.teacher_logit_cache import can_cache, compute_teacher_logits
 from kdcore.teachers import Teacher, load_teacher
-from kdcore.trainer import Callbacks, EpochMetrics, resolve_device, train
+from kdcore.trainer import Callbacks, EpochMetrics, StepInfo, TrainResult, resolve_device, train
 
 PHASES = ("loading", "caching_teacher", "training", "baseline", "evaluating", "exporting")
 STUDENT_FILE = "student.safetensors"
@@ -159,30 +159,50 @@ def run_distillation(spec: DistillSpec, *, out_dir: Path, checkpoint_dir: Path |
                 {"cached": cacheable, "seconds": time.perf_counter() - t0})
 
     cb.on_phase("training")
-    torch.manual_seed(hp.seed)
-    student = build_model(spec.student.arch, spec.student.arch_params, input_shape=input_shape,
-                          num_classes=num_classes)
-    if spec.student.init_path is not None:
-        _load_init_weights(student, spec.student.init_path)
-    history = train(student, train_set=splits.train, val_set=splits.val, hp=hp, run="student",
+
+    def train_student(point_hp, point: int | None, points: int | None, callbacks: Callbacks,
+                      ckpt: Path | None) -> tuple[torch.nn.Module, TrainResult]:
+        torch.manual_seed(hp.seed)  # every point starts from the same weights
+        model = build_model(spec.student.arch, spec.student.arch_params, input_shape=input_shape,
+                            num_classes=num_classes)
+        if spec.student.init_path is not None:
+            _load_init_weights(model, spec.student.init_path)
+        run = train(model, train_set=splits.train, val_set=splits.val, hp=point_hp, run="student",
                     teacher_train_logits=train_logits, live_teacher=None if cacheable else teacher,
-                    teacher_val_logits=val_logits, callbacks=cb, device=device,
-                    checkpoint_dir=None if checkpoint_dir is None else checkpoint_dir / "student").history
+                    teacher_val_logits=val_logits, callbacks=callbacks, device=device,
+                    checkpoint_dir=ckpt, point=point, points=points)
+        return model, run
+
+    sweep = None
+    if not hp.is_sweep:
+        student, student_run = train_student(hp, None, None, cb,
+                                             None if checkpoint_dir is None else checkpoint_dir / "student")
+        chosen_hp = hp
+    else:
+        student, student_run, chosen_hp, sweep = _sweep(hp, train_student, splits.val, val_logits, cb,
+                                                        checkpoint_dir, device)
+    history = student_run.history
 
     baseline = None
+    baseline_run: TrainResult | None = None
     baseline_history: list[EpochMetrics] = []
     if spec.baseline:
         cb.on_phase("baseline")
         torch.manual_seed(hp.seed)  # same initial weights as the distilled student
         baseline = build_model(spec.student.arch, spec.student.arch_params, input_shape=input_shape,
                                num_classes=num_classes)
-        baseline_history = train(baseline, train_set=splits.train, val_set=splits.val, hp=hp, run="baseline",
-                                 teacher_val_logits=val_logits, callbacks=cb, device=device,
-                                 checkpoint_dir=None if checkpoint_dir is None else checkpoint_dir / "baseline"
-                                 ).history
+        baseline_run = train(baseline, train_set=splits.train, val_set=splits.val, hp=chosen_hp, run="baseline",
+                             teacher_val_logits=val_logits, callbacks=cb, device=device,
+                             checkpoint_dir=None if checkpoint_dir is None else checkpoint_dir / "baseline")
+        baseline_history = baseline_run.history
 
     cb.on_phase("evaluating")
     summary = _summarise(spec, splits, teacher, student, baseline, eval_logits, device)
+    summary["temperature"], summary["alpha"] = chosen_hp.temperature, chosen_hp.alpha
+    summary["student"].update(_run_record(student_run))
+    if baseline_run is not None:
+        summary["baseline"].update(_run_record(baseline_run))
+    summary["sweep"] = sweep
     summary["seconds"] = round(time.perf_counter() - started, 3)
 
     cb.on_phase("exporting")
@@ -204,6 +224,85 @@ def run_distillation(spec: DistillSpec, *, out_dir: Path, checkpoint_dir: Path |
             f.write(json.dumps(m.to_dict()) + "\n")
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _run_record(run: TrainResult) -> dict[str, Any]:
+    """What the summary says about one training run: its length and best epoch."""
+    return {"epochs_run": run.epochs_completed, "best_epoch": run.best_epoch,
+            "stopped_early": run.stopped_early, "restored_best": run.restored_best}
+
+
+class _SweepPointCallbacks(Callbacks):
+    """A sweep point's trainer callbacks. Steps, cancellation and resumes go through to the job's
+    callbacks (StepInfo carries `point`/`points`, so progress can grow across points).
+    Per-epoch metrics do not: the service keeps one metric row per (job, run, epoch), so the points'
+    epochs are reported as `sweep_epoch` events (still before each checkpoint; checkpoints as
+    `sweep_checkpoint` events) and the chosen point's
+    epochs are reported through `on_epoch_end` once the sweep has picked it."""
+
+    def __init__(self, outer: PipelineCallbacks, point: int, points: int, temperature: float, alpha: float):
+        self.outer, self.point, self.points = outer, point, points
+        self.temperature, self.alpha = temperature, alpha
+
+    def on_step(self, info: StepInfo) -> None:
+        self.outer.on_step(info)
+
+    def on_epoch_end(self, m: EpochMetrics) -> None:
+        self.outer.on_event("sweep_epoch", f"sweep point {self.point + 1}/{self.points} (T={self.temperature:g}, "
+                            f"alpha={self.alpha:g}) epoch {m.epoch}/{m.epochs}: val accuracy {m.val_accuracy:.4f}",
+                            {**m.to_dict(), "temperature": self.temperature, "alpha": self.alpha})
+
+    def should_stop(self) -> bool:
+        return self.outer.should_stop()
+
+    def on_checkpoint(self, info) -> None:
+        # Not the job's on_checkpoint: its events are one per (run, epoch), which the points share.
+        self.outer.on_event("sweep_checkpoint", f"sweep point {self.point + 1}/{self.points}: checkpoint after "
+                            f"epoch {info.epoch}", {"point": self.point, "epoch": info.epoch,
+                                                     "sha256": info.sha256, "bytes": info.bytes})
+
+    def on_resume(self, *, run: str, epoch: int, skipped) -> None:
+        self.outer.on_resume(run=f"{run}[{self.point}]", epoch=epoch, skipped=skipped)
+
+
+def _sweep(hp, train_student, val: ArrayDataset, val_logits: torch.Tensor | None, cb: PipelineCallbacks,
+           checkpoint_dir: Path | None, device: torch.device):
+    """Train every (T, alpha) point, same seed, data and cached teacher logits; pick the best by
+    validation accuracy of the weights each point ends with, then validation agreement with the
+    teacher, then grid order. Each point checkpoints into its own `student-{index}` directory."""
+    grid = hp.grid()
+    points: list[dict[str, Any]] = []
+    best = None  # (key, index, model, run)
+    for i, (t, a) in enumerate(grid):
+        point_hp = replace(hp, temperature=t, alpha=a)
+        model, run = train_student(point_hp, i, len(grid), _SweepPointCallbacks(cb, i, len(grid), t, a),
+                                   None if checkpoint_dir is None else checkpoint_dir / f"student-{i}")
+        logits = predict_logits(model, val.x, device=device)
+        acc = (logits.argmax(1) == val.y.to(logits.device)).float().mean().item()
+        agree = (None if val_logits is None else
+                 (logits.argmax(1) == val_logits.to(logits.device).argmax(1)).float().mean().item())
+        points.append({"temperature": t, "alpha": a, "val_accuracy": acc, "val_agreement": agree,
+                       "epochs_run": run.epochs_completed, "best_epoch": run.best_epoch,
+                       "stopped_early": run.stopped_early,
+                       "history": [{"epoch": m.epoch, "train_loss": m.train_loss, "val_accuracy": m.val_accuracy,
+                                    "val_agreement": m.val_agreement} for m in run.history]})
+        cb.on_event("sweep_point", f"sweep point {i + 1}/{len(grid)} (T={t:g}, alpha={a:g}): "
+                    f"val accuracy {acc:.4f}", {k: v for k, v in points[-1].items() if k != "history"})
+        key = (acc, -1.0 if agree is None else agree)
+        if best is None or key > best[0]:  # strictly better: ties keep the earlier point
+            best = (key, i, model, run)
+        else:
+            del model
+    _, index, student, run = best
+    chosen = points[index]
+    cb.on_event("sweep_best", f"sweep chose T={chosen['temperature']:g}, alpha={chosen['alpha']:g} "
+                f"(val accuracy {chosen['val_accuracy']:.4f})",
+                {"index": index, "temperature": chosen["temperature"], "alpha": chosen["alpha"]})
+    for m in run.history:  # the student's per-epoch record is the chosen point's
+        cb.on_epoch_end(m)
+    sweep = {"points": points, "best": {"temperature": chosen["temperature"], "alpha": chosen["alpha"],
+                                        "index": index}}
+    return student, run, replace(hp, temperature=chosen["temperature"], alpha=chosen["alpha"]), sweep
 
 
 def _check_teacher(teacher: Teacher, splits: Splits, num_classes: int) -> None:

@@ -18,6 +18,9 @@ from kdcore.errors import SpecError
 MAX_TEMPERATURE = 100.0
 MAX_EPOCHS = 1000
 MAX_BATCH_SIZE = 65536
+# A sweep (temperature and/or alpha given as lists) trains every (T, alpha) point of the grid.
+MAX_SWEEP_POINTS = 36  # grid size
+MAX_SWEEP_EPOCHS = 2000  # grid size × epochs: the sweep's whole training budget
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 AUGMENTATIONS = ("none", "noise")
@@ -50,8 +53,8 @@ class DatasetSpec:
 
 @dataclass
 class Hyperparameters:
-    temperature: float = 4.0
-    alpha: float = 0.3  # weight of the hard-label CE; 1 - alpha goes to the teacher
+    temperature: float | list[float] = 4.0  # a list: sweep over these values
+    alpha: float | list[float] = 0.3  # weight of the hard-label CE; 1 - alpha goes to the teacher
     loss: str = "forward_kl"
     epochs: int = 10
     batch_size: int = 128
@@ -67,6 +70,20 @@ class Hyperparameters:
     augment: str = "none"  # "noise": Gaussian input noise; the teacher then runs live every step
     noise_std: float = 0.1
     device: str = "auto"
+    early_stopping_patience: int | None = None  # stop after this many epochs without a better val accuracy
+    restore_best: bool = False  # end with the weights of the epoch with the best val accuracy
+
+    @property
+    def is_sweep(self) -> bool:
+        return isinstance(self.temperature, list) or isinstance(self.alpha, list)
+
+    def grid(self) -> list[tuple[float, float]]:
+        """Every (temperature, alpha) point, temperature-major, in the order given."""
+        return [(t, a) for t in _as_list(self.temperature) for a in _as_list(self.alpha)]
+
+
+def _as_list(value: float | list[float]) -> list[float]:
+    return list(value) if isinstance(value, list) else [value]
 
 
 @dataclass
@@ -101,12 +118,32 @@ class DistillSpec:
         """Checks that need no file: ranges and choices. Shapes and classes are checked by the
         pipeline (kdcore.pipeline.check_spec) once the files are known."""
         hp = self.hyperparameters
-        if not (0 < hp.temperature <= MAX_TEMPERATURE) or not math.isfinite(hp.temperature):
-            raise SpecError(f"must be > 0 and <= {MAX_TEMPERATURE:g}", field="hyperparameters.temperature")
-        if not 0.0 <= hp.alpha <= 1.0:
-            raise SpecError("must be between 0 and 1", field="hyperparameters.alpha")
+        for name, ok, reason in (
+                ("temperature", lambda t: 0 < t <= MAX_TEMPERATURE and math.isfinite(t),
+                 f"must be > 0 and <= {MAX_TEMPERATURE:g}"),
+                ("alpha", lambda a: 0.0 <= a <= 1.0, "must be between 0 and 1")):
+            value = getattr(hp, name)
+            values = _as_list(value)
+            if isinstance(value, list) and not values:
+                raise SpecError("must be a number or a non-empty list of numbers", field=f"hyperparameters.{name}")
+            for v in values:
+                if not ok(v):
+                    raise SpecError(reason if not isinstance(value, list) else f"{reason} (item {v:g})",
+                                    field=f"hyperparameters.{name}")
+            if len(set(values)) != len(values):
+                raise SpecError("the list must not repeat a value", field=f"hyperparameters.{name}")
         if not 1 <= hp.epochs <= MAX_EPOCHS:
             raise SpecError(f"must be between 1 and {MAX_EPOCHS}", field="hyperparameters.epochs")
+        points = len(hp.grid())
+        if points > MAX_SWEEP_POINTS:
+            raise SpecError(f"the sweep has {points} (temperature, alpha) points, over the limit of "
+                            f"{MAX_SWEEP_POINTS} (MAX_SWEEP_POINTS)", field="hyperparameters")
+        if points * hp.epochs > MAX_SWEEP_EPOCHS:
+            raise SpecError(f"the sweep needs {points} points × {hp.epochs} epochs = {points * hp.epochs} "
+                            f"epochs, over the limit of {MAX_SWEEP_EPOCHS} (MAX_SWEEP_EPOCHS)",
+                            field="hyperparameters")
+        if hp.early_stopping_patience is not None and hp.early_stopping_patience < 1:
+            raise SpecError("must be >= 1 or null", field="hyperparameters.early_stopping_patience")
         if not 1 <= hp.batch_size <= MAX_BATCH_SIZE:
             raise SpecError(f"must be between 1 and {MAX_BATCH_SIZE}", field="hyperparameters.batch_size")
         if not (0 < hp.learning_rate <= 10) or not math.isfinite(hp.learning_rate):
@@ -172,6 +209,8 @@ def _coerce(value: Any, default: Any, annotation: str, where: str) -> Any:
         if optional:
             return None
         raise SpecError("must not be null", field=where)
+    if "list[float]" in str(annotation) and isinstance(value, list):
+        return [_coerce(v, None, "float", where) for v in value]
     if "dict" in str(annotation):
         return _check_type(value, dict, where)
     if "bool" in str(annotation):
@@ -217,8 +256,12 @@ FIELD_HELP: dict[str, str] = {
     "dataset.test_path": "optional test data; the final evaluation uses it (else the validation split)",
     "dataset.validation_fraction": "share of train held out for validation when none is given (default 0.1)",
     "dataset.standardize": "standardise features with mean/std of the training split only (default false)",
-    "hyperparameters.temperature": f"softmax temperature T, > 0 and <= {MAX_TEMPERATURE:g} (default 4)",
-    "hyperparameters.alpha": "weight of the hard-label cross-entropy, 0..1; 1 - alpha weights the teacher (default 0.3)",
+    "hyperparameters.temperature": f"softmax temperature T, > 0 and <= {MAX_TEMPERATURE:g} (default 4); a list "
+                                   "of distinct values sweeps them (see alpha)",
+    "hyperparameters.alpha": "weight of the hard-label cross-entropy, 0..1; 1 - alpha weights the teacher (default "
+                             "0.3); a list of distinct values sweeps them: every (temperature, alpha) point is "
+                             "trained and the one with the best validation accuracy becomes the student "
+                             f"(at most {MAX_SWEEP_POINTS} points and {MAX_SWEEP_EPOCHS} epochs in all)",
     "hyperparameters.loss": "soft term: forward_kl (default), reverse_kl, js, mse_logits",
     "hyperparameters.epochs": f"training epochs, 1..{MAX_EPOCHS} (default 10)",
     "hyperparameters.batch_size": f"samples per step, 1..{MAX_BATCH_SIZE} (default 128)",
@@ -235,6 +278,10 @@ FIELD_HELP: dict[str, str] = {
                                "the teacher then runs live every step)",
     "hyperparameters.noise_std": "standard deviation of the input noise (default 0.1)",
     "hyperparameters.device": "auto (CUDA when present, default), cpu or cuda",
+    "hyperparameters.early_stopping_patience": "stop a run when its validation accuracy has not improved for this "
+                                               "many epochs; null = off (default)",
+    "hyperparameters.restore_best": "end each run with the weights of its epoch with the best validation accuracy "
+                                    "(default false)",
     "baseline": "also train the same student from scratch with the same data, budget and seed (default true)",
     "metadata": "free-form JSON object stored with the job and the student file",
 }

@@ -7,6 +7,7 @@ heartbeats, cancellation) comes in through `Callbacks`; kdcore knows nothing of 
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,6 +39,8 @@ class StepInfo:
     hard: float
     soft: float
     lr: float
+    point: int | None = None  # index of the sweep point (grid order); None outside a sweep
+    points: int | None = None  # sweep points in all
 
 
 @dataclass
@@ -53,6 +56,7 @@ class EpochMetrics:
     val_agreement: float | None  # top-1 agreement with the teacher on the validation split
     lr: float
     seconds: float
+    point: int | None = None  # index of the sweep point (grid order); None outside a sweep
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,6 +92,15 @@ class TrainResult:
     epochs_run: int  # epochs trained in this call (fewer than hp.epochs after a resume)
     resumed_from_epoch: int  # 0 for a fresh start
     history: list[EpochMetrics] = field(default_factory=list)  # every epoch, those before a resume too
+    best_epoch: int | None = None  # 1-based epoch with the best validation accuracy (first of equals)
+    best_val_accuracy: float | None = None
+    stopped_early: bool = False  # early_stopping_patience ended the run before hp.epochs
+    restored_best: bool = False  # the model ends with the best epoch's weights (hp.restore_best)
+
+    @property
+    def epochs_completed(self) -> int:
+        """Epochs the run trained in all, those before a resume too."""
+        return len(self.history)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -111,6 +124,8 @@ def train(
     callbacks: Callbacks | None = None,
     checkpoint_dir: Path | None = None,
     device: torch.device | None = None,
+    point: int | None = None,
+    points: int | None = None,
 ) -> TrainResult:
     """Train `model` in place.
 
@@ -118,6 +133,12 @@ def train(
     `live_teacher`, the loss is kd_loss(T, α, kind) from the hyperparameters; with neither it is
     plain cross-entropy (the from-scratch baseline). When `checkpoint_dir` holds a valid
     checkpoint the run resumes from it and ends bit-identical (on CPU) to an uninterrupted run.
+
+    Early stopping (hp.early_stopping_patience) ends the run once the validation accuracy has not
+    improved for that many epochs; hp.restore_best loads the best epoch's weights at the end. What
+    both need (best accuracy and epoch, epochs without improvement, the best weights) is in the
+    checkpoint, so a resumed run decides exactly as an uninterrupted one. `point`/`points` mark a
+    sweep point in the StepInfo and EpochMetrics reported.
     """
     callbacks = callbacks or Callbacks()
     device = device or resolve_device(hp.device)
@@ -136,6 +157,10 @@ def train(
 
     start_epoch, step = 0, 0
     history: list[EpochMetrics] = []
+    best_acc: float | None = None
+    best_epoch: int | None = None
+    bad_epochs = 0  # epochs since the last improvement
+    best_state: dict | None = None
     if checkpoint_dir is not None:
         state, info, skipped = load_latest_checkpoint(checkpoint_dir, map_location=device)
         if state is not None:
@@ -148,11 +173,22 @@ def train(
             start_epoch, step = int(state["epoch"]), int(state["step"])
             # metrics.jsonl must list the epochs trained before the interruption as well
             history = [EpochMetrics(**m) for m in state.get("history", [])]
+            early = state.get("early") or {}
+            best_acc, best_epoch = early.get("best_accuracy"), early.get("best_epoch")
+            bad_epochs = int(early.get("bad_epochs", 0))
+            best_state = state.get("best_model")
         if state is not None or skipped:
             callbacks.on_resume(run=run, epoch=start_epoch, skipped=skipped)
 
+    patience = hp.early_stopping_patience
+
+    def stop_now() -> bool:
+        return patience is not None and bad_epochs >= patience
+
     result = TrainResult(run=run, epochs_run=0, resumed_from_epoch=start_epoch, history=history)
     for epoch in range(start_epoch, hp.epochs):
+        if stop_now():  # a resumed run that had already stopped early
+            break
         started = time.perf_counter()
         model.train()
         sums = torch.zeros(4, dtype=torch.float64)  # loss, hard, soft, correct
@@ -206,7 +242,7 @@ def train(
             seen += n
             callbacks.on_step(StepInfo(run=run, epoch=epoch, step=step, steps=total_steps,
                                        loss=batch[0].item() / n, hard=batch[1].item() / n,
-                                       soft=batch[2].item() / n, lr=lr))
+                                       soft=batch[2].item() / n, lr=lr, point=point, points=points))
             if not math.isfinite(batch[0].item()):
                 raise FloatingPointError(
                     f"{run}: the loss became {batch[0].item() / n} at epoch {epoch + 1}, step {step}; "
@@ -220,8 +256,14 @@ def train(
             val_accuracy=(val_logits.argmax(1) == val_set.y).float().mean().item(),
             val_agreement=(None if teacher_val_logits is None else
                            (val_logits.argmax(1) == teacher_val_logits.argmax(1)).float().mean().item()),
-            lr=lr, seconds=time.perf_counter() - started,
+            lr=lr, seconds=time.perf_counter() - started, point=point,
         )
+        if best_acc is None or metrics.val_accuracy > best_acc:
+            best_acc, best_epoch, bad_epochs = metrics.val_accuracy, epoch + 1, 0
+            if hp.restore_best:
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
         result.history.append(metrics)
         result.epochs_run += 1
         callbacks.on_epoch_end(metrics)
@@ -229,10 +271,18 @@ def train(
         if checkpoint_dir is not None:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "epoch": epoch + 1, "step": step, "rng_cpu": torch.get_rng_state(),
-                     "history": [m.to_dict() for m in result.history]}
+                     "history": [m.to_dict() for m in result.history],
+                     "early": {"best_accuracy": best_acc, "best_epoch": best_epoch, "bad_epochs": bad_epochs}}
+            if hp.restore_best:
+                state["best_model"] = best_state
             if device.type == "cuda":
                 state["rng_cuda"] = torch.cuda.get_rng_state(device)
             callbacks.on_checkpoint(save_checkpoint(checkpoint_dir, epoch=epoch + 1, state=state))
+    result.best_epoch, result.best_val_accuracy = best_epoch, best_acc
+    result.stopped_early = stop_now() and len(result.history) < hp.epochs
+    if hp.restore_best and best_state is not None:
+        model.load_state_dict(copy.deepcopy(best_state))
+        result.restored_best = True
     model.eval()
     return result
 

@@ -90,6 +90,9 @@ class JobRun(PipelineCallbacks):
         self.phase = "loading"
         self.started = time.monotonic()
         self.last_progress = 0.0
+        self.last_fraction = 0.0  # the bar never moves back (a sweep replays its chosen point's epochs)
+        self.points: int | None = None  # sweep points (StepInfo.points); None outside a sweep
+        self.point: int | None = None
         self.baseline = True
         self.epochs = 0
         self.current_run = "student"  # the trainer's run the next checkpoint belongs to
@@ -236,6 +239,7 @@ class JobRun(PipelineCallbacks):
         self._write(lifecycle.add_event, type=type, message=message, data=data)
 
     def on_step(self, info) -> None:
+        self.point, self.points = getattr(info, "point", None), getattr(info, "points", None)
         self._progress(epoch=info.epoch + 1, step=info.step, steps=info.steps, run=info.run)
 
     def on_epoch_end(self, m) -> None:
@@ -273,7 +277,7 @@ class JobRun(PipelineCallbacks):
         if not force and now - self.last_progress < PROGRESS_INTERVAL_SECONDS:
             return
         self.last_progress = now
-        fraction = self._fraction(epoch, step, steps)
+        fraction = self.last_fraction = max(self._fraction(epoch, step, steps), self.last_fraction)
         elapsed = now - self.started
         eta = elapsed * (1 - fraction) / fraction if fraction > 0.02 else None
         progress = {"phase": self.phase, "epoch": epoch, "epochs": self.epochs, "step": step, "steps": steps,
@@ -292,6 +296,9 @@ class JobRun(PipelineCallbacks):
         else:  # an epoch boundary
             done = (epoch or 0) / max(self.epochs, 1)
         offset = 0 if self.phase == "training" else 1
+        if self.phase == "training" and self.points and self.point is not None:
+            # a sweep: the student's share is split evenly between its points, in grid order
+            done = (self.point + min(done, 1.0)) / self.points
         return SETUP_SHARE + train_share * (offset + done) / runs
 
 

@@ -5,17 +5,18 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 
-from api import quotas
+from api import quotas, sse
 from api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
 from api.idempotency import IdempotencyKeyDep, IdempotentRequest, fingerprint
 from api.problems import PROBLEM_SCHEMA, Problem
 from api.schemas.jobs import EventList, EventOut, JobCreate, JobList, JobOut, MetricList, MetricOut, Status
 from api.spec_resolution import resolve_spec
-from jobs import jobs_repo, lifecycle
+from jobs import files_repo, jobs_repo, lifecycle
+from jobs.errors import NotFound
 
 log = logging.getLogger("api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={401: PROBLEM_SCHEMA, 404: PROBLEM_SCHEMA})
@@ -76,13 +77,39 @@ def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
     return JobOut.from_row(jobs_repo.get(session, tenant_id=tenant.id, job_id=job_id))
 
 
-@router.get("/{job_id}/events", response_model=EventList)
-def list_events(job_id: str, session: SessionDep, tenant: TenantDep,
+@router.get("/{job_id}/events", response_model=EventList, responses={
+    200: {"description": "a page of events (application/json), or with `Accept: text/event-stream` a live "
+                         "stream of them: `id: <seq>`, `event: <type>`, `data: <EventOut JSON>`, a blank line; "
+                         "`: keep-alive` comments every 15 s; the stream ends once the job has finished",
+          "content": {sse.MEDIA_TYPE: {"schema": {"type": "string"}}}},
+    422: PROBLEM_SCHEMA})
+def list_events(job_id: str, request: Request, session: SessionDep, tenant: TenantDep,
                 after: Annotated[int, Query(ge=0, description="last event id seen; 0 from the start")] = 0,
-                limit: Annotated[int, Query(ge=1, le=999)] = 100) -> EventList:
-    """The job's events in order, from after `after`."""
-    rows = jobs_repo.events(session, tenant_id=tenant.id, job_id=job_id, after_seq=after, limit=limit + 1)
-    return EventList(data=[EventOut.from_row(r) for r in rows[:limit]], has_more=len(rows) > limit)
+                limit: Annotated[int, Query(ge=1, le=999, description="page size (JSON only)")] = 100,
+                accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+                last_event_id: Annotated[str | None, Header(
+                    alias="Last-Event-ID", description="SSE only: resume after this event id (wins over `after`)")]
+                = None):
+    """The job's events in order, from after `after`: a JSON page, or a live SSE stream when the
+    request accepts text/event-stream."""
+    tenant_id = tenant.id
+    if not sse.wants_stream(accept):
+        rows = jobs_repo.events(session, tenant_id=tenant_id, job_id=job_id, after_seq=after, limit=limit + 1)
+        return EventList(data=[EventOut.from_row(r) for r in rows[:limit]], has_more=len(rows) > limit)
+    if last_event_id is not None and last_event_id.strip():
+        try:
+            after = int(last_event_id.strip())
+        except ValueError:
+            after = -1
+        if after < 0:
+            raise Problem(422, "must be a non-negative integer (an event id)", field="Last-Event-ID")
+    try:
+        jobs_repo.get(session, tenant_id=tenant_id, job_id=job_id)  # 404 before the stream starts
+    finally:
+        session.rollback()  # no transaction (nor connection) stays held while streaming
+    return StreamingResponse(sse.event_stream(request.app.state.sessionmaker, tenant_id=tenant_id, job_id=job_id,
+                                              after_seq=after),
+                             media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
 
 
 @router.get("/{job_id}/metrics", response_model=MetricList)
@@ -110,3 +137,26 @@ def download_student(job_id: str, session: SessionDep, tenant: TenantDep, store:
                            "events)", slug="not-found")
     return FileResponse(store.local_path(artifact.storage_key), filename=f"{job.id}-{filename}",
                         media_type="application/octet-stream", headers={"ETag": f'"{artifact.sha256}"'})
+
+
+@router.get("/{job_id}/report", response_class=HTMLResponse, responses={
+    200: {"description": "a self-contained HTML page: plots, model table, verdict", "content": {"text/html": {}}},
+    409: PROBLEM_SCHEMA})
+def job_report(job_id: str, session: SessionDep, tenant: TenantDep) -> HTMLResponse:
+    """A self-contained HTML report of a succeeded job (409 before it has succeeded)."""
+    from jobs.report import render_report  # matplotlib is loaded on the first report only
+
+    row = jobs_repo.get(session, tenant_id=tenant.id, job_id=job_id)
+    if row.status != "succeeded":
+        raise Problem(409, f"the job is {row.status}; its report is ready once it has succeeded", slug="conflict")
+    job = JobOut.from_row(row).model_dump(mode="json")
+    teacher_file = (job["spec"].get("teacher") or {}).get("file_id")
+    if teacher_file:
+        try:
+            job["teacher_file_bytes"] = files_repo.get(session, tenant_id=tenant.id, file_id=teacher_file).bytes
+        except NotFound:  # deleted since: the size is unknown
+            pass
+    metrics = [{"run": m.run, "epoch": m.epoch, "values": m.values}
+               for m in jobs_repo.metrics(session, tenant_id=tenant.id, job_id=job_id)]
+    session.rollback()
+    return HTMLResponse(render_report(job, metrics))

@@ -16,7 +16,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 
 from kdcore.spec import FIELD_HELP
 
@@ -54,7 +54,23 @@ def _small_metadata(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+def _number_or_list(value: Any) -> float | list[float]:
+    """A number, or a list of numbers (a sweep); ranges, emptiness and duplicates are kdcore's to
+    check. One plain validator rather than a Union, so an error names the field itself."""
+    def number(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError("must be a number or a non-empty list of numbers")
+        _storable(float(v))
+        return float(v)
+
+    if isinstance(value, list):
+        return [number(v) for v in value]
+    return number(value)
+
+
 Text = Annotated[str, AfterValidator(_storable)]
+NumberOrList = Annotated[Any, PlainValidator(_number_or_list), WithJsonSchema(
+    {"anyOf": [{"type": "number"}, {"type": "array", "items": {"type": "number"}, "minItems": 1}]})]
 Params = Annotated[dict[str, Any], AfterValidator(_storable)]
 Metadata = Annotated[dict[str, Any], AfterValidator(_small_metadata)]
 
@@ -92,8 +108,8 @@ class DatasetIn(_In):
 
 
 class HyperparametersIn(_In):
-    temperature: float | None = Field(None, description=FIELD_HELP["hyperparameters.temperature"])
-    alpha: float | None = Field(None, description=FIELD_HELP["hyperparameters.alpha"])
+    temperature: NumberOrList | None = Field(None, description=FIELD_HELP["hyperparameters.temperature"])
+    alpha: NumberOrList | None = Field(None, description=FIELD_HELP["hyperparameters.alpha"])
     loss: Text | None = Field(None, description=FIELD_HELP["hyperparameters.loss"])
     epochs: int | None = Field(None, description=FIELD_HELP["hyperparameters.epochs"])
     batch_size: int | None = Field(None, description=FIELD_HELP["hyperparameters.batch_size"])
@@ -109,6 +125,8 @@ class HyperparametersIn(_In):
     augment: Text | None = Field(None, description=FIELD_HELP["hyperparameters.augment"])
     noise_std: float | None = Field(None, description=FIELD_HELP["hyperparameters.noise_std"])
     device: Text | None = Field(None, description=FIELD_HELP["hyperparameters.device"])
+    early_stopping_patience: int | None = Field(None, description=FIELD_HELP["hyperparameters.early_stopping_patience"])
+    restore_best: bool | None = Field(None, description=FIELD_HELP["hyperparameters.restore_best"])
 
 
 class JobCreate(_In):

@@ -57,6 +57,7 @@ def test_from_dict_fills_every_default_and_to_dict_echoes_them():
             "learning_rate": 1e-3, "weight_decay": 0.01, "optimizer": "adamw", "momentum": 0.9,
             "schedule": "cosine", "step_size": 30, "gamma": 0.1, "grad_clip_norm": None, "seed": 0,
             "augment": "none", "noise_std": 0.1, "device": "auto",
+            "early_stopping_patience": None, "restore_best": False,
         },
         "baseline": True,
         "metadata": {},
