@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from bench import b1_engine_overhead, b2_teacher_cache, b3_data_path
+import shutil
+
+from bench import b1_engine_overhead, b2_teacher_cache, b3_data_path, b4_api_load, b5_queue_latency
 from bench.timing import machine
 
 OUT = Path(__file__).resolve().parent / "RESULTS.md"
@@ -13,6 +15,8 @@ OUT = Path(__file__).resolve().parent / "RESULTS.md"
 
 def main() -> None:
     b1, b2, b3 = b1_engine_overhead.run(), b2_teacher_cache.run(), b3_data_path.run()
+    b4 = b4_api_load.run() if shutil.which("wrk") else None
+    b5 = b5_queue_latency.run()
     m = machine()
     lines = [
         "# Benchmark results", "",
@@ -30,10 +34,35 @@ def main() -> None:
         f"{b3['dataloader_steps_per_s']:.0f} steps/s: **{b3['speedup']:.1f}×** | — | `python -m bench.b3_data_path` |",
         "", "Setups:", "",
         f"- B1: {b1['setup']}.", f"- B2: {b2['setup']}.", f"- B3: {b3['setup']}.", "",
-        "Not yet measured: B4 (API under load), B5 (queue latency), B6 (scale-out), B7 (GPU; this session had no "
-        "accelerator).", ""]
+        *_b4_lines(b4), *_b5_lines(b5),
+        "Not yet measured: B6 (scale-out) and B7 (GPU; the session that wrote this had no accelerator).", ""]
     OUT.write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def _b4_lines(b4) -> list[str]:
+    if b4 is None:
+        return ["B4 skipped: wrk is not installed (`apt-get install wrk`).", ""]
+    lines = [f"B4 API under load (`python -m bench.b4_api_load`): uvicorn with {b4['api_processes']} processes, "
+             f"PostgreSQL, Redis, wrk for {b4['duration_s']} s per cell.", "",
+             "| route | connections | requests/s | p50 ms | p99 ms | non-2xx |", "|---|---|---|---|---|---|"]
+    for route, cells in b4["results"].items():
+        for n, r in cells.items():
+            lines.append(f"| {route} | {n} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['non_2xx']} |")
+    shares = ", ".join(f"{100 * v:.0f} % at {n}" for n, v in b4["get_job_share_of_healthz"].items())
+    lines += ["", f"GET job throughput as a share of /healthz: {shares} (target ≥ 50 %; p99 target < 50 ms at 64).", ""]
+    return lines
+
+
+def _b5_lines(b5) -> list[str]:
+    lines = [f"B5 queue latency (`python -m bench.b5_queue_latency`), {b5['jobs']} jobs one at a time, idle worker; "
+             f"{b5['note']}.", "", "| broker | submit → running median / p95 s | running → first metric median / p95 s |",
+             "|---|---|---|"]
+    for name in ("redis", "embedded"):
+        r = b5[name]
+        lines.append(f"| {name} | {r['submit_to_running']['median_s']:.3f} / {r['submit_to_running']['p95_s']:.3f} | "
+                     f"{r['running_to_first_metric']['median_s']:.3f} / {r['running_to_first_metric']['p95_s']:.3f} |")
+    return lines + ["", "Target: median submit → running < 0.5 s on Redis.", ""]
 
 
 if __name__ == "__main__":
