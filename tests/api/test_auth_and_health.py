@@ -10,7 +10,7 @@ from tests.conftest import API_KEY, problem
 ROUTES = [("GET", "/v1/files"), ("POST", "/v1/files"), ("GET", "/v1/files/x"), ("GET", "/v1/files/x/content"),
           ("DELETE", "/v1/files/x"), ("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("GET", "/v1/jobs/x"),
           ("POST", "/v1/jobs/x/cancel"), ("GET", "/v1/jobs/x/events"), ("GET", "/v1/jobs/x/metrics"),
-          ("GET", "/v1/jobs/x/student")]
+          ("GET", "/v1/jobs/x/student"), ("GET", "/v1/jobs/x/report")]
 
 
 @pytest.mark.parametrize("method, path", ROUTES)

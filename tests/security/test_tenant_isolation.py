@@ -32,6 +32,7 @@ ID_ROUTES = [
     ("GET", "/v1/jobs/{job_id}/student", ""),
     ("GET", "/v1/jobs/{job_id}/student", "?format=safetensors"),
     ("GET", "/v1/jobs/{job_id}/student", "?format=onnx"),
+    ("GET", "/v1/jobs/{job_id}/report", ""),
 ]
 # Routes that take an id in the query: the listing cursor `after`.
 CURSOR_ROUTES = [
@@ -157,7 +158,7 @@ V1_ROUTES = [("GET", "/v1/files"), ("POST", "/v1/files"), ("GET", "/v1/files/{fi
              ("GET", "/v1/files/{file_id}/content"), ("DELETE", "/v1/files/{file_id}"), ("GET", "/v1/jobs"),
              ("POST", "/v1/jobs"), ("GET", "/v1/jobs/{job_id}"), ("POST", "/v1/jobs/{job_id}/cancel"),
              ("GET", "/v1/jobs/{job_id}/events"), ("GET", "/v1/jobs/{job_id}/metrics"),
-             ("GET", "/v1/jobs/{job_id}/student")]
+             ("GET", "/v1/jobs/{job_id}/student"), ("GET", "/v1/jobs/{job_id}/report")]
 
 
 @pytest.mark.parametrize("case", list(BAD_AUTH))
