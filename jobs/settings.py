@@ -19,6 +19,7 @@ Defaults (the embedded mode: nothing to install, everything under `data_dir`):
 | KD_MAX_ATTEMPTS            | 3                                         |
 | KD_REAPER_INTERVAL         | 30 (seconds)                              |
 | KD_QUEUED_REQUEUE_AFTER    | 60 (seconds a queued job may wait unclaimed before it is enqueued again) |
+| KD_BROKER_VISIBILITY_TIMEOUT | 3600 (seconds Redis waits for an unacknowledged job message before delivering it again) |
 | KD_API_HOST                | 127.0.0.1                                 |
 | KD_API_PORT                | 8000                                      |
 | KD_API_WORKERS             | 1                                         |
@@ -62,6 +63,7 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
     reaper_interval: float = Field(default=30, gt=0)
     queued_requeue_after: float = Field(default=60, gt=0)
+    broker_visibility_timeout: int = Field(default=3600, gt=0)  # Redis brokers only (worker/celery_app.py)
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
     api_workers: int = Field(default=1, ge=1)

@@ -34,8 +34,26 @@ app.conf.update(
     worker_cancel_long_running_tasks_on_connection_loss=False,
     worker_send_task_events=False,
 )
+
+
+def redis_transport_options(visibility_timeout: int) -> dict:
+    """Redis redelivers an unacknowledged message after `visibility_timeout` seconds (late acks keep
+    a running job's message unacknowledged, so a job that runs longer gets a duplicate delivery,
+    which the claim turns into a no-op).
+
+    An idle worker looks for such messages on a timer: kombu's default sweep (a timer every 10 s,
+    scanning on every 10th tick, so every ~100 s) is kept for long timeouts and shortened to a
+    quarter of the timeout (at least 1 s) for short ones, so a redelivery comes roughly when the
+    timeout says rather than up to 100 s later.
+    """
+    sweep = min(100.0, max(1.0, visibility_timeout / 4))
+    interval = min(10.0, sweep)
+    return {"visibility_timeout": visibility_timeout,
+            "unacked_restore_interval": interval,
+            "unacked_restore_throttle": max(1, round(sweep / interval))}
+
+
 if settings.celery_broker_url.startswith(("redis://", "rediss://")):
-    # Redis redelivers an unacknowledged message after this long; a job that runs longer gets a
-    # duplicate delivery, which the claim turns into a no-op. (The SQLAlchemy transport of the
-    # embedded mode passes transport options to create_engine, so they are Redis-only.)
-    app.conf.broker_transport_options = {"visibility_timeout": 3600}
+    # (The SQLAlchemy transport of the embedded mode passes transport options to create_engine, so
+    # they are Redis-only.)
+    app.conf.broker_transport_options = redis_transport_options(settings.broker_visibility_timeout)

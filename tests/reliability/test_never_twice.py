@@ -1,14 +1,15 @@
 """R3 Never twice at once: a worker that lost its lease (here: frozen with SIGSTOP until the lease
 ran out and another worker re-claimed the job) writes nothing more once it wakes, and stops.
 
-The duplicate-delivery flavour is tests/worker/test_worker_process.py::test_a_duplicate_delivery_trains_nothing.
-The Redis redelivery flavour (visibility timeout) is not staged: the timeout is fixed at 3600 s in
-worker/celery_app.py and no setting shortens it; the claim that makes it harmless is the one that
-test exercises.
+The duplicate-delivery flavour (the same message sent twice) is
+tests/worker/test_worker_process.py::test_a_duplicate_delivery_trains_nothing; the Redis redelivery
+flavour (a running job's unacknowledged message delivered again after KD_BROKER_VISIBILITY_TIMEOUT)
+is staged here with a 2 s timeout.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 import pytest
@@ -19,6 +20,7 @@ from tests.reliability.conftest import assert_each_epoch_reported_once
 
 pytestmark = pytest.mark.slow
 EPOCHS = 12
+RECEIVED = re.compile(r"Task \S+\[([0-9a-f-]+)\] received")
 
 
 def _snapshot(svc, job_id: str) -> dict:
@@ -71,3 +73,28 @@ def test_a_worker_that_lost_its_lease_writes_nothing_more_and_stops(service, dig
     assert [e["attempt"] for e in events if e["type"] in ("result", "status")][-2:] == [2, 2]
     assert_each_epoch_reported_once(svc, job_id, runs=("student",), epochs=EPOCHS)
     assert "job %s attempt 1 lost its lease" % job_id in stale.output()
+
+
+def test_a_message_redelivered_after_the_visibility_timeout_trains_nothing(service, digits_teacher):
+    # Late acks keep the running job's message unacknowledged; after 2 s the idle worker's sweep
+    # (every second at this timeout, worker/celery_app.py) puts it back on the queue and takes it.
+    svc = service(KD_BROKER_VISIBILITY_TIMEOUT="2")
+    workers = svc.start_workers("one", "two")
+    epochs = 45  # ~10 s: long enough for the redelivery (~2-3 s after the claim) to arrive while it runs
+    job_id = svc.submit(digits_teacher, epochs=epochs)["id"]
+    svc.wait_for(job_id, lambda j: j["status"] == "running", timeout=30, what="claim")
+    owner = svc.owner(job_id)
+    (other,) = [w for w in workers if w is not owner]
+
+    other.wait_for_output(f"job {job_id}: not claimed", timeout=20)
+    assert svc.job(job_id)["status"] == "running"  # dropped while the first delivery still ran
+
+    job = svc.wait_for(job_id, lambda j: j["status"] in ("succeeded", "failed"), timeout=60, what="end")
+    assert job["status"] == "succeeded" and job["attempt"] == 1, job
+    claims = [e for e in svc.events(job_id) if e["type"] == "claimed"]
+    assert len(claims) == 1, claims
+    assert_each_epoch_reported_once(svc, job_id, runs=("student",), epochs=epochs)
+    assert "not claimed" not in owner.output()
+    # the same message (one Celery task id) was received by both workers: a redelivery, not a
+    # second message from the reaper
+    assert set(RECEIVED.findall(owner.output())) & set(RECEIVED.findall(other.output())), svc.worker_logs()
