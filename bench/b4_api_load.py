@@ -24,7 +24,10 @@ def _wrk(url: str, connections: int, script: Path | None = None) -> dict:
             "-H", f"Authorization: Bearer {API_KEY}", url]
     if script is not None:
         args[1:1] = ["-s", str(script)]
-    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    done = subprocess.run(args, capture_output=True, text=True)
+    out = done.stdout
+    if "Requests/sec" not in out:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip() or out.strip()}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     lat = {p: _ms(re.search(rf"^\s+{p}%\s+(\S+)", out, re.M).group(1)) for p in ("50", "99")}
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
