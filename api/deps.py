@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Iterator
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -50,3 +50,8 @@ def current_tenant(session: SessionDep,
 
 
 TenantDep = Annotated[Tenant, Depends(current_tenant)]
+
+
+# The cursor pagination of the list routes: newest first, `after` = id of the last row of the previous page.
+PageLimit = Annotated[int, Query(ge=1, le=100, description="rows per page (1-100)")]
+PageAfter = Annotated[str | None, Query(description="id of the last row of the previous page")]

@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from api import quotas
-from api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from api.deps import PageAfter, PageLimit, SessionDep, SettingsDep, StoreDep, TenantDep
 from api.file_inspection import inspect_upload
 from api.idempotency import IdempotencyKeyDep, IdempotentRequest, fingerprint
 from api.problems import PROBLEM_SCHEMA, Problem
@@ -79,8 +79,8 @@ async def upload_file(request: Request, session: SessionDep, tenant: TenantDep, 
 
 @router.get("", response_model=FileList)
 def list_files(session: SessionDep, tenant: TenantDep,
-               limit: Annotated[int, Query(ge=1, le=100)] = 20,
-               after: Annotated[str | None, Query(description="id of the last file of the previous page")] = None,
+               limit: PageLimit = 20,
+               after: PageAfter = None,
                purpose: Purpose | None = None) -> FileList:
     """List files, newest first."""
     rows, has_more = files_repo.list_files(session, tenant_id=tenant.id, limit=limit, after=after,

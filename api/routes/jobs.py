@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 
 from api import quotas, sse
-from api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from api.deps import PageAfter, PageLimit, SessionDep, SettingsDep, StoreDep, TenantDep
 from api.idempotency import IdempotencyKeyDep, IdempotentRequest, fingerprint
 from api.problems import PROBLEM_SCHEMA, Problem
 from api.schemas.jobs import EventList, EventOut, JobCreate, JobList, JobOut, MetricList, MetricOut, Status
@@ -54,8 +54,8 @@ async def create_job(body: JobCreate, request: Request, session: SessionDep, ten
 
 @router.get("", response_model=JobList)
 def list_jobs(session: SessionDep, tenant: TenantDep,
-              limit: Annotated[int, Query(ge=1, le=100)] = 20,
-              after: Annotated[str | None, Query(description="id of the last job of the previous page")] = None,
+              limit: PageLimit = 20,
+              after: PageAfter = None,
               status: Status | None = None) -> JobList:
     """List jobs, newest first."""
     rows, has_more = jobs_repo.list_jobs(session, tenant_id=tenant.id, limit=limit, after=after,
