@@ -28,7 +28,8 @@ from kdcore.models import build_model, check_input_shape, count_params, estimate
 from kdcore.spec import DistillSpec
 from kdcore.teacher_logit_cache import can_cache, compute_teacher_logits
 from kdcore.teachers import Teacher, load_teacher
-from kdcore.trainer import Callbacks, EpochMetrics, StepInfo, TrainResult, resolve_device, train
+from kdcore.distributed import train_data_parallel
+from kdcore.trainer import Callbacks, EpochMetrics, StepInfo, TrainResult, resolve_device
 
 PHASES = ("loading", "caching_teacher", "training", "baseline", "evaluating", "exporting")
 STUDENT_FILE = "student.safetensors"
@@ -122,7 +123,12 @@ def run_distillation(spec: DistillSpec, *, out_dir: Path, checkpoint_dir: Path |
     """Run the whole job and return the summary (also written to out_dir/summary.json)."""
     cb = callbacks or PipelineCallbacks()
     hp = spec.hyperparameters
-    device = resolve_device(hp.device)
+    # "auto" follows resources.device when that asks for CUDA (and fails without one).
+    device = resolve_device("cuda" if hp.device == "auto" and spec.resources.device == "cuda" else hp.device)
+
+    def train(model, **kwargs) -> TrainResult:  # trainer.train, data-parallel when resources ask for it
+        return train_data_parallel(model, processes=spec.resources.processes, **kwargs)
+
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 

@@ -25,6 +25,11 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 AUGMENTATIONS = ("none", "noise")
 DEVICES = ("auto", "cpu", "cuda")
+# What a job asks of the machine that runs it (`resources`): the device kind, the GPUs on one machine,
+# and the data-parallel processes (one per GPU on CUDA; on CPU, gloo processes on one machine).
+RESOURCE_DEVICES = ("cpu", "cuda")
+MAX_GPUS = 8  # GPUs one job may ask for (one machine)
+MAX_CPU_PROCESSES = 8  # data-parallel processes of a CPU job
 
 
 @dataclass
@@ -82,6 +87,42 @@ class Hyperparameters:
         return [(t, a) for t in _as_list(self.temperature) for a in _as_list(self.alpha)]
 
 
+@dataclass
+class ResourcesSpec:
+    """What the job needs from the machine. `gpus` defaults to 0 on cpu and 1 on cuda; `processes`
+    (data-parallel processes, torch.distributed) to 1 on cpu and to `gpus` on cuda. More than one
+    process trains with DDP: each process takes a shard of every global batch (the batch size stays
+    the global one), gradients are averaged, rank 0 reports and checkpoints."""
+
+    device: str = "cpu"  # "cpu" or "cuda"
+    gpus: int | None = None
+    processes: int | None = None
+
+    def resolve(self) -> None:
+        """Check the choices and limits and fill in the defaults (SpecError names the field)."""
+        if self.device not in RESOURCE_DEVICES:
+            raise SpecError(f"must be one of {', '.join(RESOURCE_DEVICES)}", field="resources.device")
+        if self.device == "cpu":
+            if self.gpus not in (None, 0):
+                raise SpecError("a cpu job takes no GPUs (0); ask for device cuda", field="resources.gpus")
+            self.gpus = 0
+            if self.processes is None:
+                self.processes = 1
+            if not 1 <= self.processes <= MAX_CPU_PROCESSES:
+                raise SpecError(f"must be between 1 and {MAX_CPU_PROCESSES} (MAX_CPU_PROCESSES)",
+                                field="resources.processes")
+            return
+        if self.gpus is None:
+            self.gpus = 1
+        if not 1 <= self.gpus <= MAX_GPUS:
+            raise SpecError(f"must be between 1 and {MAX_GPUS} (MAX_GPUS) for a cuda job", field="resources.gpus")
+        if self.processes is None:
+            self.processes = self.gpus
+        if self.processes != self.gpus:
+            raise SpecError(f"a cuda job runs one process per GPU: must be {self.gpus} (resources.gpus) or omitted",
+                            field="resources.processes")
+
+
 def _as_list(value: float | list[float]) -> list[float]:
     return list(value) if isinstance(value, list) else [value]
 
@@ -94,6 +135,7 @@ class DistillSpec:
     hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
     baseline: bool = True  # also train the same student from scratch, same data, budget and seed
     metadata: dict[str, Any] = field(default_factory=dict)
+    resources: ResourcesSpec = field(default_factory=ResourcesSpec)
 
     @classmethod
     def from_dict(cls, data: Any) -> "DistillSpec":
@@ -107,7 +149,12 @@ class DistillSpec:
             hyperparameters=_build(Hyperparameters, data.get("hyperparameters", {}), "hyperparameters"),
             baseline=_check_type(data.get("baseline", True), bool, "baseline"),
             metadata=_check_type(data.get("metadata", {}), dict, "metadata"),
+            resources=_build(ResourcesSpec, data.get("resources", {}), "resources"),
         )
+        given = data.get("resources")
+        if isinstance(given, dict) and "device" not in given or given is None:
+            if spec.hyperparameters.device == "cuda":  # a spec that says cuda only there asks for a GPU
+                spec.resources.device = "cuda"
         spec.validate()
         return spec
 
@@ -178,6 +225,15 @@ class DistillSpec:
             raise SpecError("must be between 0 and 1 (exclusive)", field="dataset.validation_fraction")
         if self.teacher.path is None:
             raise SpecError("a teacher file is required", field="teacher.path")
+        res = self.resources
+        res.resolve()
+        if hp.device != "auto" and hp.device != res.device:
+            raise SpecError(f"is {hp.device} but resources.device is {res.device}; say the same or use auto",
+                            field="hyperparameters.device")
+        if res.processes > 1 and hp.augment != "none":
+            # The processes share cached teacher logits; a live teacher would run in every one.
+            raise SpecError("data-parallel training (resources.processes > 1) needs cached teacher logits: "
+                            "use augment none", field="resources.processes")
 
 
 def _reject_unknown(data: dict, cls: type, prefix: str) -> None:
@@ -284,4 +340,9 @@ FIELD_HELP: dict[str, str] = {
                                     "(default false)",
     "baseline": "also train the same student from scratch with the same data, budget and seed (default true)",
     "metadata": "free-form JSON object stored with the job and the student file",
+    "resources.device": "cpu (default) or cuda: the kind of machine the job runs on; the service routes it to "
+                        "the queue kd.cpu or kd.cuda.<gpus>",
+    "resources.gpus": f"GPUs on one machine, 1..{MAX_GPUS} for cuda (default 1), 0 for cpu",
+    "resources.processes": f"data-parallel training processes (torch.distributed DDP): on cuda one per GPU "
+                           f"(default resources.gpus); on cpu 1..{MAX_CPU_PROCESSES} gloo processes (default 1)",
 }

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from kdcore.checkpoint import CheckpointInfo, load_latest_checkpoint, save_checkpoint
 from kdcore.data import ArrayDataset, IndexBatcher
+from kdcore.distributed import DataParallel
 from kdcore.evaluation import predict_logits
 from kdcore.losses import kd_loss
 from kdcore.schedules import lr_at
@@ -126,6 +127,7 @@ def train(
     device: torch.device | None = None,
     point: int | None = None,
     points: int | None = None,
+    distributed: DataParallel | None = None,
 ) -> TrainResult:
     """Train `model` in place.
 
@@ -139,6 +141,10 @@ def train(
     both need (best accuracy and epoch, epochs without improvement, the best weights) is in the
     checkpoint, so a resumed run decides exactly as an uninterrupted one. `point`/`points` mark a
     sweep point in the StepInfo and EpochMetrics reported.
+
+    `distributed` makes this process one rank of a data-parallel run (kdcore.distributed, which
+    launches the ranks): it trains on its shard of every global batch through DDP, the reported
+    numbers are those of the global batch, and only rank 0 writes checkpoints.
     """
     callbacks = callbacks or Callbacks()
     device = device or resolve_device(hp.device)
@@ -179,6 +185,11 @@ def train(
             best_state = state.get("best_model")
         if state is not None or skipped:
             callbacks.on_resume(run=run, epoch=start_epoch, skipped=skipped)
+    dp = distributed
+    # DDP after the resume: wrapping broadcasts rank 0's weights, and its gradient hooks average
+    # the ranks' gradients in backward. Validation and checkpoints use the bare module.
+    net = model if dp is None else dp.wrap(model, device)
+    writes_checkpoints = checkpoint_dir is not None and (dp is None or dp.is_main)
 
     patience = hp.early_stopping_patience
 
@@ -195,8 +206,14 @@ def train(
         seen = 0
         lr = hp.learning_rate
         for idx in batcher.epoch(epoch):
-            if callbacks.should_stop():
+            stop = callbacks.should_stop()
+            if dp is not None:  # rank 0 decides; every rank must stop at the same step
+                stop = dp.any(stop, device)
+            if stop:
                 raise Stopped(f"{run}: stopped at epoch {epoch + 1}, step {step}")
+            n_global = len(idx)
+            if dp is not None:
+                idx = dp.shard(idx)
             idx = idx.to(device)
             xb, yb = x[idx], y[idx]
             if hp.augment == "noise":
@@ -217,10 +234,13 @@ def train(
 
             if autocast is not None:
                 with autocast:
-                    logits = model(xb)
+                    logits = net(xb)
             else:
-                logits = model(xb)
-            if distil:
+                logits = net(xb)
+            if len(idx) == 0:  # a rank's empty shard of a tiny last batch: no loss, zero gradient
+                loss = logits.float().sum() * 0.0
+                hard, soft = torch.zeros((), device=device), torch.zeros((), device=device)
+            elif distil:
                 terms = kd_loss(logits, teacher_logits, yb, temperature=hp.temperature,
                                 alpha=hp.alpha, kind=hp.loss)
                 loss, hard, soft = terms.total, terms.hard.detach(), terms.soft.detach()
@@ -229,7 +249,12 @@ def train(
                 hard, soft = loss.detach(), torch.zeros((), device=device)
 
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if dp is None:
+                loss.backward()
+            else:
+                # DDP averages the ranks' gradients; weighting each shard's mean by its share of
+                # the global batch makes that average the gradient of the global batch's mean.
+                (loss * (len(idx) * dp.world_size / n_global)).backward()
             if hp.grad_clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip_norm)
             optimizer.step()
@@ -237,7 +262,11 @@ def train(
 
             n = len(idx)
             batch = torch.stack([loss.detach() * n, hard * n, soft * n,
-                                 (logits.argmax(1) == yb).sum()]).double().cpu()
+                                 (logits.argmax(1) == yb).sum()]).double()
+            if dp is not None:  # the global batch's sums, the same on every rank
+                dp.all_reduce_sum(batch)
+                n = n_global
+            batch = batch.cpu()
             sums += batch
             seen += n
             callbacks.on_step(StepInfo(run=run, epoch=epoch, step=step, steps=total_steps,
@@ -268,7 +297,7 @@ def train(
         result.epochs_run += 1
         callbacks.on_epoch_end(metrics)
 
-        if checkpoint_dir is not None:
+        if writes_checkpoints:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "epoch": epoch + 1, "step": step, "rng_cpu": torch.get_rng_state(),
                      "history": [m.to_dict() for m in result.history],

@@ -16,6 +16,7 @@ from kdcore.spec import (
     DatasetSpec,
     DistillSpec,
     Hyperparameters,
+    ResourcesSpec,
     StudentSpec,
     TeacherSpec,
 )
@@ -61,10 +62,11 @@ def test_from_dict_fills_every_default_and_to_dict_echoes_them():
         },
         "baseline": True,
         "metadata": {},
+        "resources": {"device": "cpu", "gpus": 0, "processes": 1},
     }
     # Every dataclass field is echoed, so nothing the trainer uses is left implicit.
     for section, cls in (("teacher", TeacherSpec), ("student", StudentSpec), ("dataset", DatasetSpec),
-                         ("hyperparameters", Hyperparameters)):
+                         ("hyperparameters", Hyperparameters), ("resources", ResourcesSpec)):
         assert set(d[section]) == {f.name for f in fields(cls)}
     # The echo is itself a valid spec that resolves to the same thing.
     assert DistillSpec.from_dict(d).to_dict() == d
@@ -155,7 +157,7 @@ def test_a_spec_that_is_not_an_object_is_refused():
 def _all_field_names() -> set[str]:
     names = {f"{section}.{f.name}" for section, cls in (
         ("teacher", TeacherSpec), ("student", StudentSpec), ("dataset", DatasetSpec),
-        ("hyperparameters", Hyperparameters)) for f in fields(cls)}
+        ("hyperparameters", Hyperparameters), ("resources", ResourcesSpec)) for f in fields(cls)}
     return names | {"baseline", "metadata"}
 
 
@@ -197,3 +199,38 @@ def test_constant_schedule_and_unknown_schedule():
         assert lr_at(step, base_lr=BASE, schedule="constant", total_steps=10, steps_per_epoch=1) == BASE
     with pytest.raises(ValueError, match="unknown schedule"):
         lr_at(0, base_lr=BASE, schedule="warmup", total_steps=10, steps_per_epoch=1)
+
+
+# ---- resources ----
+
+@pytest.mark.parametrize("given, resolved", [
+    (None, {"device": "cpu", "gpus": 0, "processes": 1}),
+    ({"processes": 2}, {"device": "cpu", "gpus": 0, "processes": 2}),
+    ({"device": "cuda"}, {"device": "cuda", "gpus": 1, "processes": 1}),
+    ({"device": "cuda", "gpus": 4}, {"device": "cuda", "gpus": 4, "processes": 4}),
+])
+def test_resources_defaults(given, resolved):
+    data = _spec() if given is None else _spec(resources=given)
+    assert DistillSpec.from_dict(data).to_dict()["resources"] == resolved
+
+
+def test_a_spec_that_says_cuda_only_in_hyperparameters_asks_for_a_gpu():
+    spec = DistillSpec.from_dict(_spec(hyperparameters={"device": "cuda"}))
+    assert (spec.resources.device, spec.resources.gpus) == ("cuda", 1)
+
+
+@pytest.mark.parametrize("resources, hyper, field", [
+    ({"device": "tpu"}, {}, "resources.device"),
+    ({"gpus": 1}, {}, "resources.gpus"),
+    ({"device": "cuda", "gpus": 0}, {}, "resources.gpus"),
+    ({"device": "cuda", "gpus": 9}, {}, "resources.gpus"),
+    ({"device": "cuda", "gpus": 2, "processes": 1}, {}, "resources.processes"),
+    ({"processes": 0}, {}, "resources.processes"),
+    ({"processes": 9}, {}, "resources.processes"),
+    ({"gpus": "2"}, {}, "resources.gpus"),
+    ({"nodes": 2}, {}, "resources.nodes"),
+    ({"processes": 2}, {"augment": "noise"}, "resources.processes"),
+    ({"device": "cpu"}, {"device": "cuda"}, "hyperparameters.device"),
+])
+def test_bad_resources_name_the_field(resources, hyper, field):
+    assert _field_of(_spec(resources=resources, hyperparameters=hyper)) == field
