@@ -1,5 +1,13 @@
-"""Where uploaded files and job outputs live: `ArtifactStore`, with a directory backend now and
-room for an S3-compatible one when workers span machines.
+"""Where uploaded files and job outputs live: `ArtifactStore`, with two backends behind one
+interface: a directory (`LocalArtifactStore`, KD_ARTIFACT_DIR: every process shares one disk) and
+S3-compatible object storage (`S3ArtifactStore` in jobs/artifact_store_s3.py, KD_ARTIFACT_URL=
+s3://bucket/prefix: workers on other machines share only the bucket). `make_store(settings)`
+picks the one the settings name.
+
+Nothing outside this module and its S3 sibling assumes the objects are files: downloads stream
+with `iter_range`, a process that needs a file on its own disk asks for `fetch` (a verified copy
+in a directory it owns) or `local_path` (the object itself for a directory store, a verified
+cached copy for a remote one).
 
 Keys are relative, slash-separated paths ("files/file_ab12/teacher.safetensors"); each segment
 starts with a letter or digit and holds only letters, digits, ".", "_" and "-". So no key can
@@ -20,12 +28,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from typing import TYPE_CHECKING, Iterator
+
 from jobs.errors import TooLarge
+
+if TYPE_CHECKING:
+    from jobs.settings import Settings
 
 CHUNK_BYTES = 1024 * 1024
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
-__all__ = ["ArtifactStore", "LocalArtifactStore", "StoredObject", "TooLarge", "validate_key"]
+__all__ = ["ArtifactStore", "ChecksumMismatch", "LocalArtifactStore", "StoredObject", "TooLarge", "make_store",
+           "validate_key"]
+
+
+class ChecksumMismatch(OSError):
+    """A copy's sha256 differs from the one recorded for the object: it is damaged (nothing kept)."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +84,26 @@ class ArtifactStore(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove the object; a missing one is fine."""
+
+    def iter_range(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """The object's bytes `start`..`end` (inclusive; None: to the end) in chunks, streamed
+        (FileNotFoundError if missing)."""
+
+    def fetch(self, key: str, dest: Path, *, sha256: str | None = None) -> Path:
+        """Copy the object to the file `dest` (atomically) and check its sha256 against `sha256`
+        (or, when None, the one the store recorded): ChecksumMismatch, and no `dest`, when they differ."""
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Keys under the folder `prefix`, sorted."""
+
+
+def make_store(settings: "Settings") -> ArtifactStore:
+    """The store the settings name: S3 for KD_ARTIFACT_URL=s3://..., else the directory."""
+    if settings.artifact_url is not None:
+        from jobs.artifact_store_s3 import S3ArtifactStore  # boto3 is imported only when used
+
+        return S3ArtifactStore.from_settings(settings)
+    return LocalArtifactStore(settings.artifacts_path)
 
 
 class LocalArtifactStore:
@@ -117,6 +155,58 @@ class LocalArtifactStore:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def iter_range(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        f = open(self._path(key), "rb")  # opened now, so a missing object fails before streaming
+        return _read_chunks(f, start, end)
+
+    def fetch(self, key: str, dest: Path, *, sha256: str | None = None) -> Path:
+        with open(self._path(key), "rb") as src:
+            return write_verified(dest, iter(lambda: src.read(CHUNK_BYTES), b""), sha256=sha256, what=key)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        top = self._path(prefix)
+        if not top.is_dir():
+            return []
+        return sorted(str(p.relative_to(self.root)).replace(os.sep, "/") for p in top.rglob("*")
+                      if p.is_file() and not any(part.startswith(".") for part in p.relative_to(top).parts))
+
+
+def _read_chunks(f: BinaryIO, start: int, end: int | None) -> Iterator[bytes]:
+    with f:
+        f.seek(start)
+        left = None if end is None else end - start + 1
+        while left is None or left > 0:
+            chunk = f.read(CHUNK_BYTES if left is None else min(CHUNK_BYTES, left))
+            if not chunk:
+                return
+            if left is not None:
+                left -= len(chunk)
+            yield chunk
+
+
+def write_verified(dest: Path, chunks: Iterable[bytes], *, sha256: str | None, what: str) -> Path:
+    """Write chunks to `dest` atomically (a temporary file renamed over it), hashing them; when
+    `sha256` is given and differs, ChecksumMismatch and nothing at `dest`."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=".part")
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            for chunk in chunks:
+                digest.update(chunk)
+                tmp.write(chunk)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        if sha256 is not None and digest.hexdigest() != sha256:
+            raise ChecksumMismatch(f"{what}: the copy's sha256 {digest.hexdigest()} differs from the recorded "
+                                   f"{sha256}; the stored object is damaged")
+        os.replace(tmp_name, dest)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return dest
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -11,7 +11,15 @@ Defaults (the embedded mode: nothing to install, everything under `data_dir`):
 | KD_DATA_DIR                | var                                       |
 | KD_DATABASE_URL            | sqlite:///{data_dir}/kd.sqlite3           |
 | KD_BROKER_URL              | sqla+sqlite:///{data_dir}/broker.sqlite3  |
-| KD_ARTIFACT_DIR            | {data_dir}/artifacts                      |
+| KD_ARTIFACT_DIR            | {data_dir}/artifacts (the directory store; only when KD_ARTIFACT_URL is unset) |
+| KD_ARTIFACT_URL            | unset (the directory store); s3://bucket[/prefix]: the S3-compatible store, which workers on other machines share |
+| KD_S3_ENDPOINT_URL         | unset (AWS S3); http(s)://host:port of MinIO, Ceph RGW, ... |
+| KD_S3_ACCESS_KEY_ID        | unset (boto3's own credential chain: AWS_* variables, instance profile) |
+| KD_S3_SECRET_ACCESS_KEY    | unset; set together with KD_S3_ACCESS_KEY_ID |
+| KD_S3_REGION               | us-east-1                                 |
+| KD_S3_ADDRESSING_STYLE     | auto ("path" for MinIO and most self-hosted servers, or "virtual") |
+| KD_S3_PART_BYTES           | 8388608 (8 MiB multipart part; at least 5 MiB, S3's minimum; the most an upload holds in memory) |
+| KD_ARTIFACT_CACHE_DIR      | {data_dir}/cache/artifacts (verified local copies of S3 objects that need a path) |
 | KD_MAX_UPLOAD_BYTES        | 1073741824 (1 GiB)                        |
 | KD_BOOTSTRAP_API_KEY       | unset (no key is created at start-up)     |
 | KD_LEASE_SECONDS           | 60                                        |
@@ -29,6 +37,10 @@ Defaults (the embedded mode: nothing to install, everything under `data_dir`):
 | KD_QUOTA_STORED_BYTES      | 10737418240 (10 GiB of uploaded files per tenant) |
 | KD_QUOTA_CONCURRENT_JOBS   | 4 (unfinished jobs per tenant: queued, running or cancelling) |
 
+KD_ARTIFACT_URL is checked at construction (ValueError): scheme s3, a valid bucket name, a prefix of
+key segments; so is KD_S3_ENDPOINT_URL (http or https), and an access key id without its secret
+(or the reverse), or KD_ARTIFACT_DIR set next to KD_ARTIFACT_URL, is refused.
+
 In production mode the embedded defaults are refused at construction (ValueError): a SQLite
 database, an SQLAlchemy/memory/filesystem broker, or a bootstrap key shorter than 32 characters.
 Nothing else in the project reads os.environ.
@@ -36,8 +48,10 @@ Nothing else in the project reads os.environ.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,6 +60,11 @@ GIB = 1024**3
 MIN_PRODUCTION_KEY_LENGTH = 32
 # Broker transports that need no server: fine on a laptop, wrong when workers span machines.
 EMBEDDED_BROKER_SCHEMES = ("sqla+", "memory", "filesystem")
+MIB = 1024**2
+S3_MIN_PART_BYTES = 5 * MIB
+# S3's bucket naming rules: 3-63 lowercase letters, digits, dots and hyphens, a letter or digit at each end.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_PREFIX_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class Settings(BaseSettings):
@@ -56,6 +75,14 @@ class Settings(BaseSettings):
     database_url: str | None = None  # None: sqlite:///{data_dir}/kd.sqlite3
     broker_url: str | None = None  # None: sqla+sqlite:///{data_dir}/broker.sqlite3
     artifact_dir: Path | None = None  # None: {data_dir}/artifacts
+    artifact_url: str | None = None  # s3://bucket/prefix: the S3 store (jobs/artifact_store_s3.py)
+    s3_endpoint_url: str | None = None  # None: AWS S3
+    s3_access_key_id: str | None = None  # None: boto3's credential chain
+    s3_secret_access_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    s3_part_bytes: int = Field(default=8 * MIB, ge=S3_MIN_PART_BYTES)
+    artifact_cache_dir: Path | None = None  # None: {data_dir}/cache/artifacts
     max_upload_bytes: int = Field(default=GIB, gt=0)
     bootstrap_api_key: SecretStr | None = None  # ensured at start-up for tenant "default"
     lease_seconds: int = Field(default=60, gt=0)
@@ -85,8 +112,20 @@ class Settings(BaseSettings):
     def artifacts_path(self) -> Path:
         return self.artifact_dir if self.artifact_dir is not None else self.data_dir / "artifacts"
 
+    @property
+    def artifact_cache_path(self) -> Path:
+        return self.artifact_cache_dir if self.artifact_cache_dir is not None else self.data_dir / "cache" / "artifacts"
+
+    @property
+    def artifact_bucket_and_prefix(self) -> tuple[str, str]:
+        """(bucket, prefix) of KD_ARTIFACT_URL (checked at construction)."""
+        assert self.artifact_url is not None
+        parts = urlsplit(self.artifact_url)
+        return parts.netloc, parts.path.strip("/")
+
     @model_validator(mode="after")
     def _check(self) -> "Settings":
+        self._check_artifact_store()
         if self.heartbeat_seconds >= self.lease_seconds:
             raise ValueError(
                 f"KD_HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}) must be shorter than "
@@ -94,6 +133,30 @@ class Settings(BaseSettings):
         if self.mode == "production":
             self._refuse_embedded_defaults()
         return self
+
+    def _check_artifact_store(self) -> None:
+        if self.artifact_url is not None:
+            parts = urlsplit(self.artifact_url)
+            if parts.scheme != "s3":
+                raise ValueError(f"KD_ARTIFACT_URL {self.artifact_url!r}: the scheme must be s3 (s3://bucket/prefix)")
+            if not _BUCKET.fullmatch(parts.netloc) or ".." in parts.netloc:
+                raise ValueError(f"KD_ARTIFACT_URL {self.artifact_url!r}: {parts.netloc!r} is not a valid bucket "
+                                 "name (3-63 lowercase letters, digits, '.', '-')")
+            if parts.query or parts.fragment or "@" in self.artifact_url:
+                raise ValueError(f"KD_ARTIFACT_URL {self.artifact_url!r}: no credentials, query or fragment; "
+                                 "credentials go in KD_S3_ACCESS_KEY_ID / KD_S3_SECRET_ACCESS_KEY")
+            prefix = parts.path.strip("/")
+            if prefix and not all(_PREFIX_SEGMENT.fullmatch(seg) for seg in prefix.split("/")):
+                raise ValueError(f"KD_ARTIFACT_URL {self.artifact_url!r}: the prefix {prefix!r} must be "
+                                 "slash-separated segments of letters, digits, '.', '_', '-' (none empty or hidden)")
+            if self.artifact_dir is not None:
+                raise ValueError("KD_ARTIFACT_DIR and KD_ARTIFACT_URL are both set; the store is one or the other")
+        if self.s3_endpoint_url is not None:
+            endpoint = urlsplit(self.s3_endpoint_url)
+            if endpoint.scheme not in ("http", "https") or not endpoint.hostname:
+                raise ValueError(f"KD_S3_ENDPOINT_URL {self.s3_endpoint_url!r}: must be http(s)://host[:port]")
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise ValueError("KD_S3_ACCESS_KEY_ID and KD_S3_SECRET_ACCESS_KEY go together: set both or neither")
 
     def _refuse_embedded_defaults(self) -> None:
         problems = []

@@ -180,3 +180,53 @@ def problem(resp, status: int) -> dict:
     assert body["status"] == status and body["title"] and body["detail"]
     assert "Traceback" not in resp.text
     return body
+
+
+# --- a real S3 protocol server (moto's standalone server) for the S3 artifact store ---------------
+
+S3_CREDENTIALS = {"KD_S3_ACCESS_KEY_ID": "testing", "KD_S3_SECRET_ACCESS_KEY": "testing",
+                  "KD_S3_REGION": "us-east-1", "KD_S3_ADDRESSING_STYLE": "path"}
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator[str]:
+    """`python -m moto.server` on a free 127.0.0.1 port for this test session; its endpoint URL.
+    It speaks the S3 protocol over HTTP (multipart, Range, copy, metadata), in memory."""
+    import socket
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KD_", "AWS_"))}
+    proc = Proc([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env, log_path)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(f"{url}/moto-api/", timeout=1)
+            break
+        except httpx.HTTPError:
+            if time.monotonic() > deadline or proc.popen.poll() is not None:
+                raise RuntimeError(f"moto server did not start:\n{proc.output()}")
+            time.sleep(0.2)
+    yield url
+    proc.stop()
+
+
+def s3_client(endpoint_url: str):
+    import boto3
+
+    return boto3.session.Session().client(
+        "s3", endpoint_url=endpoint_url, region_name="us-east-1", aws_access_key_id="testing",
+        aws_secret_access_key="testing")
+
+
+@pytest.fixture
+def s3_env(s3_server) -> dict[str, str]:
+    """KD_ settings of an S3 store in a fresh bucket of its own on the moto server."""
+    bucket = f"kd-test-{secrets.token_hex(6)}"
+    s3_client(s3_server).create_bucket(Bucket=bucket)
+    return {"KD_ARTIFACT_URL": f"s3://{bucket}/kd", "KD_S3_ENDPOINT_URL": s3_server, **S3_CREDENTIALS}
