@@ -32,6 +32,9 @@ Defaults (the embedded mode: nothing to install, everything under `data_dir`):
 | KD_API_PORT                | 8000                                      |
 | KD_API_WORKERS             | 1                                         |
 | KD_WORKER_CONCURRENCY      | 1                                         |
+| KD_WORKER_QUEUES           | unset (every queue the machine can serve: kd.cpu, and kd.cuda.1..G with G CUDA devices); a comma-separated subset |
+| KD_WORKER_HEARTBEAT_SECONDS | 10 (how often a worker refreshes its row in `workers`) |
+| KD_WORKER_STALE_SECONDS    | 30 (a worker unseen for longer is not live: its queues count as unserved) |
 | KD_IDEMPOTENCY_TTL_SECONDS | 86400 (seconds a finished request's Idempotency-Key is kept and replayed) |
 | KD_IDEMPOTENCY_IN_FLIGHT_SECONDS | 3600 (seconds before a key held by a request that never finished, e.g. the API died, may be taken over) |
 | KD_QUOTA_STORED_BYTES      | 10737418240 (10 GiB of uploaded files per tenant) |
@@ -95,10 +98,19 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, ge=1, le=65535)
     api_workers: int = Field(default=1, ge=1)
     worker_concurrency: int = Field(default=1, ge=1)
+    worker_queues: str | None = None  # comma-separated; None: every queue this machine can serve (jobs/routing.py)
+    worker_heartbeat_seconds: float = Field(default=10, gt=0)
+    worker_stale_seconds: float = Field(default=30, gt=0)
     idempotency_ttl_seconds: int = Field(default=24 * 3600, gt=0)
     idempotency_in_flight_seconds: int = Field(default=3600, gt=0)
     quota_stored_bytes: int = Field(default=10 * GIB, gt=0)  # per tenant, uploaded files only
     quota_concurrent_jobs: int = Field(default=4, gt=0)  # per tenant: queued + running + cancelling
+
+    @property
+    def worker_queue_list(self) -> list[str] | None:
+        """KD_WORKER_QUEUES as a list; None when unset or empty."""
+        names = [q.strip() for q in (self.worker_queues or "").split(",") if q.strip()]
+        return names or None
 
     @property
     def db_url(self) -> str:
@@ -130,6 +142,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"KD_HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}) must be shorter than "
                 f"KD_LEASE_SECONDS ({self.lease_seconds}), or every lease expires between heartbeats")
+        if self.worker_heartbeat_seconds >= self.worker_stale_seconds:
+            raise ValueError(
+                f"KD_WORKER_HEARTBEAT_SECONDS ({self.worker_heartbeat_seconds:g}) must be shorter than "
+                f"KD_WORKER_STALE_SECONDS ({self.worker_stale_seconds:g}), or live workers look gone")
         if self.mode == "production":
             self._refuse_embedded_defaults()
         return self
