@@ -12,7 +12,7 @@ from api.body_limit import BodyLimitMiddleware
 from api.enqueue import Enqueuer
 from api.routes import files, health, jobs
 from jobs import api_keys
-from jobs.artifact_store import LocalArtifactStore
+from jobs.artifact_store import make_store
 from jobs.db import make_engine, make_sessionmaker
 from jobs.settings import Settings
 
@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = make_engine(settings.db_url)
     app.state.sessionmaker = make_sessionmaker(app.state.engine)
-    app.state.store = LocalArtifactStore(settings.artifacts_path)
+    app.state.store = make_store(settings)  # a directory, or S3 (KD_ARTIFACT_URL)
     app.state.enqueuer = Enqueuer(settings.celery_broker_url)
     problems.install(app)
     app.add_middleware(BodyLimitMiddleware)

@@ -6,9 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api import quotas
+from api.downloads import stored_download
 from api.deps import PageAfter, PageLimit, SessionDep, SettingsDep, StoreDep, TenantDep
 from api.file_inspection import inspect_upload
 from api.idempotency import IdempotencyKeyDep, IdempotentRequest, fingerprint
@@ -94,13 +95,15 @@ def get_file(file_id: str, session: SessionDep, tenant: TenantDep) -> FileOut:
     return FileOut.from_row(files_repo.get(session, tenant_id=tenant.id, file_id=file_id))
 
 
-@router.get("/{file_id}/content", response_class=FileResponse,
-            responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "a byte range"}})
-def download_file(file_id: str, session: SessionDep, tenant: TenantDep, store: StoreDep) -> FileResponse:
+@router.get("/{file_id}/content", response_class=StreamingResponse,
+            responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "a byte range"},
+                       416: PROBLEM_SCHEMA})
+def download_file(file_id: str, request: Request, session: SessionDep, tenant: TenantDep,
+                  store: StoreDep) -> StreamingResponse:
     """Download a file's bytes (ETag is the sha256; Range is honoured)."""
     row = files_repo.get(session, tenant_id=tenant.id, file_id=file_id)
-    return FileResponse(store.local_path(row.storage_key), filename=row.filename,
-                        media_type="application/octet-stream", headers={"ETag": f'"{row.sha256}"'})
+    return stored_download(request, store, key=row.storage_key, size=row.bytes, sha256=row.sha256,
+                           filename=row.filename)
 
 
 @router.delete("/{file_id}", status_code=204, responses={409: PROBLEM_SCHEMA})

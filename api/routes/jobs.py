@@ -7,9 +7,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from api import quotas, sse
+from api.downloads import stored_download
 from api.deps import PageAfter, PageLimit, SessionDep, SettingsDep, StoreDep, TenantDep
 from api.idempotency import IdempotencyKeyDep, IdempotentRequest, fingerprint
 from api.problems import PROBLEM_SCHEMA, Problem
@@ -119,11 +120,11 @@ def list_metrics(job_id: str, session: SessionDep, tenant: TenantDep) -> MetricL
     return MetricList(data=[MetricOut(run=r.run, epoch=r.epoch, values=r.values) for r in rows])
 
 
-@router.get("/{job_id}/student", response_class=FileResponse, responses={
+@router.get("/{job_id}/student", response_class=StreamingResponse, responses={
     200: {"content": {"application/octet-stream": {}}}, 206: {"description": "a byte range"},
-    409: PROBLEM_SCHEMA})
-def download_student(job_id: str, session: SessionDep, tenant: TenantDep, store: StoreDep,
-                     format: Literal["safetensors", "onnx"] = "safetensors") -> FileResponse:
+    409: PROBLEM_SCHEMA, 416: PROBLEM_SCHEMA})
+def download_student(job_id: str, request: Request, session: SessionDep, tenant: TenantDep, store: StoreDep,
+                     format: Literal["safetensors", "onnx"] = "safetensors") -> StreamingResponse:
     """Download the distilled student (ETag is the sha256; Range is honoured)."""
     job = jobs_repo.get(session, tenant_id=tenant.id, job_id=job_id)
     if job.status != "succeeded":
@@ -135,8 +136,8 @@ def download_student(job_id: str, session: SessionDep, tenant: TenantDep, store:
     if artifact is None:
         raise Problem(404, f"this job has no {format} student (the ONNX export may have failed: see its "
                            "events)", slug="not-found")
-    return FileResponse(store.local_path(artifact.storage_key), filename=f"{job.id}-{filename}",
-                        media_type="application/octet-stream", headers={"ETag": f'"{artifact.sha256}"'})
+    return stored_download(request, store, key=artifact.storage_key, size=artifact.bytes, sha256=artifact.sha256,
+                           filename=f"{job.id}-{filename}")
 
 
 @router.get("/{job_id}/report", response_class=HTMLResponse, responses={
