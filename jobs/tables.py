@@ -235,3 +235,25 @@ class IdempotencyKey(Base):
     response_body: Mapped[Any | None] = mapped_column(JSON(none_as_null=True))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
+
+
+class Worker(Base):
+    """A worker process that advertises what it serves: written at start, refreshed every
+    KD_WORKER_HEARTBEAT_SECONDS (`last_seen`), removed at a clean stop. Live = seen within
+    KD_WORKER_STALE_SECONDS. The API reads it to tell a queued job that nobody serves its queue."""
+
+    __tablename__ = "workers"
+    __table_args__ = (
+        Index("ix_workers_last_seen", "last_seen"),
+        CheckConstraint("device IN ('cpu', 'cuda')", name="device"),
+        CheckConstraint("gpus >= 0", name="gpus"),
+    )
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # Celery hostname: kd-worker-<pid>@<host>
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int]
+    queues: Mapped[list[str]] = mapped_column(JSONType)  # the queues it consumes
+    device: Mapped[str] = mapped_column(String(16))  # "cuda" when it has CUDA devices, else "cpu"
+    gpus: Mapped[int]  # CUDA devices it sees
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)

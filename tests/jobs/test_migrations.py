@@ -13,7 +13,8 @@ from jobs.migrate import downgrade, upgrade
 from jobs.tables import Base, utcnow
 
 TABLES_0001 = {"tenants", "api_keys", "files", "jobs", "job_events", "job_metrics", "artifacts"}
-TABLES = TABLES_0001 | {"idempotency_keys"}
+TABLES_0002 = TABLES_0001 | {"idempotency_keys"}
+TABLES = TABLES_0002 | {"workers"}
 
 
 def test_upgrade_matches_models_and_downgrade_removes_everything(empty_database_url):
@@ -59,5 +60,18 @@ def test_0002_adds_idempotency_keys_and_downgrades_to_0001_keeping_data(empty_da
         upgrade(empty_database_url)
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM idempotency_keys")).scalar() == 0
+    finally:
+        engine.dispose()
+
+
+def test_0003_adds_workers_and_downgrades_to_0002(empty_database_url):
+    upgrade(empty_database_url)
+    engine = make_engine(empty_database_url)
+    try:
+        with engine.connect() as conn:
+            assert {ix["name"] for ix in inspect(conn).get_indexes("workers")} == {"ix_workers_last_seen"}
+        downgrade(empty_database_url, "0002_idempotency_keys")
+        with engine.connect() as conn:
+            assert set(inspect(conn).get_table_names()) == TABLES_0002 | {"alembic_version"}
     finally:
         engine.dispose()
