@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from celery import Celery
 
+from jobs.routing import CPU_QUEUE
+
 RUN_JOB_TASK = "kd.run_job"
-JOBS_QUEUE = "kd.jobs"
 
 
 class Enqueuer:
@@ -18,9 +19,10 @@ class Enqueuer:
             # instead of holding the request; the SQLAlchemy transport takes no such option.
             self.app.conf.broker_transport_options = {"max_retries": 2}
 
-    def enqueue_job(self, job_id: str) -> None:
-        """Publish the job id; the database row (already committed) is the truth."""
-        self.app.send_task(RUN_JOB_TASK, args=[job_id], queue=JOBS_QUEUE)
+    def enqueue_job(self, job_id: str, queue: str = CPU_QUEUE) -> None:
+        """Publish the job id to its queue (jobs.routing.queue_for(spec)); the database row (already
+        committed) is the truth."""
+        self.app.send_task(RUN_JOB_TASK, args=[job_id], queue=queue)
 
     def ping(self) -> None:
         """Raise when the broker cannot be reached."""

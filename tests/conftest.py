@@ -30,7 +30,7 @@ REDIS_SERVER = "redis://127.0.0.1:6379"
 # so two test runs on one machine (developers running suites side by side) do not take each other's
 # messages. Database 0 is left alone.
 REDIS_TEST_DB = os.getpid() % 15 + 1
-TABLES = ("artifacts", "job_metrics", "job_events", "jobs", "files", "api_keys", "tenants")
+TABLES = ("artifacts", "job_metrics", "job_events", "jobs", "files", "api_keys", "tenants", "workers")
 
 
 @pytest.fixture(scope="session")

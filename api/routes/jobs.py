@@ -16,8 +16,9 @@ from api.idempotency import IdempotencyKeyDep, IdempotentRequest, fingerprint
 from api.problems import PROBLEM_SCHEMA, Problem
 from api.schemas.jobs import EventList, EventOut, JobCreate, JobList, JobOut, MetricList, MetricOut, Status
 from api.spec_resolution import resolve_spec
-from jobs import files_repo, jobs_repo, lifecycle
+from jobs import files_repo, jobs_repo, lifecycle, workers_repo
 from jobs.errors import NotFound
+from jobs.routing import queue_for
 
 log = logging.getLogger("api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={401: PROBLEM_SCHEMA, 404: PROBLEM_SCHEMA})
@@ -44,7 +45,7 @@ async def create_job(body: JobCreate, request: Request, session: SessionDep, ten
         idempotent.finish(request_fingerprint, 201, out)
         session.commit()  # the row is the truth: commit before the broker can wake a worker
     try:
-        request.app.state.enqueuer.enqueue_job(row.id)
+        request.app.state.enqueuer.enqueue_job(row.id, queue_for(row.spec))
         lifecycle.mark_enqueued(session, job_id=row.id)
         session.commit()
     except Exception:  # the reaper enqueues it again after KD_QUEUED_REQUEUE_AFTER
@@ -65,9 +66,14 @@ def list_jobs(session: SessionDep, tenant: TenantDep,
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
-    """Retrieve one job: status, progress, error and result."""
-    return JobOut.from_row(jobs_repo.get(session, tenant_id=tenant.id, job_id=job_id))
+def get_job(job_id: str, session: SessionDep, tenant: TenantDep, settings: SettingsDep) -> JobOut:
+    """Retrieve one job: status, progress, error and result; while queued, its queue position and why it waits."""
+    row = jobs_repo.get(session, tenant_id=tenant.id, job_id=job_id)
+    out = JobOut.from_row(row)
+    if row.status == Status.queued:
+        waiting = workers_repo.queue_status(session, job=row, stale_seconds=settings.worker_stale_seconds)
+        out.queue_position, out.waiting_reason = waiting.position, waiting.waiting_reason
+    return out
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses={409: PROBLEM_SCHEMA})

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 
+from jobs.routing import queue_for
 from kdcore.spec import FIELD_HELP
 
 MAX_METADATA_BYTES = 16 * 1024  # `metadata` as compact JSON
@@ -129,6 +130,12 @@ class HyperparametersIn(_In):
     restore_best: bool | None = Field(None, description=FIELD_HELP["hyperparameters.restore_best"])
 
 
+class ResourcesIn(_In):
+    device: Text | None = Field(None, description=FIELD_HELP["resources.device"])
+    gpus: int | None = Field(None, description=FIELD_HELP["resources.gpus"])
+    processes: int | None = Field(None, description=FIELD_HELP["resources.processes"])
+
+
 class JobCreate(_In):
     teacher: TeacherIn
     student: StudentIn = Field(default_factory=StudentIn)
@@ -136,6 +143,8 @@ class JobCreate(_In):
     hyperparameters: HyperparametersIn = Field(default_factory=HyperparametersIn)
     baseline: bool = Field(True, description=FIELD_HELP["baseline"])
     metadata: Metadata = Field(default_factory=dict, description=FIELD_HELP["metadata"])
+    resources: ResourcesIn = Field(default_factory=ResourcesIn,
+                                   description="what the job needs from the machine that runs it; routes it to a queue")
 
 
 class Status(str, Enum):
@@ -178,6 +187,12 @@ class JobOut(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     updated_at: datetime | None = None
+    queue: str | None = Field(None, description="the queue the job is routed to (kd.cpu or kd.cuda.<gpus>, from "
+                                                "spec.resources)")
+    queue_position: int | None = Field(None, description="while queued, in GET /v1/jobs/{id}: how many older "
+                                                         "queued jobs wait on the same queue (0 = next)")
+    waiting_reason: str | None = Field(None, description="while queued, in GET /v1/jobs/{id}: why no worker takes "
+                                                         "it, e.g. no live worker serves its queue; null otherwise")
 
     @classmethod
     def from_row(cls, row) -> "JobOut":
@@ -185,7 +200,7 @@ class JobOut(BaseModel):
         return cls(id=row.id, status=row.status, spec=row.spec, progress=Progress(**(row.progress or {})),
                    attempt=row.attempt, max_attempts=row.max_attempts, error=error, result=row.result,
                    created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at,
-                   updated_at=row.updated_at)
+                   updated_at=row.updated_at, queue=queue_for(row.spec))
 
 
 class JobList(BaseModel):

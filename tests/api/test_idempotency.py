@@ -74,7 +74,7 @@ def hold_key_in_flight(client, key: str = KEY, tenant: str = "default") -> None:
 def times_enqueued(job_id: str) -> int:
     """Broker messages naming this job. Other test runs may share the Redis database (they add
     messages and flush it), so tests assert only what those cannot fake: no second message."""
-    messages = redis.Redis.from_url(f"{REDIS_SERVER}/{REDIS_TEST_DB}").lrange("kd.jobs", 0, -1)
+    messages = redis.Redis.from_url(f"{REDIS_SERVER}/{REDIS_TEST_DB}").lrange("kd.cpu", 0, -1)
     return sum(json.loads(base64.b64decode(json.loads(m)["body"]))[0] == [job_id] for m in messages)
 
 

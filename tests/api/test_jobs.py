@@ -49,7 +49,7 @@ def test_create_resolves_and_echoes_every_default(client, teacher_id):
 def test_create_publishes_the_job_id_to_the_broker(client, teacher_id):
     job = client.post("/v1/jobs", json=spec(teacher_id)).json()
     r = redis.Redis.from_url(f"{REDIS_SERVER}/{REDIS_TEST_DB}")
-    messages = [json.loads(m) for m in r.lrange("kd.jobs", 0, -1)]
+    messages = [json.loads(m) for m in r.lrange("kd.cpu", 0, -1)]
     assert len(messages) == 1
     assert messages[0]["headers"]["task"] == "kd.run_job"
     assert json.loads(__import__("base64").b64decode(messages[0]["body"]))[0] == [job["id"]]

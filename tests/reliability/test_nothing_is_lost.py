@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 class DeadEnqueuer:
     """The API process dies between committing the job row and publishing its id."""
 
-    def enqueue_job(self, job_id: str) -> None:
+    def enqueue_job(self, job_id: str, queue: str = "kd.cpu") -> None:
         raise ConnectionError("the API died before it published the job")
 
     def ping(self) -> None:
@@ -26,7 +26,7 @@ def test_a_job_committed_but_never_enqueued_is_enqueued_by_the_reaper(service, d
     svc.client.app.state.enqueuer = DeadEnqueuer()
     job = svc.submit(digits_teacher, epochs=2)  # the route logs the failure and answers 201
     assert job["status"] == "queued"
-    assert redis.Redis.from_url(svc.settings.celery_broker_url).llen("kd.jobs") == 0  # no message anywhere
+    assert redis.Redis.from_url(svc.settings.celery_broker_url).llen("kd.cpu") == 0  # no message anywhere
 
     worker = svc.start_worker("only")
     job = svc.wait_for(job["id"], lambda j: j["status"] in ("succeeded", "failed"), timeout=60, what="end")
