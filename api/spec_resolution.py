@@ -40,12 +40,12 @@ def resolve_spec(session: Session, *, tenant_id: str, body: JobCreate, store: Ar
         if file_id is None:
             continue
         rows[api_field] = row = _own_file(session, tenant_id, file_id, api_field, purposes)
-        _put(raw, kd_field, str(store.local_path(row.storage_key)))
+        _put(raw, kd_field, row.storage_key)  # a stand-in: nothing here reads the file but a state-dict teacher
     try:
         spec = DistillSpec.from_dict(raw)
         data = _data_info(spec, rows)
         spec.student.arch_params = check_student(spec.student.arch, spec.student.arch_params, data)
-        _check_teacher(spec, rows["teacher.file_id"], data)
+        _check_teacher(spec, rows["teacher.file_id"], data, store)
     except KDError as e:
         raise SpecError(e.message, field=KD_TO_API_FIELD.get(e.field, e.field)) from None
 
@@ -85,13 +85,15 @@ def _data_info(spec: DistillSpec, rows: dict) -> DataInfo:
     return data
 
 
-def _check_teacher(spec: DistillSpec, row, data: DataInfo) -> None:
+def _check_teacher(spec: DistillSpec, row, data: DataInfo, store: ArtifactStore) -> None:
     info = row.info or {}
     if info.get("kind") == "state_dict":
         if info.get("num_classes") not in (None, data.num_classes):
             raise SpecError(f"the teacher's last layer has {info['num_classes']} outputs but the dataset has "
                             f"{data.num_classes} classes", field="teacher.file_id")
-        spec.teacher.arch_params = check_state_dict_teacher(spec.teacher.path, spec.teacher.arch,
+        # its header is read from a local copy (an S3 store's cached one; the directory store's file)
+        path = str(store.local_path(row.storage_key))
+        spec.teacher.arch_params = check_state_dict_teacher(path, spec.teacher.arch,
                                                             spec.teacher.arch_params, data)
         return
     if spec.teacher.arch is not None or spec.teacher.arch_params:

@@ -8,7 +8,9 @@ step, so cancellation takes effect at the next step boundary and the last checkp
 Attempts of one job can overlap (a stalled worker wakes after its job was re-claimed), so what is
 not fenced by the database is kept apart per attempt: the scratch directory
 `{data_dir}/work/{job}/attempt-{n}` and the published files `jobs/{job}/attempt-{n}/...`. The
-checkpoints (`jobs/{job}/checkpoints/`) are shared, since a resumed attempt needs them; the trainer
+checkpoints (`jobs/{job}/checkpoints/` in the store, mirrored into and out of the attempt's
+directory by worker/checkpoint_mirror.py) are shared, since a resumed attempt, on this machine or
+another, needs them; the trainer
 reports each epoch (a fenced write: LeaseLost for a stale attempt) before it checkpoints it, so a
 stale attempt writes one only if it stalled in the instant between the two, and then with the
 state the new attempt computes for that epoch as well. The price of that order: a resumed attempt
@@ -31,7 +33,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import jobs_repo, lifecycle
-from jobs.artifact_store import ArtifactStore, LocalArtifactStore
+from jobs.artifact_store import ArtifactStore, make_store
 from jobs.db import make_engine, make_sessionmaker
 from jobs.errors import LeaseLost
 from jobs.settings import Settings, settings as process_settings
@@ -40,6 +42,7 @@ from kdcore.errors import KDError
 from kdcore.pipeline import ONNX_FILE, STUDENT_FILE, SUMMARY_FILE, METRICS_FILE, PipelineCallbacks, run_distillation
 from kdcore.spec import DistillSpec
 from kdcore.trainer import Stopped
+from worker.checkpoint_mirror import CheckpointMirror
 
 log = logging.getLogger("worker")
 PROGRESS_INTERVAL_SECONDS = 1.0  # progress rows are throttled; epochs and phases always write
@@ -66,7 +69,7 @@ def run_job(job_id: str, *, cfg: Settings | None = None, store: ArtifactStore | 
     """Run one job if this worker can claim it. Returns what happened (for logs and tests):
     not_claimed, succeeded, failed, cancelled or lease_lost."""
     cfg = cfg or process_settings
-    store = store or LocalArtifactStore(cfg.artifacts_path)
+    store = store or make_store(cfg)
     sessions = _sessions(cfg)
     with sessions() as s:
         attempt = lifecycle.claim(s, job_id=job_id, lease_seconds=cfg.lease_seconds, worker=worker_name())
@@ -96,6 +99,7 @@ class JobRun(PipelineCallbacks):
         self.baseline = True
         self.epochs = 0
         self.current_run = "student"  # the trainer's run the next checkpoint belongs to
+        self.checkpoints: CheckpointMirror | None = None
 
     # --- the attempt --------------------------------------------------------------------------
     def run(self) -> str:
@@ -106,12 +110,16 @@ class JobRun(PipelineCallbacks):
         work = self.cfg.data_dir / "work" / self.job_id / f"attempt-{self.attempt}"
         _remove_older_attempts(work)
         try:
-            spec = self._load_spec()
+            # Nothing is read from the store in place: inputs and checkpoints are copied into this
+            # attempt's directory, so a worker shares no disk with the API or other workers.
+            spec = self._load_spec(work / "inputs")
             self.baseline, self.epochs = spec.baseline, spec.hyperparameters.epochs
             self.on_event("claimed", f"attempt {self.attempt} started on {worker_name()}", {"attempt": self.attempt})
+            self.checkpoints = CheckpointMirror(self.store, prefix=f"jobs/{self.job_id}/checkpoints",
+                                                local_dir=work / "checkpoints")
+            self.checkpoints.pull()
             summary = run_distillation(spec, out_dir=work / "out", callbacks=self,
-                                       checkpoint_dir=self.store.local_path(f"jobs/{self.job_id}/checkpoints"),
-                                       extra_metadata={"job_id": self.job_id})
+                                       checkpoint_dir=work / "checkpoints", extra_metadata={"job_id": self.job_id})
             self._publish(work / "out", summary)
             return "succeeded"
         except (Stopped, LeaseLost):
@@ -130,7 +138,7 @@ class JobRun(PipelineCallbacks):
             with contextlib.suppress(OSError):
                 work.parent.rmdir()  # the job's directory, once no attempt uses it
 
-    def _load_spec(self) -> DistillSpec:
+    def _load_spec(self, inputs: Path) -> DistillSpec:
         # Every read inside the one session block: a session used after its block begins a new
         # transaction that nobody ends, and its connection stays "idle in transaction" (holding
         # its table locks) for the whole job.
@@ -144,14 +152,18 @@ class JobRun(PipelineCallbacks):
                 row = s.get(File, file_id)
                 if row is None or row.tenant_id != job.tenant_id:
                     raise KDError(f"file {file_id} no longer exists", field="file")
-                return str(self.store.local_path(row.storage_key))
+                # a verified copy (the sha256 recorded at upload) in this attempt's own directory
+                return str(self.store.fetch(row.storage_key, inputs / row.id, sha256=row.sha256))
 
             teacher, student, dataset = raw["teacher"], raw["student"], raw["dataset"]
             teacher["path"] = path_of(teacher.pop("file_id", None))
             student["init_path"] = path_of(student.pop("init_file_id", None))
             for name in ("train", "validation", "test"):
                 dataset[f"{name}_path"] = path_of(dataset.pop(f"{name}_file_id", None))
-        return DistillSpec.from_dict(raw)
+        spec = DistillSpec.from_dict(raw)
+        if spec.hyperparameters.device == "auto":  # the job's queue decided the device (jobs/routing.py)
+            spec.hyperparameters.device = spec.resources.device
+        return spec
 
     def _publish(self, out: Path, summary: dict[str, Any]) -> None:
         """Artifacts to the store, then rows and success in one transaction.
@@ -237,6 +249,8 @@ class JobRun(PipelineCallbacks):
 
     def on_event(self, type: str, message: str, data: dict | None = None) -> None:
         self._write(lifecycle.add_event, type=type, message=message, data=data)
+        if type == "sweep_checkpoint" and self.checkpoints is not None:  # a sweep point's checkpoint
+            self.checkpoints.push()
 
     def on_step(self, info) -> None:
         self.point, self.points = getattr(info, "point", None), getattr(info, "points", None)
@@ -258,6 +272,9 @@ class JobRun(PipelineCallbacks):
         self._progress(epoch=m.epoch, step=None, steps=None, run=m.run, force=True)
 
     def on_checkpoint(self, info) -> None:
+        # To the store first (another machine resumes from there), then the event that announces it.
+        if self.checkpoints is not None:
+            self.checkpoints.push()
         # Written again for an epoch only when a damaged newer checkpoint sent the run back to it.
         self._write(lifecycle.add_event_once, type="checkpoint", key=EPOCH_KEY,
                     message=f"{self.current_run}: checkpoint after epoch {info.epoch}",
