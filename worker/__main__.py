@@ -1,21 +1,34 @@
 """`python -m worker`: one Celery worker process (solo pool: one job at a time, no fork after CUDA),
+consuming the queues its machine can serve (worker/presence.py), advertising them in `workers`,
 with the reaper running beside it in a thread."""
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
+import sys
 
 from celery import signals
 
-from worker.celery_app import JOBS_QUEUE, app
+from jobs.settings import settings
+from worker.celery_app import app
+from worker.presence import Presence, detect, worker_name
 from worker.reaper import start_reaper_thread
+
+log = logging.getLogger("worker")
+_presence: Presence | None = None
 
 
 @signals.worker_ready.connect
-def _start_reaper(**_):
+def _on_ready(**_):
+    if _presence is not None:
+        _presence.start()
     start_reaper_thread()
+
+
+@signals.worker_shutdown.connect
+def _on_shutdown(**_):
+    if _presence is not None:
+        _presence.stop()
 
 
 def warm_up() -> None:
@@ -34,11 +47,19 @@ def warm_up() -> None:
 
 
 def main() -> None:
+    global _presence
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        caps = detect(settings)
+    except ValueError as e:  # KD_WORKER_QUEUES names a queue this machine cannot serve
+        log.error("%s", e)
+        sys.exit(2)
     warm_up()
-    app.worker_main(["worker", "--loglevel=INFO", "--pool=solo", "--concurrency=1", "-Q", JOBS_QUEUE,
-                     f"--hostname=kd-worker-{os.getpid()}@{socket.gethostname()}", "--without-gossip",
-                     "--without-mingle", "--without-heartbeat"])
+    name = worker_name()
+    _presence = Presence(settings, caps, name)
+    log.info("serving queues %s (device=%s, gpus=%d)", ",".join(caps.queues), caps.device, caps.gpus)
+    app.worker_main(["worker", "--loglevel=INFO", "--pool=solo", "--concurrency=1", "-Q", ",".join(caps.queues),
+                     f"--hostname={name}", "--without-gossip", "--without-mingle", "--without-heartbeat"])
 
 
 if __name__ == "__main__":

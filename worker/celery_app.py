@@ -5,16 +5,17 @@
 - prefetch 1 and the solo pool: one job per process (one process per GPU), and no CUDA is ever
   initialised in a parent that forks;
 - JSON only: a message is a job id, never a pickled object;
-- a broker that goes away is waited for, forever; the job that runs meanwhile carries on.
+- a broker that goes away is waited for, forever; the job that runs meanwhile carries on;
+- queues by resources (jobs/routing.py): kd.cpu, kd.cuda.N; `python -m worker` consumes those its
+  machine can serve (KD_WORKER_QUEUES narrows them) and advertises them in the `workers` table.
 """
 
 from __future__ import annotations
 
 from celery import Celery
 
+from jobs.routing import CPU_QUEUE
 from jobs.settings import settings
-
-JOBS_QUEUE = "kd.jobs"
 
 app = Celery("kd-worker", broker=settings.celery_broker_url, include=["worker.tasks"])
 app.conf.update(
@@ -24,7 +25,7 @@ app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
-    task_default_queue=JOBS_QUEUE,
+    task_default_queue=CPU_QUEUE,
     broker_connection_retry_on_startup=True,
     # A broker restart must not end the worker, nor the job it runs: reconnect for as long as it
     # takes, and let the running job finish (the database row is its truth; the reaper enqueues

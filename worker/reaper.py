@@ -2,7 +2,11 @@
 
 A job committed but never enqueued (the API died in between), a message lost with a broker
 restart, a worker killed mid-job (its lease expires): the database row says the job should be
-running, so the reaper sends its id again. Claims make any duplicate harmless.
+running, so the reaper sends its id again, to the queue its resources route it to (jobs/routing.py,
+the rule the API publishes with). Claims make any duplicate harmless. A queued job whose queue no
+live worker serves is left alone (its first message still waits in the broker, and GET /v1/jobs/{id}
+says why it waits); the reaper sends it again once a worker for that queue is live, in case the
+broker lost that message.
 Runs as a thread inside every worker (`python -m worker`) or alone (`python -m worker.reaper`).
 """
 
@@ -12,21 +16,35 @@ import logging
 import threading
 from datetime import datetime, timezone
 
-from jobs import lifecycle
+from sqlalchemy import select
+
+from jobs import lifecycle, workers_repo
 from jobs.db import make_engine, make_sessionmaker
+from jobs.routing import queue_for
 from jobs.settings import Settings, settings as process_settings
+from jobs.tables import QUEUED, Job
 
 log = logging.getLogger("worker.reaper")
 
 
 def reap_once(sessions, send, cfg: Settings) -> list[str]:
-    """Enqueue every job that should be moving but is not; returns their ids."""
+    """Enqueue every job that should be moving but is not, each to its queue: `send(job_id, queue)`;
+    returns their ids."""
+    now = datetime.now(timezone.utc)
     with sessions() as s:
-        ids = lifecycle.find_jobs_to_enqueue(s, now=datetime.now(timezone.utc),
-                                             queued_after_seconds=cfg.queued_requeue_after)
-        for job_id in ids:
-            send(job_id)
+        found = lifecycle.find_jobs_to_enqueue(s, now=now, queued_after_seconds=cfg.queued_requeue_after)
+        rows = s.execute(select(Job.id, Job.status, Job.spec).where(Job.id.in_(found))).all() if found else []
+        by_id = {row.id: row for row in rows}
+        served = workers_repo.live_queues(s, stale_seconds=cfg.worker_stale_seconds, now=now)
+        ids = []
+        for job_id in found:
+            row = by_id[job_id]
+            queue = queue_for(row.spec)
+            if row.status == QUEUED and queue not in served:
+                continue  # nobody could take it; another message would only pile up in the broker
+            send(job_id, queue)
             lifecycle.mark_enqueued(s, job_id=job_id)
+            ids.append(job_id)
         s.commit()
     if ids:
         log.info("reaper enqueued %d job(s) again: %s", len(ids), ", ".join(ids))
@@ -38,10 +56,10 @@ def start_reaper_thread(cfg: Settings | None = None) -> threading.Event:
     cfg = cfg or process_settings
     stop = threading.Event()
     sessions = make_sessionmaker(make_engine(cfg.db_url))
-    from worker.celery_app import JOBS_QUEUE, app
+    from worker.celery_app import app
 
-    def send(job_id: str) -> None:
-        app.send_task("kd.run_job", args=[job_id], queue=JOBS_QUEUE)
+    def send(job_id: str, queue: str) -> None:
+        app.send_task("kd.run_job", args=[job_id], queue=queue)
 
     def loop() -> None:
         while not stop.wait(cfg.reaper_interval):
