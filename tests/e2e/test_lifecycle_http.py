@@ -1,6 +1,8 @@
 """The whole lifecycle over HTTP against real processes (`python -m api` under uvicorn and
 `python -m worker`), on the production stack (PostgreSQL + Redis) and on the embedded default
-(SQLite + the SQLAlchemy broker transport: nothing to install)."""
+(SQLite + the SQLAlchemy broker transport: nothing to install), and once more on the production
+stack with the S3 artifact store (moto's S3 server), where the API and the worker have separate
+data directories: they share no disk, as on two machines."""
 
 from __future__ import annotations
 
@@ -25,10 +27,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(params=["production", "embedded"])
+@pytest.fixture(params=["production", "embedded", "production-s3"])
 def stack(request, tmp_path):
     data = tmp_path / "data"
-    if request.param == "production":
+    store_env = request.getfixturevalue("s3_env") if request.param == "production-s3" else {}
+    if request.param.startswith("production"):
         db = request.getfixturevalue("clean_pg")
         broker = request.getfixturevalue("redis_url")
     else:
@@ -37,8 +40,9 @@ def stack(request, tmp_path):
         upgrade(db)
     port = free_port()
     env = service_env(database_url=db, broker_url=broker, data_dir=data, api_key=KEY,
-                      KD_API_PORT=str(port), KD_HEARTBEAT_SECONDS="0.5", KD_LEASE_SECONDS="10")
-    worker = start_worker(env, tmp_path / "worker.log")
+                      KD_API_PORT=str(port), KD_HEARTBEAT_SECONDS="0.5", KD_LEASE_SECONDS="10", **store_env)
+    worker_env = {**env, "KD_DATA_DIR": str(tmp_path / "worker-data")} if store_env else env
+    worker = start_worker(worker_env, tmp_path / "worker.log")
     api = Proc([sys.executable, "-m", "api"], env, tmp_path / "api.log")
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
