@@ -3,7 +3,8 @@
 They hold the deployment files to the code: every `python -m X` names a module of this repository
 and the image contains it, every KD_ variable is a field of jobs.settings.Settings and the
 production environment passes Settings' own validation, the worker reserves a GPU, and the API
-starts only after the migration has succeeded.
+starts only after the migration has succeeded. Artifacts are in the MinIO service (S3): api and
+worker share no volume, the bucket they name is the one the one-shot minio-init creates.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from jobs.artifact_store import make_store
+from jobs.artifact_store_s3 import S3ArtifactStore
 from jobs.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +31,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-SERVICES = {"postgres", "redis", "migrate", "api", "worker"}
+SERVICES = {"postgres", "redis", "minio", "minio-init", "migrate", "api", "worker"}
 OUR_SERVICES = {"migrate": "jobs.admin", "api": "api", "worker": "worker"}
 SETTINGS_VARS = {f"KD_{name.upper()}" for name in Settings.model_fields}
 # Read by compose on the host while it interpolates the file; never a container's environment.
@@ -37,6 +40,9 @@ HOST_ONLY_VARS = {"KD_POSTGRES_PASSWORD"}
 EXTRA_IN_IMAGE = {"migrations"}
 INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}")
 KD_NAME = re.compile(r"^KD_[A-Z0-9_]+$")
+# What the operator exports on the host (docs/PRODUCTION.md), for the checks that interpolate.
+HOST = {"KD_POSTGRES_PASSWORD": "pw", "KD_BOOTSTRAP_API_KEY": "k" * 40, "KD_S3_ACCESS_KEY_ID": "kdadmin",
+        "KD_S3_SECRET_ACCESS_KEY": "s" * 40}
 
 
 # ---- helpers ----
@@ -183,7 +189,7 @@ def modules_run_by_compose() -> dict[str, str]:
 
 # ---- docker-compose.yml ----
 
-def test_compose_has_the_five_services_and_no_version_key():
+def test_compose_has_its_services_and_no_version_key():
     data = compose()
     assert SERVICES <= set(data["services"]), f"missing: {sorted(SERVICES - set(data['services']))}"
     assert "version" not in data, "the compose spec has no `version:` key"
@@ -213,8 +219,8 @@ def test_the_migrate_service_runs_a_real_admin_subcommand():
 
 def test_every_kd_variable_set_is_a_settings_field():
     names = env_keys_anywhere(compose())
-    assert {"KD_MODE", "KD_DATABASE_URL", "KD_BROKER_URL", "KD_DATA_DIR", "KD_ARTIFACT_DIR",
-            "KD_BOOTSTRAP_API_KEY"} <= names
+    assert {"KD_MODE", "KD_DATABASE_URL", "KD_BROKER_URL", "KD_DATA_DIR", "KD_ARTIFACT_URL", "KD_S3_ENDPOINT_URL",
+            "KD_S3_ACCESS_KEY_ID", "KD_S3_SECRET_ACCESS_KEY", "KD_BOOTSTRAP_API_KEY"} <= names
     unknown = names - SETTINGS_VARS
     assert not unknown, f"not fields of jobs.settings.Settings: {sorted(unknown)}"
 
@@ -228,8 +234,7 @@ def test_interpolated_kd_variables_are_settings_fields_or_host_only_and_required
 
 @pytest.mark.parametrize("name", sorted(OUR_SERVICES))
 def test_the_environment_passes_production_settings_validation(name, monkeypatch):
-    host = {"KD_POSTGRES_PASSWORD": "pw", "KD_BOOTSTRAP_API_KEY": "k" * 40}
-    env = {k: interpolate(v, host) for k, v in environment(services()[name]).items()}
+    env = {k: interpolate(v, HOST) for k, v in environment(services()[name]).items()}
     for key in [k for k in os.environ if k.startswith("KD_")]:
         monkeypatch.delenv(key)
     for key, value in env.items():
@@ -237,6 +242,8 @@ def test_the_environment_passes_production_settings_validation(name, monkeypatch
     settings = Settings()  # production mode refuses SQLite, embedded brokers and short keys
     assert settings.mode == "production"
     assert settings.db_url.startswith("postgresql")
+    store = make_store(settings)  # builds the boto3 client; nothing is contacted
+    assert isinstance(store, S3ArtifactStore) and store.client.meta.endpoint_url == "http://minio:9000"
 
 
 def test_the_api_listens_on_all_interfaces_and_publishes_its_port():
@@ -272,18 +279,46 @@ def test_postgres_and_redis_have_healthchecks():
         assert services()[name].get("healthcheck", {}).get("test"), name
 
 
-def test_api_and_worker_share_the_artifact_volume():
+def test_api_and_worker_share_no_volume_only_the_minio_store():
     data = compose()
-    mounts = {}
-    for name in ("api", "worker"):
-        artifact_dir = environment(services()[name])["KD_ARTIFACT_DIR"]
-        for volume in services()[name].get("volumes", []):
-            source, target = str(volume).split(":")[:2]
-            if artifact_dir == target or artifact_dir.startswith(target.rstrip("/") + "/"):
-                mounts[name] = source
-    assert set(mounts) == {"api", "worker"}, f"KD_ARTIFACT_DIR is not on a volume in {mounts}"
-    assert mounts["api"] == mounts["worker"], mounts
-    assert mounts["api"] in (data.get("volumes") or {}), "the artifact volume is not a named volume"
+    api, worker = services()["api"], services()["worker"]
+    for name, service in (("api", api), ("worker", worker)):
+        env = environment(service)
+        assert "KD_ARTIFACT_DIR" not in env, f"{name} still uses a directory store"
+        assert env["KD_ARTIFACT_URL"].startswith("s3://") and env["KD_S3_ENDPOINT_URL"] == "http://minio:9000"
+        assert env["KD_S3_ADDRESSING_STYLE"] == "path", "MinIO serves buckets by path, not by host name"
+        assert service["depends_on"].get("minio-init", {}).get("condition") == "service_completed_successfully"
+    assert not worker.get("volumes"), "each worker replica has its own /data (the image's anonymous volume)"
+    sources = lambda svc: {str(v).split(":")[0] for v in svc.get("volumes", [])}
+    assert not sources(api) & sources(worker)
+    assert all(src in (data.get("volumes") or {}) for src in sources(api)), "the api's volume is not named"
+
+
+def test_minio_serves_the_bucket_that_minio_init_creates_with_the_same_credentials():
+    minio, init = services()["minio"], services()["minio-init"]
+    assert ":" in minio["image"] and not minio["image"].endswith(":latest"), "pin the MinIO release"
+    assert ":" in init["image"] and not init["image"].endswith(":latest"), "pin the mc release"
+    assert argv(minio["command"])[:2] == ["server", "/data"] and any(
+        str(v).split(":")[1] == "/data" for v in minio.get("volumes", [])), "MinIO's data is on a volume"
+    assert minio.get("healthcheck", {}).get("test")
+    assert init["depends_on"]["minio"]["condition"] == "service_healthy" and init.get("restart") == "no"
+    bucket, _ = Settings(artifact_url=interpolate(environment(services()["api"])["KD_ARTIFACT_URL"], HOST)
+                         ).artifact_bucket_and_prefix
+    script = init["command"] if isinstance(init["command"], str) else " ".join(init["command"])
+    assert f"mc mb --ignore-existing kd/{bucket}" in script and "http://minio:9000" in script
+    # The root user MinIO starts with is the key pair api and workers present.
+    root = {k: interpolate(v, HOST) for k, v in environment(minio).items()}
+    ours = {k: interpolate(v, HOST) for k, v in environment(services()["worker"]).items()}
+    assert (root["MINIO_ROOT_USER"], root["MINIO_ROOT_PASSWORD"]) == (
+        ours["KD_S3_ACCESS_KEY_ID"], ours["KD_S3_SECRET_ACCESS_KEY"])
+    init_env = {k: interpolate(v, HOST) for k, v in environment(init).items()}
+    assert (init_env["MINIO_USER"], init_env["MINIO_PASSWORD"]) == (root["MINIO_ROOT_USER"], root["MINIO_ROOT_PASSWORD"])
+    assert "$$MINIO_USER" in COMPOSE.read_text(), "escape $ so compose leaves it to the container's shell"
+
+
+def test_the_worker_service_scales():
+    replicas = services()["worker"]["deploy"]["replicas"]
+    assert int(interpolate(str(replicas), {})) == 1 and int(interpolate(str(replicas), {"WORKER_REPLICAS": "4"})) == 4
 
 
 # ---- Dockerfile and .dockerignore ----
