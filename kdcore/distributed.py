@@ -102,23 +102,28 @@ def train_data_parallel(model: torch.nn.Module, *, processes: int, device: torch
     init_method = f"tcp://127.0.0.1:{_free_port()}"
     backend = backend_for(device)
     child_kwargs = {k: v for k, v in train_kwargs.items() if k != "callbacks"}
+    # CPU ranks share the machine's cores: each gets its share of this process's intra-op threads
+    # (not all of them, N times over). A CUDA rank keeps the caller's count.
+    threads = torch.get_num_threads()
+    rank_threads = max(1, threads // processes) if device.type == "cpu" else threads
     ctx = mp.get_context("spawn")
     children = [ctx.Process(target=_rank_main, name=f"kd-rank-{rank}", daemon=True,
                             # A copy each: torch.multiprocessing moves a tensor's storage into shared
                             # memory, and ranks stepping one shared set of weights would train it N times.
                             args=(rank, processes, init_method, backend, device.type, copy.deepcopy(model),
-                                  child_kwargs,
-                                  torch.get_num_threads()))
+                                  child_kwargs, rank_threads))
                 for rank in range(1, processes)]
     for child in children:  # spawn pickles the arguments here: the model as it is before training
         child.start()
     try:
         dist.init_process_group(backend, init_method=init_method, rank=0, world_size=processes,
                                 timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_SECONDS))
+        torch.set_num_threads(rank_threads)
         try:
             result = train(model, device=device, distributed=DataParallel(0, processes), **train_kwargs)
         finally:
             dist.destroy_process_group()
+            torch.set_num_threads(threads)
         for child in children:
             child.join(timeout=JOIN_TIMEOUT_SECONDS)
         failed = [f"{c.name} exited with {c.exitcode}" for c in children if c.exitcode != 0]
