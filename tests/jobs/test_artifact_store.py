@@ -256,4 +256,6 @@ def test_store_settings_parse(monkeypatch, tmp_path):
     cfg = Settings(data_dir=tmp_path)
     assert cfg.artifact_bucket_and_prefix == ("kd-artifacts", "team/prod")
     assert "s3cr3t" not in repr(cfg) and cfg.artifact_cache_path == tmp_path / "cache" / "artifacts"
+    assert isinstance(make_store(cfg), S3ArtifactStore)
+    monkeypatch.delenv("KD_ARTIFACT_URL")
     assert isinstance(make_store(Settings(data_dir=tmp_path)), LocalArtifactStore)  # unset: the directory
