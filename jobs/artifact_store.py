@@ -96,6 +96,10 @@ class ArtifactStore(Protocol):
     def list_keys(self, prefix: str) -> list[str]:
         """Keys under the folder `prefix`, sorted."""
 
+    def ping(self) -> None:
+        """Raise when the store cannot be used (for /readyz): a directory that cannot be created or
+        written, a bucket that is missing or refuses these credentials."""
+
 
 def make_store(settings: "Settings") -> ArtifactStore:
     """The store the settings name: S3 for KD_ARTIFACT_URL=s3://..., else the directory."""
@@ -163,6 +167,11 @@ class LocalArtifactStore:
     def fetch(self, key: str, dest: Path, *, sha256: str | None = None) -> Path:
         with open(self._path(key), "rb") as src:
             return write_verified(dest, iter(lambda: src.read(CHUNK_BYTES), b""), sha256=sha256, what=key)
+
+    def ping(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise PermissionError(f"{self.root} is not writable")
 
     def list_keys(self, prefix: str) -> list[str]:
         top = self._path(prefix)

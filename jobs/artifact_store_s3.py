@@ -60,7 +60,7 @@ class S3ArtifactStore:
             "s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region,
             aws_access_key_id=settings.s3_access_key_id,
             aws_secret_access_key=None if secret is None else secret.get_secret_value(),
-            config=Config(retries={"max_attempts": 5, "mode": "standard"},
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10,
                           s3={"addressing_style": settings.s3_addressing_style}))
         return cls(bucket=bucket, prefix=prefix, client=client, cache_dir=settings.artifact_cache_path,
                    part_bytes=settings.s3_part_bytes)
@@ -162,6 +162,9 @@ class S3ArtifactStore:
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
             keys += [item["Key"][cut:] for item in page.get("Contents", [])]
         return sorted(keys)
+
+    def ping(self) -> None:
+        self.client.head_bucket(Bucket=self.bucket)
 
     def _get(self, key: str, **kwargs):
         kwargs = {k: v for k, v in kwargs.items() if v is not None}

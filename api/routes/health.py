@@ -18,7 +18,7 @@ def healthz() -> dict:
 
 @router.get("/readyz", responses={503: {"description": "a dependency is unreachable"}})
 async def readyz(request: Request) -> JSONResponse:
-    """The database and the broker are reachable."""
+    """The database, the broker and the artifact store are reachable."""
     checks = {}
     try:
         await run_in_threadpool(_ping_database, request.app.state.engine)
@@ -30,6 +30,11 @@ async def readyz(request: Request) -> JSONResponse:
         checks["broker"] = "ok"
     except Exception as e:
         checks["broker"] = f"unreachable: {type(e).__name__}"
+    try:
+        await run_in_threadpool(request.app.state.store.ping)
+        checks["artifact_store"] = "ok"
+    except Exception as e:
+        checks["artifact_store"] = f"unreachable: {type(e).__name__}"
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ready" if ready else "unavailable", "checks": checks},
                         status_code=200 if ready else 503)

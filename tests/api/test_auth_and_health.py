@@ -42,7 +42,7 @@ def test_probes(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.text
-    assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+    assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "artifact_store": "ok"}
 
 
 def test_readyz_reports_an_unreachable_broker(settings):
