@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Iterator
+from typing import Annotated, AsyncIterator, Iterator
 
+import anyio
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import QueuePool
 
 from api.problems import Problem
 from jobs import api_keys
@@ -17,8 +19,29 @@ from jobs.tables import Tenant
 _bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: Bearer kd_...`")
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """One session per request; routes commit once at the boundary, anything else rolls back."""
+async def _database_slot(request: Request) -> AsyncIterator[None]:
+    """Wait on the event loop, holding no worker thread, until the pool has a connection for this
+    request. Without it a burst deadlocks: sync routes and FastAPI's serialization of their result
+    run in the 40 worker threads; once every thread waits for a pooled connection and every
+    connection is held by a request waiting for a thread, nothing moves until the pool's 30 s timeout
+    (bench/RESULTS.md, B4). With at most pool-size requests holding a session, a checkout never waits."""
+    slots = getattr(request.app.state, "database_slots", None)
+    if slots is None:
+        pool = request.app.state.engine.pool
+        # QueuePool: pool_size + max_overflow connections (-1 overflow means unbounded: no slots needed)
+        capacity = pool.size() + pool._max_overflow if isinstance(pool, QueuePool) and pool._max_overflow >= 0 \
+            else None
+        slots = request.app.state.database_slots = anyio.Semaphore(capacity) if capacity else False
+    if not slots:
+        yield
+        return
+    async with slots:
+        yield
+
+
+def get_session(request: Request, _slot: Annotated[None, Depends(_database_slot)]) -> Iterator[Session]:
+    """One session per request; routes commit once at the boundary, anything else rolls back. The
+    session closes (its connection back to the pool) before the request's database slot is freed."""
     with request.app.state.sessionmaker() as session:
         yield session
 
@@ -44,6 +67,11 @@ def current_tenant(session: SessionDep,
         raise Problem(401, "an API key is required: Authorization: Bearer <key>", slug="unauthorized",
                       headers=challenge)
     tenant = api_keys.authenticate(session, plain_key=credentials.credentials)
+    # End the read transaction now (nothing was written; `tenant` stays loaded): its connection goes back
+    # to the pool while this request waits for a worker thread for its route. Held across that wait,
+    # a burst of requests deadlocks: every thread blocked on a pooled connection, every connection held
+    # by a request waiting for a thread, until the pool's 30 s timeout (bench/RESULTS.md, B4).
+    session.commit()
     if tenant is None:
         raise Problem(401, "the API key is unknown or revoked", slug="unauthorized", headers=challenge)
     return tenant

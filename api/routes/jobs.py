@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from sqlalchemy.orm import Session
 
 from api import quotas, sse
 from api.downloads import stored_download
@@ -17,8 +18,10 @@ from api.problems import PROBLEM_SCHEMA, Problem
 from api.schemas.jobs import EventList, EventOut, JobCreate, JobList, JobOut, MetricList, MetricOut, Status
 from api.spec_resolution import resolve_spec
 from jobs import files_repo, jobs_repo, lifecycle, workers_repo
+from jobs.artifact_store import ArtifactStore
 from jobs.errors import NotFound
 from jobs.routing import queue_for
+from jobs.settings import Settings
 
 log = logging.getLogger("api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={401: PROBLEM_SCHEMA, 404: PROBLEM_SCHEMA})
@@ -31,14 +34,22 @@ STUDENT_ARTIFACTS = {"safetensors": ("student_safetensors", "student.safetensors
 async def create_job(body: JobCreate, request: Request, session: SessionDep, tenant: TenantDep,
                      store: StoreDep, settings: SettingsDep, key: IdempotencyKeyDep) -> JSONResponse:
     """Submit a distillation job; a spec that cannot run is refused here with 422."""
-    tenant_id = tenant.id
     request_fingerprint = fingerprint(request.method, request.url.path, await request.json())
+    # Async only to read the raw body; every call below blocks (database, broker), so they run in one
+    # worker thread. On the event loop, a wait for a pooled connection would stop every request,
+    # including those holding the connections it waits for: a deadlock until the pool's timeout.
+    return await run_in_threadpool(_create_job, request, session, tenant.id, body, store, settings, key,
+                                   request_fingerprint)
+
+
+def _create_job(request: Request, session: Session, tenant_id: str, body: JobCreate, store: ArtifactStore,
+                settings: Settings, key: str | None, request_fingerprint: str) -> JSONResponse:
     idempotent = IdempotentRequest(session, settings, tenant_id=tenant_id, key=key)
     idempotent.begin(request_fingerprint)
     if (replay := idempotent.replay(request_fingerprint)) is not None:
         return replay
     with idempotent.released_on_error():
-        spec = await run_in_threadpool(resolve_spec, session, tenant_id=tenant_id, body=body, store=store)
+        spec = resolve_spec(session, tenant_id=tenant_id, body=body, store=store)
         quotas.take_job_slot(session, tenant_id=tenant_id, settings=settings)
         row = jobs_repo.create(session, tenant_id=tenant_id, spec=spec, max_attempts=settings.max_attempts)
         out = JobOut.from_row(row).model_dump(mode="json")
