@@ -1,5 +1,5 @@
 """B4: the API under load on the production stack (uvicorn with N processes, PostgreSQL, Redis),
-measured with wrk: requests/s and p50/p99 at 16 and 64 connections for GET /v1/jobs/{id},
+measured with wrk (1 thread, so it leaves a core to the server): requests/s and p50/p99 at 16 and 64 connections for GET /v1/jobs/{id},
 GET /v1/jobs?limit=20 and POST /v1/jobs, with GET /healthz as the ceiling.
 Targets: GET job ≥ 50 % of /healthz throughput; p99 < 50 ms at 64 connections."""
 
@@ -20,7 +20,7 @@ API_PROCESSES = 2
 
 
 def _wrk(url: str, connections: int, script: Path | None = None) -> dict:
-    args = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{DURATION_S}s", "--latency", "--timeout", "10s",
+    args = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{DURATION_S}s", "--latency", "--timeout", "10s",
             "-H", f"Authorization: Bearer {API_KEY}", url]
     if script is not None:
         args[1:1] = ["-s", str(script)]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import shutil
 
-from bench import b1_engine_overhead, b2_teacher_cache, b3_data_path, b4_api_load, b5_queue_latency
+from bench import (b1_engine_overhead, b2_teacher_cache, b3_data_path, b4_api_load, b5_queue_latency,
+                   b6_scale, b7_gpu)
 from bench.timing import machine
 
 OUT = Path(__file__).resolve().parent / "RESULTS.md"
@@ -17,6 +18,8 @@ def main() -> None:
     b1, b2, b3 = b1_engine_overhead.run(), b2_teacher_cache.run(), b3_data_path.run()
     b4 = b4_api_load.run() if shutil.which("wrk") else None
     b5 = b5_queue_latency.run()
+    b6 = b6_scale.run()
+    b7 = b7_gpu.run()
     m = machine()
     lines = [
         "# Benchmark results", "",
@@ -34,8 +37,7 @@ def main() -> None:
         f"{b3['dataloader_steps_per_s']:.0f} steps/s: **{b3['speedup']:.1f}×** | — | `python -m bench.b3_data_path` |",
         "", "Setups:", "",
         f"- B1: {b1['setup']}.", f"- B2: {b2['setup']}.", f"- B3: {b3['setup']}.", "",
-        *_b4_lines(b4), *_b5_lines(b5),
-        "Not yet measured: B6 (scale-out) and B7 (GPU; the session that wrote this had no accelerator).", ""]
+        *_b4_lines(b4), *_b5_lines(b5), *_b6_lines(b6), *_b7_lines(b7)]
     OUT.write_text("\n".join(lines))
     print("\n".join(lines))
 
@@ -44,11 +46,13 @@ def _b4_lines(b4) -> list[str]:
     if b4 is None:
         return ["B4 skipped: wrk is not installed (`apt-get install wrk`).", ""]
     lines = [f"B4 API under load (`python -m bench.b4_api_load`): uvicorn with {b4['api_processes']} processes, "
-             f"PostgreSQL, Redis, wrk for {b4['duration_s']} s per cell.", "",
-             "| route | connections | requests/s | p50 ms | p99 ms | non-2xx |", "|---|---|---|---|---|---|"]
+             f"PostgreSQL, Redis, wrk (1 thread, 10 s timeout) for {b4['duration_s']} s per cell.", "",
+             "| route | connections | requests/s | p50 ms | p99 ms | non-2xx | socket errors |",
+             "|---|---|---|---|---|---|---|"]
     for route, cells in b4["results"].items():
         for n, r in cells.items():
-            lines.append(f"| {route} | {n} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['non_2xx']} |")
+            lines.append(f"| {route} | {n} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['non_2xx']} | "
+                         f"{r['socket_errors'] or 'none'} |")
     shares = ", ".join(f"{100 * v:.0f} % at {n}" for n, v in b4["get_job_share_of_healthz"].items())
     lines += ["", f"GET job throughput as a share of /healthz: {shares} (target ≥ 50 %; p99 target < 50 ms at 64).", ""]
     return lines
@@ -63,6 +67,34 @@ def _b5_lines(b5) -> list[str]:
         lines.append(f"| {name} | {r['submit_to_running']['median_s']:.3f} / {r['submit_to_running']['p95_s']:.3f} | "
                      f"{r['running_to_first_metric']['median_s']:.3f} / {r['running_to_first_metric']['p95_s']:.3f} |")
     return lines + ["", "Target: median submit → running < 0.5 s on Redis.", ""]
+
+
+def _b6_lines(b6) -> list[str]:
+    lines = [f"B6 scale (`python -m bench.b6_scale`): {b6['jobs']} tiny jobs (digits, 1 epoch, no baseline) submitted "
+             "at once; worker processes with one torch thread each, PostgreSQL, Redis.", "",
+             "| workers | jobs/min | × vs 1 worker | all succeeded | none ran twice | jobs per worker |",
+             "|---|---|---|---|---|---|"]
+    for r in b6["results"]:
+        lines.append(f"| {r['workers']} | {r['jobs_per_min']:.0f} | {r['speedup_vs_1']:.2f}× | "
+                     f"{'yes' if r['all_succeeded'] else 'NO: ' + str(r['statuses'])} | "
+                     f"{'yes' if r['none_ran_twice'] else 'NO'} | {', '.join(map(str, r['jobs_per_worker']))} |")
+    return lines + ["", "None ran twice: every job's attempt is 1, its events were all written under one attempt, "
+                        "and it has exactly one metric row.", ""]
+
+
+def _b7_lines(b7) -> list[str]:
+    if b7 is None:
+        return ["B7 GPU (`python -m bench.b7_gpu`): not measured: no CUDA device on this machine, and no accelerator "
+                "was lent to the session that ran this. The script is ready to run as one short job on a GPU.", ""]
+    keys = [k for k in b7 if k.endswith("samples_per_s")]
+    lines = [f"B7 GPU (`python -m bench.b7_gpu`) on {b7['gpu']} (torch {b7['torch']}, CUDA {b7['cuda']}): "
+             f"{b7['setup']}; cache built once in {b7['cache_build_s']:.2f} s.", "",
+             "| run | samples/s |", "|---|---|"]
+    lines += [f"| {k.removesuffix('_samples_per_s')} | {b7[k]:.0f} |" for k in keys]
+    lines += ["", f"bf16/fp32 (plain, live) {b7['bf16_over_fp32_plain_live']:.2f}×; cached/live (plain, bf16) "
+                  f"{b7['cached_over_live_plain_bf16']:.2f}×; kdcore/plain (bf16) live {b7['kdcore_over_plain_bf16_live']:.2f}×, "
+                  f"cached {b7['kdcore_over_plain_bf16_cached']:.2f}×.", ""]
+    return lines
 
 
 if __name__ == "__main__":

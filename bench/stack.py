@@ -51,7 +51,7 @@ class Stack:
     def start_workers(self, n: int) -> None:
         logs = []
         for _ in range(n):
-            self.start("worker")
+            self.start("worker", OMP_NUM_THREADS="1")  # one torch thread per process: N processes share the cores
             logs.append(self.data_dir / f"worker-{len(self.procs) - 1}.log")
         deadline = time.monotonic() + 120
         while not all("ready." in p.read_text(errors="replace") for p in logs):
