@@ -19,6 +19,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.patches  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
@@ -205,6 +206,58 @@ def _table(job: dict[str, Any], result: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def _sweep_heatmap(points: list[dict[str, Any]], best: dict[str, Any] | None) -> str:
+    """A T × α heat map of the sweep points' validation accuracy; the chosen point is outlined."""
+    temps = sorted({float(p["temperature"]) for p in points})
+    alphas = sorted({float(p["alpha"]) for p in points})
+    grid = [[math.nan] * len(alphas) for _ in temps]
+    for p in points:
+        acc = _num(p.get("val_accuracy"))
+        grid[temps.index(float(p["temperature"]))][alphas.index(float(p["alpha"]))] = math.nan if acc is None else acc
+    fig = Figure(figsize=(1.6 + 1.1 * len(alphas), 1.2 + 0.6 * len(temps)))
+    ax = fig.add_subplot()
+    image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    fig.colorbar(image, ax=ax, label="validation accuracy")
+    ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+    ax.set_yticks(range(len(temps)), [f"{t:g}" for t in temps])
+    ax.set_xlabel("\u03b1 (weight of the hard labels)")
+    ax.set_ylabel("temperature T")
+    ax.set_title("Sweep: validation accuracy per (T, \u03b1)")
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            if not math.isnan(v):
+                ax.text(j, i, f"{v * 100:.1f}", ha="center", va="center", color="white", fontsize=8)
+    if best is not None and _num(best.get("temperature")) is not None and _num(best.get("alpha")) is not None:
+        i, j = temps.index(float(best["temperature"])), alphas.index(float(best["alpha"]))
+        ax.add_patch(matplotlib.patches.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2))
+    return _png(fig)
+
+
+def _sweep_section(result: dict[str, Any]) -> list[str]:
+    """The sweep's heat map and its table of points (nothing when the job had no sweep)."""
+    sweep = result.get("sweep")
+    if not isinstance(sweep, dict) or not sweep.get("points"):
+        return []
+    points = [p for p in sweep["points"] if _num(p.get("temperature")) is not None and _num(p.get("alpha")) is not None]
+    if not points:
+        return []
+    best = sweep.get("best") or {}
+    head = ("T", "\u03b1", "val accuracy", "val agreement", "epochs run", "best epoch", "stopped early", "chosen")
+    out = [f"<h2>Sweep ({len(points)} points)</h2>", '<div class="plots">',
+           f'<img alt="Sweep heat map" src="data:image/png;base64,{_sweep_heatmap(points, best)}"></div>',
+           "<table><thead><tr>", *(f"<th>{_e(h)}</th>" for h in head), "</tr></thead><tbody>"]
+    for p in points:
+        chosen = (_num(p["temperature"]) == _num(best.get("temperature")) and _num(p["alpha"]) == _num(best.get("alpha")))
+        cells = (_plain(p["temperature"]), _plain(p["alpha"]), _pct(p.get("val_accuracy")), _pct(p.get("val_agreement")),
+                 _int(p.get("epochs_run")), _int(p.get("best_epoch")), "yes" if p.get("stopped_early") else "no",
+                 "\u2713" if chosen else "")
+        out.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
+    out.append("</tbody></table>")
+    out.append('<p class="note">The chosen point (outlined) has the best validation accuracy, then the best '
+               "validation agreement with the teacher; the baseline was trained with its settings.</p>")
+    return out
+
+
 def render_report(job: dict[str, Any], metrics: list[dict[str, Any]]) -> str:
     """The report page of a job (as JobOut JSON) and its metric rows."""
     result = job.get("result") or {}
@@ -214,8 +267,13 @@ def render_report(job: dict[str, Any], metrics: list[dict[str, Any]]) -> str:
     plots = [("Loss", _loss_plot(metrics)), ("Accuracy", _accuracy_plot(metrics, result)),
              ("Agreement", _agreement_plot(metrics))]
     hp = spec.get("hyperparameters") or {}
-    details = {k: hp.get(k) for k in ("loss", "epochs", "batch_size", "learning_rate", "optimizer", "seed")
-               if k in hp}
+    details = {k: hp.get(k) for k in ("loss", "epochs", "batch_size", "learning_rate", "optimizer", "seed",
+                                      "early_stopping_patience", "restore_best") if k in hp}
+    for run in ("student", "baseline"):  # what early stopping and best-epoch selection did
+        record = result.get(run) or {}
+        ran = {k: record[k] for k in ("epochs_run", "best_epoch", "stopped_early", "restored_best") if k in record}
+        if ran:
+            details[f"{run} run"] = ran
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -232,6 +290,7 @@ def render_report(job: dict[str, Any], metrics: list[dict[str, Any]]) -> str:
         '<h2>Training</h2><div class="plots">',
         *(f'<img alt="{_e(name)}" src="data:image/png;base64,{data}">' for name, data in plots),
         "</div>",
+        *_sweep_section(result),
         f"<h2>Settings</h2><pre>{_e(json.dumps(details, indent=2, ensure_ascii=False))}</pre>",
         f"<h2>Metadata</h2><pre>{_e(json.dumps(metadata, indent=2, ensure_ascii=False))}</pre>",
         "</body></html>",

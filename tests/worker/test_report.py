@@ -119,3 +119,23 @@ def test_a_running_jobs_stream_and_report(client, worker, digits_teacher):  # no
                                "Distillation did not beat" if gain < 0 else "Distillation tied")
     assert page.count('src="data:image/png;base64,') == 3
     assert "http://" not in page and "https://" not in page
+
+
+def test_a_sweep_is_shown_as_a_heat_map_and_a_table_with_the_chosen_point():
+    job, metrics = hand_made()
+    points = [{"temperature": t, "alpha": a, "val_accuracy": acc, "val_agreement": 0.9, "epochs_run": 3,
+               "best_epoch": 2, "stopped_early": t == 8.0}
+              for (t, a), acc in zip([(2.0, 0.1), (2.0, 0.5), (8.0, 0.1), (8.0, 0.5)], [0.91, 0.93, 0.9612, 0.92])]
+    job["result"]["sweep"] = {"points": points, "best": {"temperature": 8.0, "alpha": 0.1, "index": 2}}
+    job["result"]["student"].update(epochs_run=3, best_epoch=2, stopped_early=True, restored_best=True)
+    page = render_report(job, metrics)
+    assert page.count('<img alt="Sweep heat map" src="data:image/png;base64,') == 1
+    assert page.count('src="data:image/png;base64,') == 4
+    assert "Sweep (4 points)" in page and "96.12 %" in page
+    rows = re.findall(r"<tr><td>(8|2)</td><td>(0\.1|0\.5)</td>.*?</tr>", page)
+    assert len(rows) == 4
+    chosen = re.search(r"<tr><td>8</td><td>0\.1</td>(.*?)</tr>", page).group(1)
+    assert "\u2713" in chosen and "<td>yes</td>" in chosen
+    assert page.count("\u2713") == 1
+    assert '&quot;stopped_early&quot;: true' in page and '&quot;best_epoch&quot;: 2' in page
+    assert "Sweep (" not in render_report(*hand_made())  # no sweep, no section
