@@ -164,6 +164,12 @@ def main() -> None:
                                "for it to teach")
             if teacher_acc - scratch_acc > 0.15:
                 reasons.append("the capacity gap is large: the student cannot follow the teacher's function")
+            top_alpha = max(p["alpha"] for p in runs[0]["sweep"]["points"])
+            at_top = sum(r["alpha"] == top_alpha for r in runs)
+            if at_top == len(runs):
+                reasons.append(f"the sweep chose the largest α in the grid ({top_alpha:g}, the most weight on the "
+                               f"hard labels, the point nearest to scratch) in all {len(runs)} seeds: on "
+                               "validation, more weight on the teacher did worse, not better")
             if conf["train_samples"] < 2000:
                 reasons.append(f"with {conf['train_samples']} training samples the seed-to-seed spread is "
                                "of the size of the effect")
