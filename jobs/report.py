@@ -226,7 +226,9 @@ def _sweep_heatmap(points: list[dict[str, Any]], best: dict[str, Any] | None) ->
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
             if not math.isnan(v):
-                ax.text(j, i, f"{v * 100:.1f}", ha="center", va="center", color="white", fontsize=8)
+                light = image.norm(v) > 0.6  # viridis is light at the top: dark text there
+                ax.text(j, i, f"{v * 100:.1f}", ha="center", va="center", color="black" if light else "white",
+                        fontsize=8)
     if best is not None and _num(best.get("temperature")) is not None and _num(best.get("alpha")) is not None:
         i, j = temps.index(float(best["temperature"])), alphas.index(float(best["alpha"]))
         ax.add_patch(matplotlib.patches.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2))
