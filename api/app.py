@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from api import problems
 from api.body_limit import BodyLimitMiddleware
 from api.enqueue import Enqueuer
-from api.routes import files, health, jobs
+from api.routes import files, health, jobs, ui
 from jobs import api_keys
 from jobs.artifact_store import make_store
 from jobs.db import make_engine, make_sessionmaker
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(files.router)
     app.include_router(jobs.router)
+    app.include_router(ui.router)  # the dashboard at /ui (api/routes/ui.py)
 
     original_openapi = app.openapi
 

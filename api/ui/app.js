@@ -1,0 +1,108 @@
+// kd dashboard: vanilla JS, no build step. The API key lives in sessionStorage; every call goes to
+// the /v1 API with Authorization: Bearer. Server strings are written with textContent only.
+"use strict";
+const KEY = "kd_api_key";
+const $ = (id) => document.getElementById(id);
+function key() { return sessionStorage.getItem(KEY); }
+function showError(msg) { const e = $("error"); if (e) e.textContent = msg; }
+async function api(path, opts = {}) {
+  opts.headers = Object.assign({Authorization: "Bearer " + key()}, opts.headers || {});
+  const r = await fetch(path, opts);
+  if (r.status === 401) { sessionStorage.removeItem(KEY); location.href = "/ui/login"; throw new Error("unauthorized"); }
+  if (!r.ok) {
+    let detail = r.status + " " + r.statusText;
+    try { const p = await r.json(); detail = (p.title || "") + ": " + (p.detail || JSON.stringify(p.errors || p)); } catch (_) {}
+    throw new Error(detail);
+  }
+  return r;
+}
+function cell(tr, text) { const td = document.createElement("td"); td.textContent = text == null ? "" : String(text); tr.appendChild(td); return td; }
+function pct(p) { return p && p.epochs ? (p.epoch || 0) + "/" + p.epochs + " epochs" : ""; }
+
+async function jobList() {
+  const body = $("jobs").querySelector("tbody");
+  try {
+    const jobs = (await (await api("/v1/jobs?limit=100")).json()).data;
+    body.replaceChildren();
+    for (const j of jobs) {
+      const tr = document.createElement("tr"); tr.dataset.job = j.id;
+      const a = document.createElement("a"); a.href = "/ui/jobs/" + encodeURIComponent(j.id); a.textContent = j.id;
+      cell(tr, "").appendChild(a); cell(tr, j.status).className = "status"; cell(tr, j.progress.phase);
+      cell(tr, pct(j.progress)).className = "progress"; cell(tr, j.created_at); body.appendChild(tr);
+    }
+    showError("");
+  } catch (e) { showError(e.message); }
+}
+
+async function jobPage() {
+  const id = $("job-id").dataset.job, dl = $("job");
+  let reportShown = false, linksShown = false;
+  async function refresh() {
+    let j;
+    try { j = await (await api("/v1/jobs/" + encodeURIComponent(id))).json(); } catch (e) { showError(e.message); return true; }
+    dl.replaceChildren();
+    const p = j.progress || {};
+    const rows = [["Status", j.status], ["Phase", p.phase], ["Epoch", pct(p)], ["Loss", p.loss], ["Accuracy", p.val_accuracy ?? p.accuracy],
+      ["Error", j.error ? j.error.code + ": " + j.error.message : null]];
+    for (const [k, v] of rows) { if (v == null || v === "") continue;
+      const dt = document.createElement("dt"); dt.textContent = k; const dd = document.createElement("dd"); dd.textContent = String(v);
+      dd.className = "field-" + k.toLowerCase(); dl.append(dt, dd); }
+    if (p.epochs) { $("progress").max = p.epochs; $("progress").value = p.epoch || 0; }
+    if (j.status === "succeeded") {
+      $("progress").max = 1; $("progress").value = 1;
+      if (!linksShown) { linksShown = true; for (const f of ["safetensors", "onnx"]) addDownload(id, f); }
+      if (!reportShown) { reportShown = true;
+        try { $("report").srcdoc = await (await api("/v1/jobs/" + encodeURIComponent(id) + "/report")).text(); }
+        catch (e) { showError("report: " + e.message); } }
+    }
+    return ["succeeded", "failed", "cancelled"].includes(j.status);
+  }
+  while (!(await refresh())) await new Promise((r) => setTimeout(r, 1000));
+}
+function addDownload(id, format) {
+  const b = document.createElement("button"); b.id = "download-" + format; b.textContent = "Download student (" + format + ")";
+  b.onclick = async () => {
+    try {
+      const blob = await (await api("/v1/jobs/" + encodeURIComponent(id) + "/student?format=" + format)).blob();
+      const a = document.createElement("a"); a.href = URL.createObjectURL(blob); a.download = "student." + format; a.click();
+    } catch (e) { showError(format + ": " + e.message); }
+  };
+  $("downloads").appendChild(b);
+}
+
+function newJob() {
+  $("upload-form").onsubmit = async (ev) => {
+    ev.preventDefault();
+    const fd = new FormData(); fd.append("purpose", $("upload-purpose").value); fd.append("file", $("upload-file").files[0]);
+    try {
+      const f = await (await api("/v1/files", {method: "POST", body: fd})).json();
+      $("upload-result").textContent = "Uploaded " + f.filename + " as " + f.id + " (" + f.purpose + ")";
+      $(f.purpose === "teacher" ? "teacher_file_id" : "dataset_file_id").value = f.id;
+    } catch (e) { showError(e.message); }
+  };
+  $("job-form").onsubmit = async (ev) => {
+    ev.preventDefault();
+    let params;
+    try { params = JSON.parse($("student_params").value || "{}"); } catch (e) { showError("student params: not JSON"); return; }
+    const spec = {teacher: {file_id: $("teacher_file_id").value}, student: {arch: $("student_arch").value, arch_params: params},
+      dataset: {train_file_id: $("dataset_file_id").value},
+      hyperparameters: {temperature: Number($("temperature").value), alpha: Number($("alpha").value), epochs: Number($("epochs").value)},
+      baseline: $("baseline").checked};
+    try {
+      const j = await (await api("/v1/jobs", {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(spec)})).json();
+      location.href = "/ui/jobs/" + encodeURIComponent(j.id);
+    } catch (e) { showError(e.message); }
+  };
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const lo = $("logout"); if (lo) lo.onclick = () => sessionStorage.removeItem(KEY);
+  if ($("login-form")) {
+    $("login-form").onsubmit = (ev) => { ev.preventDefault(); sessionStorage.setItem(KEY, $("api-key").value); location.href = "/ui"; };
+    return;
+  }
+  if (!key()) { location.href = "/ui/login"; return; }
+  if ($("jobs")) { jobList(); setInterval(jobList, 2000); }
+  else if ($("job-id")) jobPage();
+  else if ($("job-form")) newJob();
+});
