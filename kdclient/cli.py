@@ -135,7 +135,7 @@ def build_spec(base: dict[str, Any] | None = None, *, teacher_file: str | None =
                validation_file: str | None = None, test_file: str | None = None,
                validation_fraction: float | None = None, standardize: bool | None = None,
                hyperparameters: dict[str, Any] | None = None, baseline: bool | None = None,
-               metadata: dict | None = None) -> dict[str, Any]:
+               metadata: dict | None = None, resources: dict[str, Any] | None = None) -> dict[str, Any]:
     """The body of POST /v1/jobs: `base` (a spec file) with every given flag on top of it."""
     spec = copy.deepcopy(base or {})
 
@@ -176,6 +176,8 @@ def build_spec(base: dict[str, Any] | None = None, *, teacher_file: str | None =
     hp.update({k: v for k, v in (hyperparameters or {}).items() if v is not None})
     if baseline is not None:
         spec["baseline"] = baseline
+    res = section("resources")
+    res.update({k: v for k, v in (resources or {}).items() if v is not None})
     if metadata:
         spec["metadata"] = {**(spec.get("metadata") or {}), **metadata}
     return {k: v for k, v in spec.items() if v != {}}
@@ -497,7 +499,7 @@ def root(ctx: typer.Context,
 JsonFlag = Annotated[bool, typer.Option("--json", help="print the raw JSON")]
 
 # job spec options, shared by `kd jobs create` and `kd distill`
-_T, _S, _D, _H = "Teacher", "Student", "Data", "Hyperparameters"
+_T, _S, _D, _H, _R = "Teacher", "Student", "Data", "Hyperparameters", "Resources"
 TeacherArch = Annotated[Optional[str], typer.Option("--teacher-arch", help="registry architecture of a "
                         "safetensors teacher, e.g. mlp", rich_help_panel=_T)]
 TeacherParams = Annotated[Optional[str], typer.Option("--teacher-params", metavar="JSON",
@@ -539,6 +541,12 @@ Baseline = Annotated[Optional[bool], typer.Option("--baseline/--no-baseline", he
                      "from scratch for comparison (default: yes)", show_default=False, rich_help_panel=_H)]
 Metadata = Annotated[Optional[str], typer.Option("--metadata", metavar="JSON", help="a JSON object kept with "
                      "the job")]
+ResDevice = Annotated[Optional[str], typer.Option("--resources-device", help="cpu or cuda: which workers may "
+                     "run the job (its queue)", rich_help_panel=_R)]
+Gpus = Annotated[Optional[int], typer.Option("--gpus", help="GPUs on one machine (cuda jobs; > 1 runs "
+                "data-parallel)", rich_help_panel=_R)]
+Processes = Annotated[Optional[int], typer.Option("--processes", help="data-parallel processes (cpu jobs: > 1 "
+                     "runs gloo DDP)", rich_help_panel=_R)]
 Poll = Annotated[float, typer.Option("--poll", help="seconds between polls", min=0.1)]
 
 
@@ -635,6 +643,7 @@ def jobs_create(
         momentum: Momentum = None, schedule: Schedule = None, step_size: StepSize = None, gamma: Gamma = None,
         grad_clip_norm: GradClip = None, seed: Seed = None, augment: Augment = None, noise_std: NoiseStd = None,
         device: Device = None, baseline: Baseline = None, metadata: Metadata = None,
+        resources_device: ResDevice = None, gpus: Gpus = None, processes: Processes = None,
         watch: Annotated[bool, typer.Option("--watch", "-w", help="follow the job until it ends")] = False,
         poll: Poll = 1.0,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="print the spec instead of submitting it")] = False,
@@ -649,7 +658,8 @@ def jobs_create(
                       student_init_file=student_init_file, builtin=builtin, train_file=train_file,
                       validation_file=validation_file, test_file=test_file, validation_fraction=validation_fraction,
                       standardize=standardize, hyperparameters=hyper, baseline=baseline,
-                      metadata=_json_option(metadata, "--metadata"))
+                      metadata=_json_option(metadata, "--metadata"),
+                      resources={"device": resources_device, "gpus": gpus, "processes": processes})
     if dry_run:
         _json_dump(state.out, spec)
         return
@@ -794,6 +804,7 @@ def distill(
         momentum: Momentum = None, schedule: Schedule = None, step_size: StepSize = None, gamma: Gamma = None,
         grad_clip_norm: GradClip = None, seed: Seed = None, augment: Augment = None, noise_std: NoiseStd = None,
         device: Device = None, baseline: Baseline = None, metadata: Metadata = None,
+        resources_device: ResDevice = None, gpus: Gpus = None, processes: Processes = None,
         output: Annotated[Path, typer.Option("--output", "-o", help="where to write the student")] = Path(
             "student.safetensors"),
         fmt: Annotated[Optional[StudentFormat], typer.Option("--format", help="default: from the output's "
@@ -821,7 +832,8 @@ def distill(
                       student=student, student_arch=student_arch, student_params=s_params,
                       builtin=builtin, train_file=uploaded.get("train"), validation_file=uploaded.get("validation"),
                       test_file=uploaded.get("test"), validation_fraction=validation_fraction,
-                      standardize=standardize, hyperparameters=hyper, baseline=baseline, metadata=meta)
+                      standardize=standardize, hyperparameters=hyper, baseline=baseline, metadata=meta,
+                      resources={"device": resources_device, "gpus": gpus, "processes": processes})
     job = client.create_job(spec)
     err.print(f"job {job.id} submitted; following it (Ctrl-C stops following, not the job)", markup=False)
     job = watch_job(state, job.id, poll=poll)

@@ -56,6 +56,18 @@ def test_flags_override_the_spec_file(tmp_path):
         "baseline": False, "metadata": {"run": "a"}}
 
 
+def test_resource_flags_fill_the_resources_section(tmp_path):
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps({"resources": {"device": "cpu", "processes": 1}}))
+    result = runner.invoke(cli.app, ["jobs", "create", "--dry-run", "--spec", str(spec_file), "--builtin", "digits",
+                                     "--processes", "2"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["resources"] == {"device": "cpu", "processes": 2}
+    result = runner.invoke(cli.app, ["jobs", "create", "--dry-run", "--builtin", "digits",
+                                     "--resources-device", "cuda", "--gpus", "2"])
+    assert json.loads(result.stdout)["resources"] == {"device": "cuda", "gpus": 2}
+
+
 @pytest.mark.parametrize("args, needle", [
     (["jobs", "create", "--dry-run", "--student", "mlp:hidden_sizes"], "--student"),
     (["jobs", "create", "--dry-run", "--teacher-params", "{nope"], "--teacher-params"),
