@@ -22,7 +22,7 @@ _CSP = "default-src 'self'; frame-src 'self'; img-src 'self' data:; style-src 's
 
 def _page(title: str, body: str) -> HTMLResponse:
     doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)} · kd</title>"
-           "<link rel='stylesheet' href='/ui/static/ui.css'></head><body>"
+           "<link rel='stylesheet' href='/ui/static/ui.css'><link rel='icon' href='/ui/static/favicon.svg'></head><body>"
            "<nav><a href='/ui'>Jobs</a> <a href='/ui/new'>New job</a> "
            "<a href='/ui/login' id='logout'>Log out</a></nav>"
            f"<main>{body}</main><script src='/ui/static/app.js'></script></body></html>")
@@ -51,6 +51,8 @@ def new_job() -> HTMLResponse:
                  "</select></label><button type='submit'>Upload</button></form><p id='upload-result'></p>"
                  "<h1>Submit a job</h1><form id='job-form'>"
                  "<label>Teacher file id <input id='teacher_file_id' required></label>"
+                 "<label>Teacher arch (safetensors state dict only) <input id='teacher_arch' placeholder='mlp'></label>"
+                 "<label>Teacher params (JSON) <input id='teacher_params' placeholder='{\"hidden_sizes\": [128]}'></label>"
                  "<label>Dataset file id <input id='dataset_file_id' required></label>"
                  "<label>Student arch <input id='student_arch' value='mlp'></label>"
                  "<label>Student params (JSON) <input id='student_params' value='{\"hidden_sizes\": [64]}'></label>"
@@ -71,7 +73,7 @@ def job_page(job_id: str) -> HTMLResponse:
 
 @router.get("/static/{name}")
 def static(name: str) -> Response:
-    kinds = {"app.js": "text/javascript", "ui.css": "text/css"}
+    kinds = {"app.js": "text/javascript", "ui.css": "text/css", "favicon.svg": "image/svg+xml"}
     if name not in kinds:
         return Response(status_code=404)
     return Response((_STATIC / name).read_bytes(), media_type=kinds[name])

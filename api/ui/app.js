@@ -17,7 +17,7 @@ async function api(path, opts = {}) {
   return r;
 }
 function cell(tr, text) { const td = document.createElement("td"); td.textContent = text == null ? "" : String(text); tr.appendChild(td); return td; }
-function pct(p) { return p && p.epochs ? (p.epoch || 0) + "/" + p.epochs + " epochs" : ""; }
+function pct(p) { return p && p.epochs && p.epoch != null ? p.epoch + "/" + p.epochs + " epochs" : ""; }
 
 async function jobList() {
   const body = $("jobs").querySelector("tbody");
@@ -42,12 +42,21 @@ async function jobPage() {
     try { j = await (await api("/v1/jobs/" + encodeURIComponent(id))).json(); } catch (e) { showError(e.message); return true; }
     dl.replaceChildren();
     const p = j.progress || {};
-    const rows = [["Status", j.status], ["Phase", p.phase], ["Epoch", pct(p)], ["Loss", p.loss], ["Accuracy", p.val_accuracy ?? p.accuracy],
+    // the latest student epoch from GET /v1/jobs/{id}/metrics (Progress itself has no loss/accuracy)
+    let last = null;
+    try { const ms = (await (await api("/v1/jobs/" + encodeURIComponent(id) + "/metrics")).json()).data.filter((m) => m.run === "student");
+      last = ms.length ? ms[ms.length - 1].values : null; } catch (_) {}
+    const num = (v, d) => (typeof v === "number" ? v.toFixed(d) : null);
+    const live = j.status === "running";  // the last phase of a finished job says nothing
+    const rows = [["Status", j.status], ["Phase", live ? p.phase : null], ["Epoch", live ? pct(p) : null],
+      ["Progress", Math.round((p.fraction || 0) * 100) + " %"],
+      ["ETA", p.eta_seconds == null || !live ? null : Math.round(p.eta_seconds) + " s"],
+      ["Train loss", last && num(last.train_loss, 4)], ["Val accuracy", last && num(last.val_accuracy, 4)],
       ["Error", j.error ? j.error.code + ": " + j.error.message : null]];
     for (const [k, v] of rows) { if (v == null || v === "") continue;
       const dt = document.createElement("dt"); dt.textContent = k; const dd = document.createElement("dd"); dd.textContent = String(v);
-      dd.className = "field-" + k.toLowerCase(); dl.append(dt, dd); }
-    if (p.epochs) { $("progress").max = p.epochs; $("progress").value = p.epoch || 0; }
+      dd.className = "field-" + k.toLowerCase().replace(/ /g, "-"); dl.append(dt, dd); }
+    $("progress").max = 1; $("progress").value = p.fraction || 0;
     if (j.status === "succeeded") {
       $("progress").max = 1; $("progress").value = 1;
       if (!linksShown) { linksShown = true; for (const f of ["safetensors", "onnx"]) addDownload(id, f); }
@@ -82,9 +91,12 @@ function newJob() {
   };
   $("job-form").onsubmit = async (ev) => {
     ev.preventDefault();
-    let params;
+    let params, tparams;
     try { params = JSON.parse($("student_params").value || "{}"); } catch (e) { showError("student params: not JSON"); return; }
-    const spec = {teacher: {file_id: $("teacher_file_id").value}, student: {arch: $("student_arch").value, arch_params: params},
+    try { tparams = JSON.parse($("teacher_params").value || "{}"); } catch (e) { showError("teacher params: not JSON"); return; }
+    const teacher = {file_id: $("teacher_file_id").value};
+    if ($("teacher_arch").value) { teacher.arch = $("teacher_arch").value; teacher.arch_params = tparams; }
+    const spec = {teacher, student: {arch: $("student_arch").value, arch_params: params},
       dataset: {train_file_id: $("dataset_file_id").value},
       hyperparameters: {temperature: Number($("temperature").value), alpha: Number($("alpha").value), epochs: Number($("epochs").value)},
       baseline: $("baseline").checked};
