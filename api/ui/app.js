@@ -27,8 +27,9 @@ async function jobList() {
     for (const j of jobs) {
       const tr = document.createElement("tr"); tr.dataset.job = j.id;
       const a = document.createElement("a"); a.href = "/ui/jobs/" + encodeURIComponent(j.id); a.textContent = j.id;
-      cell(tr, "").appendChild(a); cell(tr, j.status).className = "status"; cell(tr, j.progress.phase);
-      cell(tr, pct(j.progress)).className = "progress"; cell(tr, j.created_at); body.appendChild(tr);
+      const live = j.status === "running", p = j.progress || {};
+      cell(tr, "").appendChild(a); cell(tr, j.status).className = "status"; cell(tr, live ? p.phase : "");
+      cell(tr, Math.round((p.fraction || 0) * 100) + " %" + (live && pct(p) ? " · " + pct(p) : "")).className = "progress"; cell(tr, j.created_at); body.appendChild(tr);
     }
     showError("");
   } catch (e) { showError(e.message); }

@@ -163,6 +163,7 @@ def test_dashboard_login_upload_submit_watch_report_download(live_api, browser, 
     # the job list shows the job as succeeded
     page.goto(f"{base}/ui")
     page.wait_for_selector(f"tr[data-job='{job_id}'] td.status:text('succeeded')")
+    assert page.text_content(f"tr[data-job='{job_id}'] td.progress") == "100 %"
     page.screenshot(path=str(SHOTS / "ui_5_jobs.png"), full_page=True)
     assert page.text_content("#error") == ""
     assert not console_errors, console_errors
