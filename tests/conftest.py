@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import httpx
 import pytest
 import redis
 from sqlalchemy import text
@@ -75,6 +76,21 @@ def service_env(*, database_url: str, broker_url: str, data_dir: Path, api_key: 
     env.update({"KD_DATABASE_URL": database_url, "KD_BROKER_URL": broker_url, "KD_DATA_DIR": str(data_dir),
                 "KD_BOOTSTRAP_API_KEY": api_key, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **extra})
     return env
+
+
+def wait_healthy(base_url: str, api: "Proc", *, timeout: float = 60) -> None:
+    """Return once the API at `base_url` answers /healthz 200; RuntimeError with its log if it exits or
+    does not answer within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base_url}/healthz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or api.popen.poll() is not None:
+            raise RuntimeError(api.output())
+        time.sleep(0.2)
 
 
 class Proc:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from jobs.migrate import upgrade
-from tests.conftest import ROOT, Proc, service_env, start_worker
+from tests.conftest import ROOT, Proc, service_env, start_worker, wait_healthy
 
 pytestmark = pytest.mark.slow
 KEY = "kd_cli_" + "c" * 40
@@ -41,16 +41,7 @@ def service(tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         worker = start_worker(env, tmp_path / "worker.log")
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or api.popen.poll() is not None:
-                raise RuntimeError(api.output())
-            time.sleep(0.2)
+        wait_healthy(url, api)
         yield url, worker
     finally:  # both at once: each takes a few seconds to shut down gracefully
         stopping = threading.Thread(target=api.stop)

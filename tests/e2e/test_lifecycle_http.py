@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from jobs.migrate import upgrade
-from tests.conftest import Proc, service_env, start_worker
+from tests.conftest import Proc, service_env, start_worker, wait_healthy
 
 pytestmark = pytest.mark.slow
 KEY = "kd_e2e_" + "e" * 40
@@ -45,16 +45,7 @@ def stack(request, tmp_path):
     worker = start_worker(worker_env, tmp_path / "worker.log")
     api = Proc([sys.executable, "-m", "api"], env, tmp_path / "api.log")
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or api.popen.poll() is not None:
-            raise RuntimeError(api.output())
-        time.sleep(0.3)
+    wait_healthy(base, api)
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as client:
         yield client, worker, api
     api.stop()

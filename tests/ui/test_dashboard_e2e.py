@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, Proc, service_env, start_worker
+from tests.conftest import ROOT, Proc, service_env, start_worker, wait_healthy
 from tests.e2e.test_lifecycle_http import free_port
 
 pytestmark = pytest.mark.slow
@@ -40,16 +40,7 @@ def live_api(tmp_path, clean_pg, redis_url):
     api = Proc([sys.executable, "-m", "api"], env, tmp_path / "api.log")
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or api.popen.poll() is not None:
-                raise RuntimeError(api.output())
-            time.sleep(0.3)
+        wait_healthy(base, api)
         yield base, worker
     finally:
         api.stop()
