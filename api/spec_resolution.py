@@ -100,7 +100,7 @@ def _check_teacher(spec: DistillSpec, row, data: DataInfo, store: ArtifactStore)
         raise SpecError(f"only a safetensors state-dict teacher takes an architecture; this teacher is "
                         f"{info.get('kind')}", field="teacher.arch")
     check_teacher_info(info, data)
-    if info.get("kind") == "logits" and spec.hyperparameters.augment != "none":
+    if info.get("kind") == "logits" and spec.hyperparameters.augmentations:
         raise SpecError("precomputed logits cannot follow augmented inputs; use augment none",
                         field="hyperparameters.augment")
 

@@ -23,7 +23,11 @@ MAX_SWEEP_POINTS = 36  # grid size
 MAX_SWEEP_EPOCHS = 2000  # grid size × epochs: the sweep's whole training budget
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
-AUGMENTATIONS = ("none", "noise")
+# `augment` is "none" or a list of these (a single name is a one-item list). Any of them makes the
+# teacher run live on the augmented view the student sees (Beyer et al. 2022).
+AUGMENTATIONS = ("noise", "shift", "crop_flip", "mixup")
+MAX_SHIFT = 64  # shift_max: positions (shift) or padding pixels (crop_flip)
+MAX_UNLABELED_FILES = 16  # files in dataset.unlabeled_paths
 DEVICES = ("auto", "cpu", "cuda")
 # What a job asks of the machine that runs it (`resources`): the device kind, the GPUs on one machine,
 # and the data-parallel processes (one per GPU on CUDA; on CPU, gloo processes on one machine).
@@ -54,6 +58,11 @@ class DatasetSpec:
     test_path: str | None = None
     validation_fraction: float = 0.1  # held out of train when no validation set is given
     standardize: bool = False  # per-feature mean/std fitted on the training split only
+    # Files whose inputs join the training inputs (their labels, where a row has one, are used).
+    unlabeled_paths: list[str] = field(default_factory=list)
+    # Keep this many labels per class of the training split (seeded, stratified); the other
+    # training rows become unlabelled inputs. None keeps every label.
+    labels_per_class: int | None = None
 
 
 @dataclass
@@ -72,11 +81,20 @@ class Hyperparameters:
     gamma: float = 0.1  # decay factor, "step" schedule only
     grad_clip_norm: float | None = None
     seed: int = 0
-    augment: str = "none"  # "noise": Gaussian input noise; the teacher then runs live every step
+    augment: str | list[str] = "none"  # or a list of AUGMENTATIONS; the teacher then runs live every step
     noise_std: float = 0.1
+    shift_max: int = 4  # shift: largest circular shift; crop_flip: padding before the random crop
+    mixup_alpha: float = 0.4  # mixup: the mixing weight is drawn from Beta(mixup_alpha, mixup_alpha)
     device: str = "auto"
     early_stopping_patience: int | None = None  # stop after this many epochs without a better val accuracy
     restore_best: bool = False  # end with the weights of the epoch with the best val accuracy
+
+    @property
+    def augmentations(self) -> tuple[str, ...]:
+        """The augmentations in the order they are applied; () for none."""
+        if isinstance(self.augment, list):
+            return tuple(self.augment)
+        return () if self.augment == "none" else (self.augment,)
 
     @property
     def is_sweep(self) -> bool:
@@ -151,6 +169,7 @@ class DistillSpec:
             metadata=_check_type(data.get("metadata", {}), dict, "metadata"),
             resources=_build(ResourcesSpec, data.get("resources", {}), "resources"),
         )
+        spec.given = _given_fields(data)
         given = data.get("resources")
         if isinstance(given, dict) and "device" not in given or given is None:
             if spec.hyperparameters.device == "cuda":  # a spec that says cuda only there asks for a GPU
@@ -160,6 +179,28 @@ class DistillSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def was_given(self, dotted: str) -> bool:
+        """Whether the dict this spec was built from said `dotted` (e.g. "hyperparameters.alpha")
+        rather than leaving it to its default. A spec built in code counts every field as given."""
+        given = getattr(self, "given", None)
+        return True if given is None else dotted in given
+
+    def resolve_labels(self, num_labeled: int) -> None:
+        """Fit the spec to training data with `num_labeled` labelled rows. With none there is no
+        hard term and nothing to train from scratch on: alpha becomes 0 (an alpha > 0 that was
+        asked for is a SpecError) and so does the baseline (a baseline asked for is a SpecError)."""
+        if num_labeled > 0:
+            return
+        hp = self.hyperparameters
+        if self.was_given("hyperparameters.alpha") and any(a > 0 for a in _as_list(hp.alpha)):
+            raise SpecError("the training data has no labelled row, so there is no hard-label term: "
+                            "alpha must be 0 (or omitted)", field="hyperparameters.alpha")
+        hp.alpha = 0.0
+        if self.baseline and self.was_given("baseline"):
+            raise SpecError("the training data has no labelled row: there is nothing to train a student "
+                            "from scratch on; set baseline to false (or omit it)", field="baseline")
+        self.baseline = False
 
     def validate(self) -> None:
         """Checks that need no file: ranges and choices. Shapes and classes are checked by the
@@ -209,8 +250,12 @@ class DistillSpec:
             raise SpecError("must be between 0 and 10", field="hyperparameters.noise_std")
         if hp.seed < 0 or hp.seed >= 2**63:
             raise SpecError("must be a non-negative 64-bit integer", field="hyperparameters.seed")
-        for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
-                              ("augment", AUGMENTATIONS), ("device", DEVICES)):
+        _check_augment(hp.augment)
+        if not 1 <= hp.shift_max <= MAX_SHIFT:
+            raise SpecError(f"must be between 1 and {MAX_SHIFT}", field="hyperparameters.shift_max")
+        if not 0 < hp.mixup_alpha <= 10:
+            raise SpecError("must be > 0 and <= 10", field="hyperparameters.mixup_alpha")
+        for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES)):
             if getattr(hp, name) not in choices:
                 raise SpecError(f"must be one of {', '.join(choices)}", field=f"hyperparameters.{name}")
         from kdcore.losses import LOSSES  # late import: losses imports torch
@@ -221,6 +266,11 @@ class DistillSpec:
             raise SpecError("give either builtin or train_path (exactly one)", field="dataset")
         if ds.builtin is not None and (ds.validation_path or ds.test_path):
             raise SpecError("a builtin dataset brings its own splits", field="dataset.builtin")
+        if ds.labels_per_class is not None and ds.labels_per_class < 1:
+            raise SpecError("must be >= 1 or null", field="dataset.labels_per_class")
+        if len(ds.unlabeled_paths) > MAX_UNLABELED_FILES:
+            raise SpecError(f"at most {MAX_UNLABELED_FILES} files (MAX_UNLABELED_FILES)",
+                            field="dataset.unlabeled_paths")
         if not 0 < ds.validation_fraction < 1:
             raise SpecError("must be between 0 and 1 (exclusive)", field="dataset.validation_fraction")
         if self.teacher.path is None:
@@ -230,10 +280,30 @@ class DistillSpec:
         if hp.device != "auto" and hp.device != res.device:
             raise SpecError(f"is {hp.device} but resources.device is {res.device}; say the same or use auto",
                             field="hyperparameters.device")
-        if res.processes > 1 and hp.augment != "none":
+        if res.processes > 1 and hp.augmentations:
             # The processes share cached teacher logits; a live teacher would run in every one.
             raise SpecError("data-parallel training (resources.processes > 1) needs cached teacher logits: "
                             "use augment none", field="resources.processes")
+
+
+def _check_augment(augment: str | list[str]) -> None:
+    where = "hyperparameters.augment"
+    names = augment if isinstance(augment, list) else ([] if augment == "none" else [augment])
+    for name in names:
+        if name not in AUGMENTATIONS:
+            raise SpecError(f"must be none or a list of {', '.join(AUGMENTATIONS)} (got {name!r})", field=where)
+    if len(set(names)) != len(names):
+        raise SpecError("the list must not repeat an augmentation", field=where)
+
+
+def _given_fields(data: dict) -> frozenset[str]:
+    """Dotted names of the fields a spec dict states (one level of sections)."""
+    given = set()
+    for key, value in data.items():
+        given.add(key)
+        if isinstance(value, dict) and key != "metadata":
+            given.update(f"{key}.{sub}" for sub in value)
+    return frozenset(given)
 
 
 def _reject_unknown(data: dict, cls: type, prefix: str) -> None:
@@ -267,6 +337,11 @@ def _coerce(value: Any, default: Any, annotation: str, where: str) -> Any:
         raise SpecError("must not be null", field=where)
     if "list[float]" in str(annotation) and isinstance(value, list):
         return [_coerce(v, None, "float", where) for v in value]
+    if "list[str]" in str(annotation):
+        if isinstance(value, list):
+            return [_check_type(v, str, where) for v in value]
+        if "|" not in str(annotation):
+            raise SpecError("must be a list of strings", field=where)
     if "dict" in str(annotation):
         return _check_type(value, dict, where)
     if "bool" in str(annotation):
@@ -312,6 +387,12 @@ FIELD_HELP: dict[str, str] = {
     "dataset.test_path": "optional test data; the final evaluation uses it (else the validation split)",
     "dataset.validation_fraction": "share of train held out for validation when none is given (default 0.1)",
     "dataset.standardize": "standardise features with mean/std of the training split only (default false)",
+    "dataset.unlabeled_paths": "files whose inputs join the training inputs: .npz with 'x' only, CSV/Parquet "
+                               "without a 'label' column, or labelled files (label -1 marks an unlabelled row); "
+                               "the teacher labels them. At most "
+                               f"{MAX_UNLABELED_FILES} files",
+    "dataset.labels_per_class": "keep this many labels per class of the training split (seeded, stratified) and "
+                                "use the other training rows as unlabelled inputs; null keeps every label (default)",
     "hyperparameters.temperature": f"softmax temperature T, > 0 and <= {MAX_TEMPERATURE:g} (default 4); a list "
                                    "of distinct values sweeps them (see alpha)",
     "hyperparameters.alpha": "weight of the hard-label cross-entropy, 0..1; 1 - alpha weights the teacher (default "
@@ -330,9 +411,14 @@ FIELD_HELP: dict[str, str] = {
     "hyperparameters.gamma": "decay factor for the step schedule (default 0.1)",
     "hyperparameters.grad_clip_norm": "clip the global gradient norm to this value; null = off (default)",
     "hyperparameters.seed": "seed for initial weights, batch order and the validation split (default 0)",
-    "hyperparameters.augment": "none (default; teacher logits cached once) or noise (Gaussian input noise; "
-                               "the teacher then runs live every step)",
+    "hyperparameters.augment": "none (default; teacher logits cached once) or a list of: noise (Gaussian input "
+                               "noise), shift (random circular shift of 1-D signals up to shift_max), crop_flip "
+                               "(C×H×W images: random crop after padding by shift_max, horizontal flip), mixup "
+                               "(convex mix of two inputs; the hard term uses the mixed labels). With any of "
+                               "them the teacher runs live on the exact view the student sees",
     "hyperparameters.noise_std": "standard deviation of the input noise (default 0.1)",
+    "hyperparameters.shift_max": f"largest shift (shift) or crop padding (crop_flip), 1..{MAX_SHIFT} (default 4)",
+    "hyperparameters.mixup_alpha": "mixup weight ~ Beta(mixup_alpha, mixup_alpha), > 0 (default 0.4)",
     "hyperparameters.device": "auto (CUDA when present, default), cpu or cuda",
     "hyperparameters.early_stopping_patience": "stop a run when its validation accuracy has not improved for this "
                                                "many epochs; null = off (default)",

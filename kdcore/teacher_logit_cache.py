@@ -16,7 +16,7 @@ from kdcore.teachers import Teacher
 
 def can_cache(teacher: Teacher, hp: Hyperparameters) -> bool:
     """True when every epoch would ask the teacher the same questions."""
-    return teacher.deterministic and hp.augment == "none"
+    return teacher.deterministic and not hp.augmentations
 
 
 def compute_teacher_logits(teacher: Teacher, x: torch.Tensor, *, indices: torch.Tensor | None = None,
