@@ -32,12 +32,14 @@ MAX_DATASET_BYTES = 2 * 1024**3
 MAX_SAMPLES = 10_000_000
 MAX_COLUMNS = 100_000  # a Parquet/CSV table's columns (pyarrow builds one array per column)
 LABEL_COLUMN = "label"
+UNLABELED = -1  # the label of a row without one (in files and in ArrayDataset.y)
 
 
 @dataclass
 class ArrayDataset:
-    """x: float32 (N, *input_shape); y: int64 (N,). num_classes is stored, not derived, because a
-    split (or a small test file) may lack a class."""
+    """x: float32 (N, *input_shape); y: int64 (N,), UNLABELED (-1) where a row has no label.
+    num_classes is stored, not derived, because a split (or a small test file) may lack a class;
+    it is 0 for a file with no labelled row (the teacher then says how many classes there are)."""
 
     x: Tensor
     y: Tensor
@@ -55,6 +57,18 @@ class ArrayDataset:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.x.shape[1:])
 
+    @property
+    def labeled(self) -> Tensor:
+        """Boolean mask of the rows that carry a label."""
+        return self.y != UNLABELED
+
+    @property
+    def num_labeled(self) -> int:
+        return int(self.labeled.sum())
+
+    def labeled_only(self) -> "ArrayDataset":
+        return self.subset(self.labeled.nonzero().flatten())
+
     def subset(self, indices: Tensor) -> "ArrayDataset":
         return ArrayDataset(self.x[indices], self.y[indices], self.num_classes)
 
@@ -70,8 +84,9 @@ class DatasetReport:
     format: str
     num_samples: int
     input_shape: list[int]
-    num_classes: int
-    label_histogram: list[int]
+    num_classes: int  # max label + 1; 0 when no row is labelled
+    label_histogram: list[int]  # rows per class, labelled rows only
+    num_labeled: int  # rows with a label (the others are inputs only)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,9 +178,10 @@ def read_dataset_file(
     max_samples: int = MAX_SAMPLES,
     num_classes: int | None = None,
 ) -> ArrayDataset:
-    """Read and validate a dataset upload (.npz with x and y; Parquet or CSV with a `label` column
-    and numeric feature columns). num_classes = max(label) + 1 unless given, in which case every
-    label must be below it. Raises DataError(field="file") or FormatError."""
+    """Read and validate a dataset upload (.npz with x and, optionally, y; Parquet or CSV with
+    numeric feature columns and, optionally, a `label` column). Label -1 marks an unlabelled row;
+    a file without labels has every row unlabelled. num_classes = max(label) + 1 unless given, in
+    which case every label must be below it. Raises DataError(field="file") or FormatError."""
     return _read(Path(path), max_bytes, max_samples, num_classes)[1]
 
 
@@ -174,8 +190,8 @@ def inspect_dataset_file(
 ) -> DatasetReport:
     """Validate a dataset upload and summarise it (format, N, input shape, classes, label counts)."""
     fmt, ds = _read(Path(path), max_bytes, max_samples, None)
-    histogram = torch.bincount(ds.y, minlength=ds.num_classes).tolist()
-    return DatasetReport(fmt, ds.num_samples, list(ds.input_shape), ds.num_classes, histogram)
+    histogram = torch.bincount(ds.y[ds.labeled], minlength=ds.num_classes).tolist()
+    return DatasetReport(fmt, ds.num_samples, list(ds.input_shape), ds.num_classes, histogram, ds.num_labeled)
 
 
 def _read(path: Path, max_bytes: int, max_samples: int, num_classes: int | None) -> tuple[str, ArrayDataset]:
@@ -194,7 +210,7 @@ def _bad(message: str) -> DataError:
     return DataError(message, field="file")
 
 
-def _read_npz(path: Path, max_samples: int) -> tuple[np.ndarray, np.ndarray]:
+def _read_npz(path: Path, max_samples: int) -> tuple[np.ndarray, np.ndarray | None]:
     # Every array's size and dtype are known from the zip directory and the .npy headers before
     # any data is decompressed (kdcore.formats.read_npz_headers): object arrays, zip bombs and
     # oversized arrays are refused without loading them.
@@ -202,21 +218,28 @@ def _read_npz(path: Path, max_samples: int) -> tuple[np.ndarray, np.ndarray]:
         headers = read_npz_headers(path)
     except FormatError as exc:
         raise _bad(exc.message) from None
-    for key in ("x", "y"):
-        if key not in headers:
-            found = ", ".join(sorted(headers)) or "none"
-            raise _bad(f"the .npz has no array {key!r} (found: {found}); it needs 'x' (float, N x ...) "
-                       "and 'y' (integer labels, N)")
-    (x_shape, x_dtype), (y_shape, y_dtype) = ((headers[k].shape, headers[k].dtype) for k in ("x", "y"))
+    if "x" not in headers:
+        found = ", ".join(sorted(headers)) or "none"
+        raise _bad(f"the .npz has no array 'x' (found: {found}); it needs 'x' (float, N x ...) and, for "
+                   "labelled rows, 'y' (integer labels, N; -1 for an unlabelled row)")
+    x_shape, x_dtype = headers["x"].shape, headers["x"].dtype
     if x_dtype.kind not in "fiu":
         raise _bad(f"array 'x' has dtype {x_dtype}; it must be a float or integer array")
+    if len(x_shape) < 2:
+        raise _bad(f"array 'x' has shape {list(x_shape)}; it needs at least 2 dimensions (N, features...)")
+    _check_count(x_shape[0], max_samples)
+    if "y" not in headers:  # inputs only: every row unlabelled
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return npz["x"], None
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise _bad(f"cannot read the .npz arrays: {exc}") from None
+    y_shape, y_dtype = headers["y"].shape, headers["y"].dtype
     if y_dtype.kind == "f":
         raise _bad(f"array 'y' has dtype {y_dtype}; labels must be an integer array (floats are refused, "
                    "even whole numbers: save y.astype('int64'))")
     if y_dtype.kind not in "iu":
         raise _bad(f"array 'y' has dtype {y_dtype}; labels must be an integer array")
-    if len(x_shape) < 2:
-        raise _bad(f"array 'x' has shape {list(x_shape)}; it needs at least 2 dimensions (N, features...)")
     if len(y_shape) != 1:
         raise _bad(f"array 'y' has shape {list(y_shape)}; labels must be 1-D (N,)")
     if x_shape[0] != y_shape[0]:
@@ -229,7 +252,7 @@ def _read_npz(path: Path, max_samples: int) -> tuple[np.ndarray, np.ndarray]:
         raise _bad(f"cannot read the .npz arrays: {exc}") from None
 
 
-def _read_table(path: Path, fmt: str, max_samples: int) -> tuple[np.ndarray, np.ndarray]:
+def _read_table(path: Path, fmt: str, max_samples: int) -> tuple[np.ndarray, np.ndarray | None]:
     import pyarrow as pa  # late: only tables need pyarrow
 
     try:
@@ -257,24 +280,22 @@ def _read_table(path: Path, fmt: str, max_samples: int) -> tuple[np.ndarray, np.
     _check_count(table.num_rows, max_samples)
     _check_columns(table.schema, table.num_rows, pa)
 
-    label = table.column(LABEL_COLUMN)
-    _check_no_nulls(label, LABEL_COLUMN)
+    label = table.column(LABEL_COLUMN) if LABEL_COLUMN in table.column_names else None
+    if label is not None:
+        _check_no_nulls(label, LABEL_COLUMN)
     features = [n for n in table.column_names if n != LABEL_COLUMN]
     for name in features:
         _check_no_nulls(table.column(name), name)
     x = np.empty((table.num_rows, len(features)), dtype=np.float32)
     for j, name in enumerate(features):
         x[:, j] = table.column(name).to_numpy()
-    return x, label.to_numpy()
+    return x, None if label is None else label.to_numpy()
 
 
 def _check_columns(schema, num_rows: int, pa) -> None:
-    """A `label` integer column and at least one other column, every one numeric, names unique,
-    and at least one row."""
+    """An optional `label` integer column and at least one other column, every one numeric, names
+    unique, and at least one row."""
     names = schema.names
-    if LABEL_COLUMN not in names:
-        raise _bad(f"no {LABEL_COLUMN!r} column (found: {', '.join(names[:10])}"
-                   f"{', ...' if len(names) > 10 else ''})")
     if len(names) > MAX_COLUMNS:
         raise _bad(f"{len(names)} columns, over the limit of {MAX_COLUMNS} (MAX_COLUMNS); "
                    "save wide data as .npz")
@@ -286,7 +307,7 @@ def _check_columns(schema, num_rows: int, pa) -> None:
         raise _bad(f"no feature columns besides {LABEL_COLUMN!r}")
     if num_rows == 0:
         raise _bad("the file has no rows")
-    label_type = schema.field(LABEL_COLUMN).type
+    label_type = schema.field(LABEL_COLUMN).type if LABEL_COLUMN in names else pa.int64()
     if pa.types.is_floating(label_type):
         raise _bad(f"column {LABEL_COLUMN!r} has type {label_type}; labels must be integers "
                    "(floats are refused, even whole numbers)")
@@ -310,7 +331,9 @@ def _check_count(n: int, max_samples: int) -> None:
         raise _bad(f"{n} samples is over the limit of {max_samples}")
 
 
-def _validated(x: np.ndarray, y: np.ndarray, num_classes: int | None) -> ArrayDataset:
+def _validated(x: np.ndarray, y: np.ndarray | None, num_classes: int | None) -> ArrayDataset:
+    if y is None:
+        y = np.full(x.shape[0], UNLABELED, dtype=np.int64)
     n = int(y.shape[0])
     if n == 0:
         raise _bad("the dataset is empty (0 samples)")
@@ -322,9 +345,9 @@ def _validated(x: np.ndarray, y: np.ndarray, num_classes: int | None) -> ArrayDa
         first = int((~finite).any(dim=1).nonzero()[0, 0])
         raise _bad(f"x has {bad_count} non-finite values (NaN or infinite after conversion to float32); "
                    f"first in sample {first}")
-    if np.issubdtype(y.dtype, np.signedinteger) and (y < 0).any():
-        first = int(np.flatnonzero(y < 0)[0])
-        raise _bad(f"labels must be >= 0; sample {first} has label {int(y[first])}")
+    if np.issubdtype(y.dtype, np.signedinteger) and (y < UNLABELED).any():
+        first = int(np.flatnonzero(y < UNLABELED)[0])
+        raise _bad(f"labels must be >= 0, or -1 for an unlabelled row; sample {first} has label {int(y[first])}")
     top = int(y.max())
     limit = num_classes if num_classes is not None else MAX_NUM_CLASSES
     if top >= limit:
@@ -332,7 +355,7 @@ def _validated(x: np.ndarray, y: np.ndarray, num_classes: int | None) -> ArrayDa
         what = f"num_classes = {num_classes}" if num_classes is not None else f"at most {MAX_NUM_CLASSES} classes"
         raise _bad(f"labels must be below {limit} ({what}); sample {first} has label {int(y[first])}")
     yt = torch.from_numpy(y.astype(np.int64))
-    classes = num_classes if num_classes is not None else top + 1
+    classes = num_classes if num_classes is not None else max(top + 1, 0)
     return ArrayDataset(xt, yt, classes)
 
 
@@ -368,6 +391,20 @@ def split_train_val(ds: ArrayDataset, *, fraction: float = 0.1, seed: int = 0) -
     """`split_indices` applied to a dataset; both parts keep ds's order and num_classes."""
     train_rows, val_rows = split_indices(ds.y, fraction=fraction, seed=seed)
     return ds.subset(train_rows), ds.subset(val_rows)
+
+
+def keep_labels_per_class(ds: ArrayDataset, per_class: int, *, seed: int = 0) -> ArrayDataset:
+    """The same rows with at most `per_class` labels kept per class (a seeded random choice within
+    each class) and every other label replaced by UNLABELED. A pure function of (ds.y, per_class, seed)."""
+    g = torch.Generator().manual_seed(_seed_of("labels_per_class", seed))
+    y = ds.y.clone()
+    for c in torch.unique(ds.y).tolist():
+        if c == UNLABELED:
+            continue
+        members = (ds.y == c).nonzero().flatten()
+        dropped = members[torch.randperm(len(members), generator=g)][per_class:]
+        y[dropped] = UNLABELED
+    return ArrayDataset(ds.x, y, ds.num_classes)
 
 
 # ---- scaling ----
@@ -453,6 +490,6 @@ class IndexBatcher:
 
 __all__ = [
     "ArrayDataset", "Builtin", "DATASETS", "DatasetReport", "IndexBatcher", "Standardizer",
-    "describe_builtin", "inspect_dataset_file", "load_builtin", "read_dataset_file", "split_indices",
+    "UNLABELED", "describe_builtin", "inspect_dataset_file", "keep_labels_per_class", "load_builtin", "read_dataset_file", "split_indices",
     "split_train_val",
 ]

@@ -10,6 +10,15 @@ are tiny; in bf16/fp16 (8 or 11 mantissa bits) they round to zero or overflow in
 out of an autocast forward are therefore upcast before any softmax, and every softmax is done as
 log_softmax (never log(softmax(...)), which underflows to log 0 = −inf).
 
+Unlabelled rows: a batch may mix labelled rows with rows that carry no label (UNLABELED = -1,
+or an all-zero row of N×C target weights). The soft term is the mean over every row, the hard
+term the mean over the labelled rows only:
+
+    L = α · (1/|B_l|) Σ_{i ∈ B_l} CE(z_s,i, y_i)  +  (1 − α) · T² · (1/|B|) Σ_{i ∈ B} D(P_t,i ‖ Q_s,i)
+
+and a batch with no labelled row has a hard term of 0 (so L = (1 − α)·T²·D). Each term keeps the
+scale it has on fully labelled data, so α means the same thing whatever the share of labels.
+
 The divergences live in the `LOSSES` registry under the names a job spec uses
 (`hyperparameters.loss`). Each takes raw float32 student and teacher logits and the temperature and
 returns the batch mean of the per-sample divergence, *unscaled*; `kd_loss` applies the T² factor
@@ -35,6 +44,7 @@ LOSSES: Registry[Divergence] = Registry("loss")
 DEFAULT_TEMPERATURE = 4.0
 DEFAULT_ALPHA = 0.3
 DEFAULT_KIND = "forward_kl"
+UNLABELED = -1  # kdcore.data.UNLABELED (losses import nothing of the data layer)
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,28 @@ def mse_logits(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
     return (student - teacher).pow(2).sum(dim=-1).mean()
 
 
+def hard_term(student_logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy at T = 1 over the labelled rows; a 0 tensor when there are none.
+
+    `labels` are N class indices (UNLABELED for a row without a label) or N×C target weights
+    (mixup's mixed labels; an all-zero row has no label)."""
+    student = student_logits.float()
+    if labels.is_floating_point():
+        if labels.shape != student.shape:
+            raise ValueError(f"label weights must have shape {tuple(student.shape)}, got {tuple(labels.shape)}")
+        labeled = labels.sum(dim=-1) > 0
+        if not bool(labeled.any()):
+            return student.new_zeros(())
+        per_row = -(labels.float() * F.log_softmax(student, dim=-1)).sum(dim=-1)
+        return per_row[labeled].mean()
+    if labels.shape != student.shape[:1]:
+        raise ValueError(f"labels must have shape ({student.shape[0]},), got {tuple(labels.shape)}")
+    if not bool((labels != UNLABELED).any()):
+        return student.new_zeros(())
+    # ignore_index averages over the labelled rows only
+    return F.cross_entropy(student, labels, ignore_index=UNLABELED)
+
+
 def softmax_with_temperature(logits: Tensor, temperature: float) -> Tensor:
     """softmax(z / T) in float32 over the last dimension: flatter as T grows, uniform as T → ∞."""
     _check_temperature(temperature)
@@ -116,9 +148,10 @@ def kd_loss(
     kind: str = DEFAULT_KIND,
 ) -> LossTerms:
     """α·CE(z_s, y) + (1 − α)·soft, with soft = T²·D(z_s/T, z_t/T) (or the raw value for
-    `mse_logits`). Inputs are N×C logits of any float dtype and N integer labels; the terms come
-    back as float32 scalars. `labels` may be None only when α = 0 (pure distillation, e.g. on
-    unlabelled data). An unknown `kind` raises SpecError naming the registered ones."""
+    `mse_logits`). Inputs are N×C logits of any float dtype and labels as `hard_term` takes them
+    (UNLABELED rows count in the soft term only, see the module docstring); the terms come back as
+    float32 scalars. `labels` may be None only when α = 0 (pure distillation, e.g. on unlabelled
+    data). An unknown `kind` raises SpecError naming the registered ones."""
     divergence = LOSSES.get(kind)
     _check_temperature(temperature)
     if not 0.0 <= alpha <= 1.0:
@@ -142,10 +175,8 @@ def kd_loss(
             )
         hard = student.new_zeros(())
     else:
-        if labels.shape != student.shape[:1]:
-            raise ValueError(f"labels must have shape ({student.shape[0]},), got {tuple(labels.shape)}")
         # The hard term is ordinary CE at T = 1 on the raw logits, not on z_s / T.
-        hard = F.cross_entropy(student, labels)
+        hard = hard_term(student, labels)
 
     soft = divergence(student, teacher, temperature)
     if divergence.temperature_scaled:  # type: ignore[attr-defined]

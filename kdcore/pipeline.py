@@ -19,15 +19,19 @@ from typing import Any
 
 import torch
 
-from kdcore.data import ArrayDataset, Standardizer, load_builtin, read_dataset_file, split_indices
+import math
+
+from kdcore import augment
+from kdcore.data import (ArrayDataset, Standardizer, keep_labels_per_class, load_builtin, read_dataset_file,
+                         split_indices)
 from kdcore.errors import DataError, SpecError, TeacherError
-from kdcore.evaluation import evaluate, measure_latency, predict_logits
+from kdcore.evaluation import agreement, evaluate, mean_kl, measure_latency, predict_logits
 from kdcore.export import export_onnx, save_student
 from kdcore.formats import read_safetensors_header, sniff_format
 from kdcore.models import build_model, check_input_shape, count_params, estimate_macs, resolve_arch_params
 from kdcore.spec import DistillSpec
 from kdcore.teacher_logit_cache import can_cache, compute_teacher_logits
-from kdcore.teachers import Teacher, load_teacher
+from kdcore.teachers import Teacher, inspect_teacher_file, load_teacher
 from kdcore.distributed import train_data_parallel
 from kdcore.trainer import Callbacks, EpochMetrics, StepInfo, TrainResult, resolve_device
 
@@ -56,6 +60,8 @@ class Splits:
     train_rows: torch.Tensor
     val_rows: torch.Tensor | None
     standardizer: Standardizer | None
+    # Training rows that came from dataset.unlabeled_paths (after the source's train_rows).
+    extra_rows: int = 0
 
     @property
     def eval_name(self) -> str:
@@ -67,7 +73,13 @@ class Splits:
 
 
 def load_splits(spec: DistillSpec) -> Splits:
-    """Train, validation and (optional) test splits, standardised with statistics of train only."""
+    """Train, validation and (optional) test splits, standardised with statistics of train only.
+
+    Validation is carved out of the training source (when no validation file is given) before
+    anything else, so it keeps its labels; then `labels_per_class` drops the other labels of the
+    training split, and the inputs of `unlabeled_paths` join it (with their labels, where they
+    have any). `num_classes` of every split is the largest any labelled file implies (0 when no
+    row anywhere is labelled: the teacher then decides)."""
     ds = spec.dataset
     if ds.builtin is not None:
         parts = load_builtin(ds.builtin)
@@ -76,8 +88,8 @@ def load_splits(spec: DistillSpec) -> Splits:
     else:
         source = read_dataset_file(ds.train_path)
         num_classes = source.num_classes
-        val_given = _read_split(ds.validation_path, "dataset.validation_path", source, num_classes)
-        test = _read_split(ds.test_path, "dataset.test_path", source, num_classes)
+        val_given = _read_split(ds.validation_path, "dataset.validation_path", source, num_classes or None)
+        test = _read_split(ds.test_path, "dataset.test_path", source, num_classes or None)
 
     if val_given is not None:
         train_set, val_set = source, val_given
@@ -87,12 +99,37 @@ def load_splits(spec: DistillSpec) -> Splits:
                                              seed=spec.hyperparameters.seed)
         train_set, val_set = source.subset(train_rows), source.subset(val_rows)
 
+    if ds.labels_per_class is not None:
+        train_set = keep_labels_per_class(train_set, ds.labels_per_class, seed=spec.hyperparameters.seed)
+    extras = [_read_unlabeled(path, i, train_set) for i, path in enumerate(ds.unlabeled_paths)]
+    if extras:
+        train_set = ArrayDataset(torch.cat([train_set.x, *(e.x for e in extras)]),
+                                 torch.cat([train_set.y, *(e.y for e in extras)]), train_set.num_classes)
+    num_classes = max([train_set.num_classes, val_set.num_classes, 0 if test is None else test.num_classes,
+                       *(e.num_classes for e in extras)])
+    for part in (train_set, val_set, test):
+        if part is not None:
+            part.num_classes = num_classes
+
     standardizer = None
     if ds.standardize:
         standardizer = Standardizer.fit(train_set.x)
         train_set, val_set = train_set.map_x(standardizer.apply), val_set.map_x(standardizer.apply)
         test = test.map_x(standardizer.apply) if test is not None else None
-    return Splits(train_set, val_set, test, train_rows, val_rows, standardizer)
+    return Splits(train_set, val_set, test, train_rows, val_rows, standardizer,
+                  extra_rows=sum(e.num_samples for e in extras))
+
+
+def _read_unlabeled(path: str, index: int, train: ArrayDataset) -> ArrayDataset:
+    field = f"dataset.unlabeled_paths[{index}]"
+    try:
+        extra = read_dataset_file(path)
+    except DataError as e:
+        raise DataError(e.message, field=field) from None
+    if extra.input_shape != train.input_shape:
+        raise DataError(f"input shape {list(extra.input_shape)} differs from the training set's "
+                        f"{list(train.input_shape)}", field=field)
+    return extra
 
 
 def _read_split(path: str | None, field: str, train: ArrayDataset, num_classes: int) -> ArrayDataset | None:
@@ -134,16 +171,29 @@ def run_distillation(spec: DistillSpec, *, out_dir: Path, checkpoint_dir: Path |
 
     cb.on_phase("loading")
     splits = load_splits(spec)
+    spec.resolve_labels(splits.train.num_labeled)
     input_shape, num_classes = splits.train.input_shape, splits.train.num_classes
     check_models(spec, input_shape=input_shape, num_classes=num_classes)
+    augment.check_input_shape(hp.augmentations, input_shape)
+    if splits.train.num_labeled == 0:  # no labelled training row: the teacher says how many classes
+        labels_seen, num_classes = num_classes, _teacher_classes(spec.teacher.path, spec, input_shape)
+        if labels_seen > num_classes:
+            raise DataError(f"has labels up to {labels_seen - 1} but the teacher predicts {num_classes} classes",
+                            field="dataset.test_path" if splits.test is not None else "dataset.validation_path")
+        for part in (splits.train, splits.val, splits.test):
+            if part is not None:
+                part.num_classes = num_classes
     teacher = load_teacher(spec.teacher.path, arch=spec.teacher.arch, arch_params=spec.teacher.arch_params,
                            input_shape=input_shape, num_classes=num_classes, device=str(device))
     _check_teacher(teacher, splits, num_classes)
     if splits.standardizer is not None:
         teacher = _RawInputTeacher(teacher, splits.standardizer)
-    cb.on_event("data_loaded", f"{splits.train.num_samples} training, {splits.val.num_samples} validation "
+    labeled = splits.train.num_labeled
+    cb.on_event("data_loaded", f"{splits.train.num_samples} training ({labeled} labelled, "
+                f"{splits.train.num_samples - labeled} unlabelled), {splits.val.num_samples} validation "
                 f"samples, input shape {list(input_shape)}, {num_classes} classes",
-                {"train": splits.train.num_samples, "validation": splits.val.num_samples,
+                {"train": splits.train.num_samples, "train_labeled": labeled,
+                 "validation": splits.val.num_samples,
                  "test": None if splits.test is None else splits.test.num_samples,
                  "input_shape": list(input_shape), "num_classes": num_classes})
 
@@ -193,21 +243,26 @@ def run_distillation(spec: DistillSpec, *, out_dir: Path, checkpoint_dir: Path |
     baseline_run: TrainResult | None = None
     baseline_history: list[EpochMetrics] = []
     if spec.baseline:
+        # What the user would have without the teacher: the labelled rows only, for the same
+        # number of optimizer steps the distilled run was given (equal epochs on fewer rows would
+        # be far fewer steps), with the same early-stopping rule and seed.
         cb.on_phase("baseline")
         torch.manual_seed(hp.seed)  # same initial weights as the distilled student
         baseline = build_model(spec.student.arch, spec.student.arch_params, input_shape=input_shape,
                                num_classes=num_classes)
-        baseline_run = train(baseline, train_set=splits.train, val_set=splits.val, hp=chosen_hp, run="baseline",
-                             teacher_val_logits=val_logits, callbacks=cb, device=device,
-                             checkpoint_dir=None if checkpoint_dir is None else checkpoint_dir / "baseline")
+        baseline_run = train(baseline, train_set=splits.train.labeled_only(), val_set=splits.val, hp=chosen_hp,
+                             run="baseline", teacher_val_logits=val_logits, callbacks=cb, device=device,
+                             checkpoint_dir=None if checkpoint_dir is None else checkpoint_dir / "baseline",
+                             max_steps=planned_steps(splits.train.num_samples, hp))
         baseline_history = baseline_run.history
 
     cb.on_phase("evaluating")
     summary = _summarise(spec, splits, teacher, student, baseline, eval_logits, device)
     summary["temperature"], summary["alpha"] = chosen_hp.temperature, chosen_hp.alpha
-    summary["student"].update(_run_record(student_run))
+    summary["student"].update(_run_record(student_run),
+                              train_rows={"labeled": labeled, "unlabeled": splits.train.num_samples - labeled})
     if baseline_run is not None:
-        summary["baseline"].update(_run_record(baseline_run))
+        summary["baseline"].update(_run_record(baseline_run), train_rows={"labeled": labeled, "unlabeled": 0})
     summary["sweep"] = sweep
     summary["seconds"] = round(time.perf_counter() - started, 3)
 
@@ -232,10 +287,25 @@ def run_distillation(spec: DistillSpec, *, out_dir: Path, checkpoint_dir: Path |
     return summary
 
 
+def planned_steps(num_train_rows: int, hp) -> int:
+    """Optimizer steps a run of hp.epochs epochs over `num_train_rows` rows takes."""
+    return math.ceil(num_train_rows / hp.batch_size) * hp.epochs
+
+
 def _run_record(run: TrainResult) -> dict[str, Any]:
     """What the summary says about one training run: its length and best epoch."""
-    return {"epochs_run": run.epochs_completed, "best_epoch": run.best_epoch,
+    return {"epochs_run": run.epochs_completed, "steps": run.steps, "best_epoch": run.best_epoch,
             "stopped_early": run.stopped_early, "restored_best": run.restored_best}
+
+
+def _teacher_classes(path: str, spec: DistillSpec, input_shape: tuple[int, ...]) -> int:
+    """The teacher's output count, for data with no label to count classes from."""
+    guess = inspect_teacher_file(path).get("num_classes")
+    if guess:
+        return int(guess)
+    probe = load_teacher(path, arch=spec.teacher.arch, arch_params=spec.teacher.arch_params,
+                         input_shape=input_shape, num_classes=None, device="cpu")
+    return int(probe.num_classes)
 
 
 class _SweepPointCallbacks(Callbacks):
@@ -315,6 +385,10 @@ def _check_teacher(teacher: Teacher, splits: Splits, num_classes: int) -> None:
     if teacher.num_classes != num_classes:
         raise TeacherError(f"the teacher predicts {teacher.num_classes} classes but the dataset has "
                            f"{num_classes}", field="teacher")
+    if teacher.needs_indices and splits.extra_rows:
+        raise SpecError("precomputed teacher logits cover the training file's rows only and cannot label "
+                        "extra inputs: upload the teacher itself (safetensors or ONNX)",
+                        field="dataset.unlabeled_paths")
     if teacher.needs_indices:
         n = int(splits.train_rows.numel() + (0 if splits.val_rows is None else splits.val_rows.numel()))
         teacher.check_against(n)
@@ -366,8 +440,7 @@ def _summarise(spec: DistillSpec, splits: Splits, teacher: Teacher, student: tor
                baseline: torch.nn.Module | None, eval_logits: torch.Tensor | None,
                device: torch.device) -> dict[str, Any]:
     data = splits.eval_set
-    x, y = data.x, data.y
-    student_eval = evaluate(student=student, teacher_logits=eval_logits, x=x, y=y)
+    student_eval = _evaluate(student, eval_logits, data)
     input_shape = splits.train.input_shape
     teacher_module = getattr(teacher, "module", None)
     student_params = count_params(student)
@@ -408,8 +481,28 @@ def _summarise(spec: DistillSpec, splits: Splits, teacher: Teacher, student: tor
     }
     result["agreement"] = result["student"]["agreement"]
     if baseline is not None:
-        base_eval = evaluate(student=baseline, teacher_logits=eval_logits, x=x, y=y)
+        base_eval = _evaluate(baseline, eval_logits, data)
         result["baseline"] = {"accuracy": base_eval["student_accuracy"], "agreement": base_eval.get("agreement"),
                               "mean_kl": base_eval.get("mean_kl"), "ece": base_eval.get("student_ece")}
-        result["distillation_gain"] = student_acc - base_eval["student_accuracy"]
+        if student_acc is not None and base_eval["student_accuracy"] is not None:
+            result["distillation_gain"] = student_acc - base_eval["student_accuracy"]
     return result
+
+
+def _evaluate(model: torch.nn.Module, eval_logits: torch.Tensor | None, data: ArrayDataset) -> dict[str, Any]:
+    """`evaluate` on the labelled rows (accuracy, calibration) and, with teacher logits, agreement
+    and KL with the teacher on every row. Accuracies are None when no evaluation row is labelled."""
+    labeled = data.labeled
+    if bool(labeled.all()):
+        return evaluate(student=model, teacher_logits=eval_logits, x=data.x, y=data.y)
+    report: dict[str, Any] = {"student_accuracy": None, "student_ece": None, "teacher_accuracy": None,
+                              "teacher_ece": None, "agreement": None, "mean_kl": None}
+    if bool(labeled.any()):
+        rows = labeled.nonzero().flatten()
+        part = evaluate(student=model, teacher_logits=None if eval_logits is None else eval_logits[rows],
+                        x=data.x[rows], y=data.y[rows])
+        report.update({k: part[k] for k in ("student_accuracy", "student_ece", "teacher_accuracy", "teacher_ece")})
+    if eval_logits is not None:
+        logits = predict_logits(model, data.x)
+        report["agreement"], report["mean_kl"] = agreement(logits, eval_logits), mean_kl(eval_logits, logits)
+    return report

@@ -14,13 +14,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from kdcore.augment import augment, targets as hard_targets
 from kdcore.checkpoint import CheckpointInfo, load_latest_checkpoint, save_checkpoint
-from kdcore.data import ArrayDataset, IndexBatcher
+from kdcore.data import UNLABELED, ArrayDataset, IndexBatcher
 from kdcore.distributed import DataParallel
 from kdcore.evaluation import predict_logits
-from kdcore.losses import kd_loss
+from kdcore.losses import hard_term, kd_loss
 from kdcore.schedules import lr_at
 from kdcore.spec import Hyperparameters
 from kdcore.teachers import Teacher
@@ -52,8 +52,8 @@ class EpochMetrics:
     train_loss: float
     train_hard: float
     train_soft: float
-    train_accuracy: float
-    val_accuracy: float
+    train_accuracy: float | None  # on the labelled training rows; None when a run saw none
+    val_accuracy: float | None  # on the labelled validation rows; None when none is labelled
     val_agreement: float | None  # top-1 agreement with the teacher on the validation split
     lr: float
     seconds: float
@@ -93,8 +93,9 @@ class TrainResult:
     epochs_run: int  # epochs trained in this call (fewer than hp.epochs after a resume)
     resumed_from_epoch: int  # 0 for a fresh start
     history: list[EpochMetrics] = field(default_factory=list)  # every epoch, those before a resume too
-    best_epoch: int | None = None  # 1-based epoch with the best validation accuracy (first of equals)
-    best_val_accuracy: float | None = None
+    best_epoch: int | None = None  # 1-based epoch with the best validation score (first of equals)
+    best_val_accuracy: float | None = None  # that epoch's score: accuracy, or agreement without labels
+    steps: int = 0  # optimizer steps taken in all, those before a resume too
     stopped_early: bool = False  # early_stopping_patience ended the run before hp.epochs
     restored_best: bool = False  # the model ends with the best epoch's weights (hp.restore_best)
 
@@ -128,6 +129,7 @@ def train(
     point: int | None = None,
     points: int | None = None,
     distributed: DataParallel | None = None,
+    max_steps: int | None = None,
 ) -> TrainResult:
     """Train `model` in place.
 
@@ -145,6 +147,14 @@ def train(
     `distributed` makes this process one rank of a data-parallel run (kdcore.distributed, which
     launches the ranks): it trains on its shard of every global batch through DDP, the reported
     numbers are those of the global batch, and only rank 0 writes checkpoints.
+
+    Rows labelled UNLABELED count in the soft term only (kdcore.losses); the training accuracy is
+    over the labelled rows. Validation scores an epoch by its accuracy on the labelled validation
+    rows, or, when none is labelled, by its agreement with the teacher (`teacher_val_logits`).
+    `max_steps` runs exactly that many optimizer steps instead of hp.epochs epochs (the last
+    epoch may be partial): the baseline takes the distilled run's step count on fewer rows.
+    `hp.augmentations` are applied to each batch (kdcore.augment) and the live teacher labels the
+    augmented view.
     """
     callbacks = callbacks or Callbacks()
     device = device or resolve_device(hp.device)
@@ -155,7 +165,12 @@ def train(
     cached = teacher_train_logits.to(device) if teacher_train_logits is not None else None
     batcher = IndexBatcher(train_set.num_samples, hp.batch_size, shuffle=True, seed=hp.seed)
     steps_per_epoch = len(batcher)
-    total_steps = steps_per_epoch * hp.epochs
+    total_steps = steps_per_epoch * hp.epochs if max_steps is None else max_steps
+    epochs = math.ceil(total_steps / steps_per_epoch) if steps_per_epoch else hp.epochs
+    num_classes = None  # the model's outputs, known after the first forward (mixup needs it)
+    val_labeled = val_set.labeled
+    if not bool(val_labeled.any()) and teacher_val_logits is None:
+        raise ValueError("no labelled validation row and no teacher logits to score agreement on")
     optimizer = _make_optimizer(model, hp)
     # bf16 autocast on CUDA only; kd_loss upcasts to float32 for the soft term. CPU stays float32
     # so that runs (and resumes) are bit-reproducible.
@@ -197,15 +212,17 @@ def train(
         return patience is not None and bad_epochs >= patience
 
     result = TrainResult(run=run, epochs_run=0, resumed_from_epoch=start_epoch, history=history)
-    for epoch in range(start_epoch, hp.epochs):
+    for epoch in range(start_epoch, epochs):
         if stop_now():  # a resumed run that had already stopped early
             break
         started = time.perf_counter()
         model.train()
-        sums = torch.zeros(4, dtype=torch.float64)  # loss, hard, soft, correct
+        sums = torch.zeros(5, dtype=torch.float64)  # loss, hard, soft, correct, labelled rows
         seen = 0
         lr = hp.learning_rate
         for idx in batcher.epoch(epoch):
+            if step >= total_steps:  # max_steps reached inside this (last, partial) epoch
+                break
             stop = callbacks.should_stop()
             if dp is not None:  # rank 0 decides; every rank must stop at the same step
                 stop = dp.any(stop, device)
@@ -216,8 +233,8 @@ def train(
                 idx = dp.shard(idx)
             idx = idx.to(device)
             xb, yb = x[idx], y[idx]
-            if hp.augment == "noise":
-                xb = xb + hp.noise_std * torch.randn_like(xb)
+            xb, mix = augment(xb, hp.augmentations, noise_std=hp.noise_std, shift_max=hp.shift_max,
+                              mixup_alpha=hp.mixup_alpha)
 
             # The teacher is frozen: eval mode and no_grad live in the Teacher itself. From the
             # cache when inputs are not augmented; run live on the augmented batch otherwise.
@@ -237,15 +254,17 @@ def train(
                     logits = net(xb)
             else:
                 logits = net(xb)
+            num_classes = num_classes or logits.shape[1]
+            target = hard_targets(yb, mix, num_classes)
             if len(idx) == 0:  # a rank's empty shard of a tiny last batch: no loss, zero gradient
                 loss = logits.float().sum() * 0.0
                 hard, soft = torch.zeros((), device=device), torch.zeros((), device=device)
             elif distil:
-                terms = kd_loss(logits, teacher_logits, yb, temperature=hp.temperature,
+                terms = kd_loss(logits, teacher_logits, target, temperature=hp.temperature,
                                 alpha=hp.alpha, kind=hp.loss)
                 loss, hard, soft = terms.total, terms.hard.detach(), terms.soft.detach()
             else:
-                loss = F.cross_entropy(logits.float(), yb)
+                loss = hard_term(logits, target)
                 hard, soft = loss.detach(), torch.zeros((), device=device)
 
             optimizer.zero_grad(set_to_none=True)
@@ -261,8 +280,9 @@ def train(
             step += 1
 
             n = len(idx)
+            labeled = yb != UNLABELED
             batch = torch.stack([loss.detach() * n, hard * n, soft * n,
-                                 (logits.argmax(1) == yb).sum()]).double()
+                                 ((logits.argmax(1) == yb) & labeled).sum(), labeled.sum()]).double()
             if dp is not None:  # the global batch's sums, the same on every rank
                 dp.all_reduce_sum(batch)
                 n = n_global
@@ -278,17 +298,21 @@ def train(
                     "lower the learning rate or set grad_clip_norm")
 
         val_logits = predict_logits(model, val_set.x, device=device)
+        val_pred = val_logits.argmax(1).cpu()
         metrics = EpochMetrics(
-            run=run, epoch=epoch + 1, epochs=hp.epochs,
+            run=run, epoch=epoch + 1, epochs=epochs,
             train_loss=sums[0].item() / seen, train_hard=sums[1].item() / seen,
-            train_soft=sums[2].item() / seen, train_accuracy=sums[3].item() / seen,
-            val_accuracy=(val_logits.argmax(1) == val_set.y).float().mean().item(),
+            train_soft=sums[2].item() / seen,
+            train_accuracy=sums[3].item() / sums[4].item() if sums[4].item() else None,
+            val_accuracy=(None if not bool(val_labeled.any()) else
+                          (val_pred == val_set.y)[val_labeled].float().mean().item()),
             val_agreement=(None if teacher_val_logits is None else
-                           (val_logits.argmax(1) == teacher_val_logits.argmax(1)).float().mean().item()),
+                           (val_pred == teacher_val_logits.cpu().argmax(1)).float().mean().item()),
             lr=lr, seconds=time.perf_counter() - started, point=point,
         )
-        if best_acc is None or metrics.val_accuracy > best_acc:
-            best_acc, best_epoch, bad_epochs = metrics.val_accuracy, epoch + 1, 0
+        score = metrics.val_accuracy if metrics.val_accuracy is not None else metrics.val_agreement
+        if best_acc is None or score > best_acc:
+            best_acc, best_epoch, bad_epochs = score, epoch + 1, 0
             if hp.restore_best:
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
@@ -308,7 +332,8 @@ def train(
                 state["rng_cuda"] = torch.cuda.get_rng_state(device)
             callbacks.on_checkpoint(save_checkpoint(checkpoint_dir, epoch=epoch + 1, state=state))
     result.best_epoch, result.best_val_accuracy = best_epoch, best_acc
-    result.stopped_early = stop_now() and len(result.history) < hp.epochs
+    result.steps = step
+    result.stopped_early = stop_now() and len(result.history) < epochs
     if hp.restore_best and best_state is not None:
         model.load_state_dict(copy.deepcopy(best_state))
         result.restored_best = True

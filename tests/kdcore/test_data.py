@@ -120,7 +120,7 @@ def test_inspect_dataset_file(tmp_path):
     x, y = _xy(n=7, classes=4)
     report = inspect_dataset_file(_npz(tmp_path, x=x, y=y))
     assert report.to_dict() == {"format": "npz", "num_samples": 7, "input_shape": [3], "num_classes": 4,
-                                "label_histogram": [2, 2, 2, 1]}
+                                "label_histogram": [2, 2, 2, 1], "num_labeled": 7}
 
 
 def _bad_cases():
@@ -131,7 +131,6 @@ def _bad_cases():
     return [
         ({"x": x[:0], "y": y[:0]}, {}, "empty"),
         ({"y": y}, {}, "no array 'x'"),
-        ({"x": x}, {}, "no array 'y'"),
         ({"x": x, "y": y[:-1]}, {}, "'x' has 12 samples but 'y' has 11"),
         ({"x": x.astype(np.complex64), "y": y}, {}, "'x' has dtype complex64"),
         ({"x": np.array([["a"]] * 12), "y": y}, {}, "'x' has dtype <U1"),
@@ -140,7 +139,7 @@ def _bad_cases():
         ({"x": x, "y": y.reshape(12, 1)}, {}, "must be 1-D"),
         ({"x": nan_x, "y": y}, {}, "2 non-finite values.*first in sample 5"),
         ({"x": np.full((12, 3), 1e300), "y": y}, {}, "36 non-finite values"),  # overflows float32
-        ({"x": x, "y": y - 1}, {}, "must be >= 0; sample 0 has label -1"),
+        ({"x": x, "y": y - 2}, {}, "must be >= 0, or -1 for an unlabelled row; sample 0 has label -2"),
         ({"x": x, "y": y}, {"num_classes": 2}, "below 2.*sample 2 has label 2"),
         ({"x": x, "y": y * 100_000}, {}, "at most 100000 classes"),
         ({"x": x, "y": y}, {"max_samples": 11}, "12 samples is over the limit of 11"),
@@ -151,7 +150,7 @@ def _bad_cases():
 
 
 @pytest.mark.parametrize("arrays,kwargs,reason", _bad_cases(), ids=[
-    "empty", "missing-x", "missing-y", "length", "complex-x", "string-x", "float-y", "1d-x", "2d-y",
+    "empty", "missing-x", "length", "complex-x", "string-x", "float-y", "1d-x", "2d-y",
     "non-finite", "overflow", "negative-label", "label-too-big", "absurd-label", "too-many-samples",
     "too-big", "object-x", "object-y"])
 def test_npz_data_errors(tmp_path, arrays, kwargs, reason):
@@ -214,7 +213,6 @@ def test_csv_is_read(tmp_path):
 
 
 @pytest.mark.parametrize("columns,reason", [
-    ({"a": [1.0, 2.0], "b": [0, 1]}, "no 'label' column"),
     ({"a": ["x", "y"], "label": [0, 1]}, "column 'a' has type string"),
     ({"a": [1.0, 2.0], "label": [0.0, 1.0]}, "column 'label' has type double"),
     ({"a": [1.0, None, None], "label": [0, 1, 1]}, "column 'a' has 2 missing values; first at row 1"),
@@ -222,22 +220,21 @@ def test_csv_is_read(tmp_path):
     ({"a": [1.0, float("nan")], "label": [0, 1]}, "1 non-finite"),
     ({"label": [0, 1]}, "no feature columns"),
     ({"a": pa.array([], pa.float64()), "label": pa.array([], pa.int64())}, "no rows"),
-    ({"a": [1.0, 2.0], "label": [0, -1]}, "must be >= 0"),
-], ids=["no-label", "string", "float-label", "nulls", "null-label", "nan", "no-features", "empty", "negative"])
+    ({"a": [1.0, 2.0], "label": [0, -3]}, "must be >= 0, or -1"),
+], ids=["string", "float-label", "nulls", "null-label", "nan", "no-features", "empty", "negative"])
 def test_parquet_data_errors(tmp_path, columns, reason):
     with pytest.raises(DataError, match=reason):
         read_dataset_file(_parquet(tmp_path, columns))
 
 
 @pytest.mark.parametrize("text,reason", [
-    ("a,b\n1,0\n", "no 'label' column"),
     ("a,label\nx,0\ny,1\n", "column 'a' has type string"),
     ("a,label\n1,0.5\n2,1\n", "labels must be integers"),
     ("a,label\n1,0\n,1\n", "column 'a' has 1 missing values; first at row 1"),
     ("a,label\n1,0\ninf,1\n", "1 non-finite"),
     ("a,label\n", "no rows"),
     ("a,label\n1,0\n2,1\n3,1\n", "3 samples is over the limit of 2"),
-], ids=["no-label", "string", "float-label", "missing", "inf", "empty", "too-many"])
+], ids=["string", "float-label", "missing", "inf", "empty", "too-many"])
 def test_csv_data_errors(tmp_path, text, reason):
     with pytest.raises(DataError, match=reason):
         read_dataset_file(_csv(tmp_path, text), max_samples=2)
