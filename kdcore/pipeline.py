@@ -49,6 +49,9 @@ class PipelineCallbacks(Callbacks):
 
     def on_event(self, type: str, message: str, data: dict | None = None) -> None: ...
 
+    def on_teacher_progress(self, done: int, total: int) -> None:
+        """`done` of `total` training rows have their teacher logits (caching_teacher phase)."""
+
 
 @dataclass
 class Splits:
@@ -204,7 +207,8 @@ def run_distillation(spec: DistillSpec, *, out_dir: Path, checkpoint_dir: Path |
     # indices (positions in the training split) are not; they ignore the inputs anyway, so augmented
     # batches would get the same rows from the cache.
     cacheable = can_cache(teacher, hp) or teacher.needs_indices
-    train_logits = (compute_teacher_logits(teacher, splits.train.x, indices=splits.train_rows, device=device)
+    train_logits = (compute_teacher_logits(teacher, splits.train.x, indices=_source_rows(splits), device=device,
+                                           on_progress=cb.on_teacher_progress)
                     if cacheable else None)
     val_logits = _teacher_logits_for(teacher, splits.val, splits.val_rows, device)
     eval_logits = (val_logits if splits.test is None
@@ -409,6 +413,16 @@ class _RawInputTeacher:
         if name == "teacher":  # not set yet (copy, pickle): no recursion
             raise AttributeError(name)
         return getattr(self.teacher, name)
+
+
+def _source_rows(splits: Splits) -> torch.Tensor:
+    """Row indices for the teacher-logit cache: the training source's rows (what precomputed logits
+    are aligned with), then positions past them for the rows of unlabelled files (only teachers that
+    read inputs, never precomputed logits, see those: `_check_teacher`)."""
+    if not splits.extra_rows:
+        return splits.train_rows
+    start = int(splits.train_rows.max()) + 1 if splits.train_rows.numel() else 0
+    return torch.cat([splits.train_rows, torch.arange(start, start + splits.extra_rows)])
 
 
 def _teacher_logits_for(teacher: Teacher, split: ArrayDataset, rows: torch.Tensor | None,

@@ -247,3 +247,27 @@ def test_augment_that_does_not_fit_the_inputs_names_the_field(files, tmp_path):
     with pytest.raises(SpecError) as info:
         run_distillation(spec, out_dir=tmp_path, export_onnx_file=False)
     assert info.value.field == "hyperparameters.augment"
+
+
+def test_an_onnx_teacher_labels_100k_unlabelled_rows_in_bounded_chunks(files):
+    """The cache asks the ONNX session for at most one chunk of rows at a time, so the graph's
+    intermediate activations exist for one chunk only, and the result covers every row."""
+    from kdcore.teacher_logit_cache import compute_teacher_logits
+    from kdcore.teachers import load_teacher
+
+    teacher = load_teacher(files["onnx"], input_shape=(64,), num_classes=10)
+    asked: list[int] = []
+    inner = teacher.logits
+
+    def spy(x, indices=None):
+        asked.append(len(x))
+        return inner(x, indices)
+
+    teacher.logits = spy
+    x = torch.rand(100_000, 64) * 16
+    progress: list[tuple[int, int]] = []
+    logits = compute_teacher_logits(teacher, x, on_progress=lambda done, total: progress.append((done, total)))
+    assert logits.shape == (100_000, 10) and max(asked) <= 1024 and sum(asked) == 100_000
+    assert progress[-1] == (100_000, 100_000) and len(progress) == len(asked)
+    rows = torch.tensor([0, 51_234, 99_999])
+    assert torch.allclose(logits[rows], inner(x[rows]), atol=1e-5)
