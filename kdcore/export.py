@@ -112,16 +112,39 @@ def load_student(path: Path, *, device: str | torch.device = "cpu") -> nn.Module
     return model.to(device).eval()
 
 
+class _RawInputs(nn.Module):
+    """The student behind the input standardisation it was trained with: takes the inputs as the
+    user's files hold them, so the exported graph needs no preprocessing outside it."""
+
+    def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", mean.detach().float().cpu().clone())
+        self.register_buffer("std", std.detach().float().cpu().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
 def export_onnx(model: nn.Module, path: Path, *, opset: int = 17,
-                input_shape: tuple[int, ...] | None = None) -> None:
+                input_shape: tuple[int, ...] | None = None, standardizer: Any = None,
+                metadata: dict[str, Any] | None = None) -> None:
     """Export to ONNX (input "input", output "logits", dynamic batch axis) and check with
     onnxruntime that it reproduces PyTorch within 1e-4 on a random batch before writing `path`.
     `input_shape` (per sample) defaults to `model.input_shape`. The caller's model is untouched:
-    a CPU copy in eval mode is exported."""
-    import onnxruntime as ort  # late: only the export needs it
+    a CPU copy in eval mode is exported.
+
+    The graph is self-contained: with a `standardizer` (kdcore.data.Standardizer, the one the
+    student was trained behind) its (x − mean) / std is the graph's first step, so the ONNX file
+    takes raw inputs. `metadata` (plus input_shape, num_classes and what the input expects) goes
+    into the model's `metadata_props`, each value a string (JSON for everything not a string)."""
+    import onnx  # late: only the export needs it
+    import onnxruntime as ort
 
     shape = tuple(input_shape if input_shape is not None else model.input_shape)
     module = copy.deepcopy(model).cpu().eval()
+    if standardizer is not None:
+        module = _RawInputs(module, standardizer.mean, standardizer.std).eval()
     # Own generator: exporting must not advance the global RNG of a seeded run.
     generator = torch.Generator().manual_seed(0)
     example = torch.randn((2, *shape), generator=generator)
@@ -161,8 +184,17 @@ def export_onnx(model: nn.Module, path: Path, *, opset: int = 17,
         diff = float(np.abs(onnx_out - torch_out).max()) if same_shape else float("nan")
         raise KDError(f"the ONNX export does not reproduce PyTorch (max abs difference {diff:.3g}, "
                       f"shapes {onnx_out.shape} vs {torch_out.shape}); nothing was written")
+    props = {"format": "kdcore.student.onnx/v1", "input_shape": list(shape),
+             "num_classes": int(onnx_out.shape[-1]),
+             "input": ("raw features as in the training file: the graph standardises them itself"
+                       if standardizer is not None else "features as in the training file (no preprocessing)"),
+             **(metadata or {})}
+    proto = onnx.load_from_string(data)
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value if isinstance(value, str) else _to_json(value, key)
     with atomic_write(Path(path)) as f:
-        f.write(data)
+        f.write(proto.SerializeToString())
 
 
 def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

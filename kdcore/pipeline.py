@@ -280,7 +280,10 @@ def run_distillation(spec: DistillSpec, *, out_dir: Path, checkpoint_dir: Path |
     summary["onnx"] = None
     if export_onnx_file:
         try:
-            export_onnx(student, out_dir / ONNX_FILE)
+            export_onnx(student, out_dir / ONNX_FILE, standardizer=splits.standardizer,
+                        metadata={"arch": spec.student.arch, "metrics": {"accuracy": summary["student"]["accuracy"],
+                                                                          "evaluated_on": summary["evaluated_on"]},
+                                  **(extra_metadata or {})})
             summary["onnx"] = ONNX_FILE
         except Exception as e:  # the safetensors student stands; say why ONNX is missing
             cb.on_event("onnx_export_failed", f"ONNX export failed: {e}", {"error": str(e)})

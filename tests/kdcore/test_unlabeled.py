@@ -271,3 +271,25 @@ def test_an_onnx_teacher_labels_100k_unlabelled_rows_in_bounded_chunks(files):
     assert progress[-1] == (100_000, 100_000) and len(progress) == len(asked)
     rows = torch.tensor([0, 51_234, 99_999])
     assert torch.allclose(logits[rows], inner(x[rows]), atol=1e-5)
+
+
+@pytest.mark.parametrize("dataset", [{"builtin": "digits", "standardize": True},
+                                     {"builtin": "digits", "standardize": False, "labels_per_class": 10}],
+                         ids=["standardized", "raw"])
+def test_the_onnx_student_takes_raw_inputs_and_scores_the_reported_accuracy(files, tmp_path, dataset):
+    """The exported graph carries the input standardisation (issue 15's silent wrong result):
+    scored with onnxruntime on the raw test inputs it reproduces the job's reported accuracy."""
+    import onnx
+    import onnxruntime as ort
+
+    spec = _spec(files["state_dict"], dataset)
+    summary = run_distillation(spec, out_dir=tmp_path)
+    test = load_builtin("digits")["test"]
+    session = ort.InferenceSession(str(tmp_path / "student.onnx"), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"input": test.x.numpy()})
+    onnx_accuracy = float((logits.argmax(1) == test.y.numpy()).mean())
+    assert summary["evaluated_on"] == "test"
+    assert onnx_accuracy == pytest.approx(summary["student"]["accuracy"], abs=1e-9)
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "student.onnx")).metadata_props}
+    assert props["input_shape"] == "[64]" and props["num_classes"] == "10"
+    assert ("standardises" in props["input"]) == dataset["standardize"]
