@@ -30,6 +30,7 @@ from kdcore.export import export_onnx, save_student
 from kdcore.formats import read_safetensors_header, sniff_format
 from kdcore.models import build_model, check_input_shape, count_params, estimate_macs, resolve_arch_params
 from kdcore.spec import DistillSpec
+from kdcore.spec_checks import DataInfo, check_student
 from kdcore.teacher_logit_cache import can_cache, compute_teacher_logits
 from kdcore.teachers import Teacher, inspect_teacher_file, load_teacher
 from kdcore.distributed import train_data_parallel
@@ -149,9 +150,9 @@ def _read_split(path: str | None, field: str, train: ArrayDataset, num_classes: 
 
 
 def check_models(spec: DistillSpec, *, input_shape: tuple[int, ...], num_classes: int) -> None:
-    """Student architecture and parameters against the data; raises SpecError naming the field."""
-    params = resolve_arch_params(spec.student.arch, spec.student.arch_params, field="student.arch_params")
-    check_input_shape(spec.student.arch, params, input_shape, field="student.arch")
+    """Student architecture, parameters and size against the data; raises SpecError naming the field."""
+    check_student(spec.student.arch, spec.student.arch_params, DataInfo(input_shape, num_classes, 0),
+                  batch_size=spec.hyperparameters.batch_size)
     if spec.teacher.arch is not None:
         tparams = resolve_arch_params(spec.teacher.arch, spec.teacher.arch_params, field="teacher.arch_params")
         check_input_shape(spec.teacher.arch, tparams, input_shape, field="teacher.arch")

@@ -18,6 +18,14 @@ from kdcore.formats import read_safetensors_header
 from kdcore.models import build_model, check_input_shape, resolve_arch_params
 
 
+# What one student may cost (issue 16: an mlp of 16 × 65,536 units was accepted and the worker then
+# tried to allocate 17 GB). Parameters bound the weights, their gradients and the optimizer state
+# (AdamW: about 16 bytes per parameter in all); activations are the outputs of every layer for one
+# training batch, kept for the backward pass.
+MAX_STUDENT_PARAMETERS = 100_000_000
+MAX_ACTIVATION_BYTES = 8 * 1024**3
+
+
 @dataclass(frozen=True)
 class DataInfo:
     """What a job needs to know about its training data: per-sample shape, classes, rows."""
@@ -33,11 +41,50 @@ def builtin_info(name: str) -> DataInfo:
     return DataInfo(tuple(d["input_shape"]), d["num_classes"], d["num_samples"]["train"])
 
 
-def check_student(arch: str, arch_params: dict | None, data: DataInfo) -> dict[str, Any]:
-    """The student's resolved parameters; SpecError naming student.* when it cannot take the data."""
+def check_student(arch: str, arch_params: dict | None, data: DataInfo,
+                  batch_size: int | None = None) -> dict[str, Any]:
+    """The student's resolved parameters; SpecError naming student.* when it cannot take the data,
+    or when it is over MAX_STUDENT_PARAMETERS, or (with `batch_size`) its activations for one batch
+    are over MAX_ACTIVATION_BYTES. Measured on the meta device: nothing is allocated."""
     params = resolve_arch_params(arch, arch_params, field="student.arch_params")
     check_input_shape(arch, params, data.input_shape, field="student.arch")
+    num_classes = max(data.num_classes, 2)  # 0: no labelled row yet (the teacher decides later)
+    with torch.device("meta"):
+        model = build_model(arch, params, input_shape=data.input_shape, num_classes=num_classes)
+    count = sum(p.numel() for p in model.parameters())
+    if count > MAX_STUDENT_PARAMETERS:
+        raise SpecError(f"this student has {count:,} parameters, over the limit of {MAX_STUDENT_PARAMETERS:,} "
+                        "(MAX_STUDENT_PARAMETERS)", field="student.arch_params")
+    if batch_size is not None:
+        activations = activation_bytes(model, data.input_shape, batch_size)
+        if activations > MAX_ACTIVATION_BYTES:
+            raise SpecError(f"this student's activations for one batch of {batch_size} are about "
+                            f"{activations / 1024**3:.1f} GiB, over the limit of {MAX_ACTIVATION_BYTES / 1024**3:g} GiB "
+                            "(MAX_ACTIVATION_BYTES); lower hyperparameters.batch_size or the student's size",
+                            field="student.arch_params")
     return params
+
+
+def activation_bytes(model: torch.nn.Module, input_shape: tuple[int, ...], batch_size: int) -> int:
+    """float32 bytes of every leaf module's output for one batch: what the backward pass keeps.
+    `model` may live on the meta device (shapes only)."""
+    total = 0
+
+    def add(module, inputs, output) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * 4
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(add) for m in leaves]
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            model(torch.empty((batch_size, *input_shape), device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
 
 
 def check_state_dict_teacher(path: str, arch: str | None, arch_params: dict | None,

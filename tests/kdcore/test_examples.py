@@ -31,7 +31,8 @@ def test_there_is_a_spec_per_reference_setup():
 def test_each_spec_is_a_valid_sweep_with_a_baseline(path):
     spec = DistillSpec.from_dict(json.loads(path.read_text()))
     assert spec.baseline is True and spec.hyperparameters.is_sweep
-    assert len(spec.hyperparameters.grid()) == 6
+    assert len(spec.hyperparameters.grid()) == 9
+    assert 1.0 in spec.hyperparameters.alpha  # labels alone is a point: the sweep never does worse than it
     assert spec.teacher.path.startswith("examples/teachers/") and spec.teacher.arch
 
 

@@ -293,3 +293,27 @@ def test_the_onnx_student_takes_raw_inputs_and_scores_the_reported_accuracy(file
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "student.onnx")).metadata_props}
     assert props["input_shape"] == "[64]" and props["num_classes"] == "10"
     assert ("standardises" in props["input"]) == dataset["standardize"]
+
+
+# ---- student size (issue 16 item 5) ----
+
+def test_a_student_over_the_parameter_limit_is_refused_without_allocating():
+    from kdcore.spec_checks import MAX_STUDENT_PARAMETERS, DataInfo, check_student
+
+    with pytest.raises(SpecError) as info:
+        check_student("mlp", {"hidden_sizes": [65_536] * 16}, DataInfo((64,), 10, 100))
+    assert info.value.field == "student.arch_params"
+    assert f"{MAX_STUDENT_PARAMETERS:,}" in info.value.message and "64,430,407,690 parameters" in info.value.message
+
+
+def test_activation_memory_per_batch_is_bounded():
+    from kdcore.spec_checks import DataInfo, activation_bytes, check_student
+    from kdcore.models import build_model
+
+    model = build_model("mlp", {"hidden_sizes": [32]}, input_shape=(64,), num_classes=10)
+    # Linear 64->32, ReLU, Linear 32->10 outputs for a batch of 8 (dropout 0 may add an identity)
+    assert activation_bytes(model, (64,), 8) >= (32 + 32 + 10) * 8 * 4
+    check_student("resnet32x4", {}, DataInfo((3, 32, 32), 10, 100), batch_size=128)
+    with pytest.raises(SpecError) as info:
+        check_student("resnet32x4", {}, DataInfo((3, 32, 32), 10, 100), batch_size=65_536)
+    assert info.value.field == "student.arch_params" and "GiB" in info.value.message
