@@ -122,7 +122,7 @@ def scratch_every_label(spec_dict: dict) -> float:
 def few_labels(names: list[str], seeds: list[int], command: str,
                all_runs: list[dict]) -> tuple[dict[str, tuple[float, float, float]], list[str]]:
     """The few-labels table and its notes, and per setup the mean (scratch, distilled, every label)."""
-    rows, notes, stats_rows = [], [], []
+    rows, notes, stats_rows, aug_effects = [], [], [], []
     for name in names:
         setup, dataset, hyper, aug = FEW_LABELS[name]
         base = json.loads((HERE / f"{setup}.json").read_text())
@@ -149,6 +149,7 @@ def few_labels(names: list[str], seeds: list[int], command: str,
                   f"{distilled[-1]:.4f} +{','.join(aug)} {augmented[-1]:.4f} every label {ceiling[-1]:.4f} "
                   f"({chosen[-1]}) {time.perf_counter() - t0:.0f}s", flush=True)
         stats_rows.append((name, scratch, distilled, ceiling))
+        aug_effects.append((name, ", ".join(aug), statistics.mean(augmented) - statistics.mean(distilled)))
         rows_info = s["student"]["train_rows"]
         gain = [d - c for d, c in zip(distilled, scratch)]
         rows.append(f"| {name} | {rows_info['labeled']:,} + {rows_info['unlabeled']:,} | {ms(teacher)} | "
@@ -171,7 +172,24 @@ def few_labels(names: list[str], seeds: list[int], command: str,
             f"Command: `{command}`.", "",
             "| setup | labelled + unlabelled rows | teacher | scratch | distilled | + augmentation | every label "
             "| distilled − scratch | chosen T/α per seed |", "|---|---|---|---|---|---|---|---|---|",
-            *rows, "", *notes, ""]
+            *rows, "", *notes, "", augmentation_sentence(aug_effects), ""]
+
+
+def augmentation_sentence(effects: list[tuple[str, str, float]]) -> str:
+    """What the augmented views did, from the means (within 1 point counts as no change)."""
+    helped = [f"{n} ({a}, {100 * d:+.1f})" for n, a, d in effects if d > 0.01]
+    hurt = [f"{n} ({a}, {100 * d:+.1f})" for n, a, d in effects if d < -0.01]
+    same = [f"{n} ({a}, {100 * d:+.1f})" for n, a, d in effects if abs(d) <= 0.01]
+    parts = []
+    if helped:
+        parts.append("added to the gain on " + ", ".join(helped))
+    if same:
+        parts.append("changed it by less than a point on " + ", ".join(same))
+    if hurt:
+        parts.append("cost accuracy on " + ", ".join(hurt) + " (augmented views are harder examples; in these "
+                     "short budgets the student sees each view once or twice)")
+    return ("**Augmented views** (the teacher labelling each one live), against distilled without them, "
+            "points: " + "; ".join(parts) + ".") if parts else ""
 
 
 def verdict_sentence(few: dict[str, tuple[float, float, float]], every: dict[str, float]) -> str:
