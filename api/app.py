@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
+from pathlib import Path
+
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
+from swagger_ui_bundle import swagger_ui_path
 
 from api import problems
 from api.body_limit import BodyLimitMiddleware
@@ -19,6 +25,9 @@ from jobs.settings import Settings
 DESCRIPTION = """Distil a trained classifier (the teacher) into a smaller student, and get back the
 evidence: teacher, distilled student and the same student trained from scratch, side by side.
 Authenticate with `Authorization: Bearer <key>`. Errors are RFC 9457 problem+json."""
+
+
+DOCS_ASSETS = "/docs-assets"
 
 
 class ProblemModel(BaseModel):
@@ -46,7 +55,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         app.state.engine.dispose()
 
-    app = FastAPI(title="Distillation service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # /docs is served with Swagger UI's assets from the app itself (the swagger-ui-bundle package),
+    # not from a CDN: it works on a machine without internet. ReDoc has no packaged bundle, so
+    # /redoc is not served.
+    app = FastAPI(title="Distillation service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.engine = make_engine(settings.db_url)
     app.state.sessionmaker = make_sessionmaker(app.state.engine)
@@ -58,6 +71,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(files.router)
     app.include_router(jobs.router)
     app.include_router(ui.router)  # the dashboard at /ui (api/routes/ui.py)
+    app.mount(DOCS_ASSETS, StaticFiles(directory=Path(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API docs",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
 
     original_openapi = app.openapi
 
