@@ -15,45 +15,70 @@ from api.schemas.jobs import JobCreate
 from jobs import files_repo
 from jobs.artifact_store import ArtifactStore
 from jobs.errors import NotFound
+from kdcore.augment import check_input_shape as check_augment_shape
+from kdcore.data import MAX_DATASET_BYTES, MAX_SAMPLES
 from kdcore.errors import KDError, SpecError
 from kdcore.spec import DistillSpec
 from kdcore.spec_checks import (DataInfo, builtin_info, check_state_dict_teacher, check_student,
                                 check_teacher_info)
 
-# kdcore's spec names paths; the service's names file ids. (api field, kdcore field, purposes)
+# kdcore's spec names paths; the service's names file ids. (api field, kdcore field, purposes);
+# a field whose name ends in "s" holds a list of files.
 FILE_FIELDS = (
     ("teacher.file_id", "teacher.path", ("teacher", "teacher_logits")),
     ("student.init_file_id", "student.init_path", ("student_init",)),
     ("dataset.train_file_id", "dataset.train_path", ("dataset",)),
     ("dataset.validation_file_id", "dataset.validation_path", ("dataset",)),
     ("dataset.test_file_id", "dataset.test_path", ("dataset",)),
+    ("dataset.unlabeled_file_ids", "dataset.unlabeled_paths", ("dataset",)),
 )
 KD_TO_API_FIELD = {kd: api for api, kd, _ in FILE_FIELDS}
 
 
+def is_list_field(api_field: str) -> bool:
+    return api_field.endswith("_ids")
+
+
 def resolve_spec(session: Session, *, tenant_id: str, body: JobCreate, store: ArtifactStore) -> dict[str, Any]:
-    """The resolved spec (every default filled in, file ids kept) or a SpecError naming the field."""
+    """The resolved spec (every default filled in, file ids kept) or a SpecError naming the field.
+
+    kdcore's path fields are given the file ids as opaque references while the spec is checked
+    (nothing here reads a file but a state-dict teacher's header, through its row); the worker
+    resolves the ids to local paths."""
     raw = body.model_dump(exclude_none=True)
-    rows = {}
+    rows: dict[str, Any] = {}  # api field (an indexed one for list items) -> file row
     for api_field, kd_field, purposes in FILE_FIELDS:
-        file_id = _pop(raw, api_field)
-        if file_id is None:
+        value = _pop(raw, api_field)
+        if value is None:
             continue
-        rows[api_field] = row = _own_file(session, tenant_id, file_id, api_field, purposes)
-        _put(raw, kd_field, row.storage_key)  # a stand-in: nothing here reads the file but a state-dict teacher
+        ids = value if is_list_field(api_field) else [value]
+        for i, file_id in enumerate(ids):
+            where = f"{api_field}[{i}]" if is_list_field(api_field) else api_field
+            rows[where] = _own_file(session, tenant_id, file_id, where, purposes)
+        _put(raw, kd_field, value)
     try:
         spec = DistillSpec.from_dict(raw)
-        data = _data_info(spec, rows)
-        spec.student.arch_params = check_student(spec.student.arch, spec.student.arch_params, data)
+        data, labeled = _data_info(spec, rows)
+        spec.resolve_labels(labeled)
+        spec.student.arch_params = check_student(spec.student.arch, spec.student.arch_params, data,
+                                                 batch_size=spec.hyperparameters.batch_size)
+        check_augment_shape(spec.hyperparameters.augmentations, data.input_shape)
         _check_teacher(spec, rows["teacher.file_id"], data, store)
     except KDError as e:
-        raise SpecError(e.message, field=KD_TO_API_FIELD.get(e.field, e.field)) from None
+        raise SpecError(e.message, field=_api_field(e.field)) from None
 
     resolved = spec.to_dict()
     for api_field, kd_field, _ in FILE_FIELDS:
-        _pop(resolved, kd_field)
-        _put(resolved, api_field, rows[api_field].id if api_field in rows else None)
+        _put(resolved, api_field, _pop(resolved, kd_field))
     return resolved
+
+
+def _api_field(kd_field: str | None) -> str | None:
+    """The service's name for a field kdcore named (file fields, list items included)."""
+    if kd_field is None:
+        return None
+    name, bracket, index = kd_field.partition("[")
+    return KD_TO_API_FIELD.get(name, name) + bracket + index
 
 
 def _own_file(session: Session, tenant_id: str, file_id: str, field: str, purposes: tuple[str, ...]):
@@ -68,25 +93,69 @@ def _own_file(session: Session, tenant_id: str, file_id: str, field: str, purpos
     return row
 
 
-def _data_info(spec: DistillSpec, rows: dict) -> DataInfo:
+def _data_info(spec: DistillSpec, rows: dict) -> tuple[DataInfo, int]:
+    """The training data's shape, classes and rows (unlabelled files' rows included), and how many
+    of those rows are labelled. Classes are 0 when no labelled row says (the teacher decides)."""
     if spec.dataset.builtin is not None:
-        return builtin_info(spec.dataset.builtin)
-    info = rows["dataset.train_file_id"].info
-    data = DataInfo(tuple(info["input_shape"]), int(info["num_classes"]), int(info["num_samples"]))
+        data = builtin_info(spec.dataset.builtin)
+        labeled = data.num_samples
+        if spec.dataset.labels_per_class is not None:
+            labeled = min(labeled, spec.dataset.labels_per_class * data.num_classes)
+        size = 0
+    else:
+        info = rows["dataset.train_file_id"].info
+        data = DataInfo(tuple(info["input_shape"]), int(info["num_classes"]), int(info["num_samples"]))
+        labeled = _num_labeled(info)
+        if spec.dataset.labels_per_class is not None:
+            labeled = min(labeled, spec.dataset.labels_per_class * max(data.num_classes, 1))
+        size = rows["dataset.train_file_id"].bytes
+    total = data.num_samples
+    classes = data.num_classes
+    for where in sorted(k for k in rows if k.startswith("dataset.unlabeled_file_ids[")):
+        row = rows[where]
+        info = row.info
+        if tuple(info["input_shape"]) != data.input_shape:
+            raise SpecError(f"input shape {info['input_shape']} differs from the training set's "
+                            f"{list(data.input_shape)}", field=where)
+        if data.num_classes and int(info["num_classes"]) > data.num_classes:
+            raise SpecError(f"has labels up to {info['num_classes'] - 1} but the training set has "
+                            f"{data.num_classes} classes", field=where)
+        classes = max(classes, int(info["num_classes"]))
+        labeled += _num_labeled(info)
+        total += int(info["num_samples"])
+        size += row.bytes
+    if total > MAX_SAMPLES:
+        raise SpecError(f"the training data has {total:,} rows with the unlabelled files, over the limit of "
+                        f"{MAX_SAMPLES:,} (MAX_SAMPLES)", field="dataset.unlabeled_file_ids")
+    if size > MAX_DATASET_BYTES:
+        raise SpecError(f"the training files hold {size:,} bytes with the unlabelled files, over the limit of "
+                        f"{MAX_DATASET_BYTES:,} (MAX_DATASET_BYTES)", field="dataset.unlabeled_file_ids")
+    data = DataInfo(data.input_shape, classes, total)
     for field in ("dataset.validation_file_id", "dataset.test_file_id"):
         if field in rows:
             other = rows[field].info
             if tuple(other["input_shape"]) != data.input_shape:
                 raise SpecError(f"input shape {other['input_shape']} differs from the training set's "
                                 f"{list(data.input_shape)}", field=field)
-            if int(other["num_classes"]) > data.num_classes:
+            if data.num_classes and int(other["num_classes"]) > data.num_classes:
                 raise SpecError(f"has labels up to {other['num_classes'] - 1} but the training set has "
                                 f"{data.num_classes} classes", field=field)
-    return data
+    return data, labeled
+
+
+def _num_labeled(info: dict) -> int:
+    # a file described before unlabelled rows existed had every row labelled
+    return int(info.get("num_labeled", info["num_samples"]))
 
 
 def _check_teacher(spec: DistillSpec, row, data: DataInfo, store: ArtifactStore) -> None:
     info = row.info or {}
+    if data.num_classes == 0 and info.get("num_classes"):  # no labelled row: the teacher's classes
+        data = DataInfo(data.input_shape, int(info["num_classes"]), data.num_samples)
+    if info.get("kind") == "logits" and spec.dataset.unlabeled_paths:
+        raise SpecError("precomputed teacher logits cover the training file's rows only and cannot label "
+                        "extra inputs: upload the teacher itself (safetensors or ONNX)",
+                        field="dataset.unlabeled_file_ids")
     if info.get("kind") == "state_dict":
         if info.get("num_classes") not in (None, data.num_classes):
             raise SpecError(f"the teacher's last layer has {info['num_classes']} outputs but the dataset has "

@@ -90,11 +90,21 @@ def verdict(result: dict[str, Any]) -> str:
     student = result.get("student") or {}
     baseline = result.get("baseline")
     gain = _num(result.get("distillation_gain"))
+    if student.get("accuracy") is None and student.get("agreement") is not None:
+        return (f"No labelled row to score accuracy on (the training data had no labels, and no labelled test "
+                f"file was given): the student agrees with the teacher on {_pct(student.get('agreement'))} of the "
+                f"{split} split.")
     if not baseline or gain is None:
         return (f"No baseline was trained, so there is no measure of what distillation gained; the student "
                 f"reached {_pct(student.get('accuracy'))} accuracy on the {split} split.")
     points = abs(gain) * 100
-    both = f"(student {_pct(student.get('accuracy'))} vs baseline {_pct(baseline.get('accuracy'))})"
+    both = f"(student {_pct(student.get('accuracy'))} vs baseline {_pct(baseline.get('accuracy'))}"
+    rows, base_rows = student.get("train_rows"), baseline.get("train_rows")
+    if rows and base_rows and rows.get("unlabeled"):
+        both += (f"; the student learned from {rows['labeled']:,} labelled and {rows['unlabeled']:,} unlabelled "
+                 f"rows, the baseline from the {base_rows['labeled']:,} labelled rows, "
+                 f"{_int(baseline.get('steps'))} optimizer steps each")
+    both += ")"
     if gain > 0:
         return f"Distillation beat the baseline by {points:.2f} percentage points on the {split} split {both}."
     if gain < 0:
@@ -273,7 +283,8 @@ def render_report(job: dict[str, Any], metrics: list[dict[str, Any]]) -> str:
                                       "early_stopping_patience", "restore_best") if k in hp}
     for run in ("student", "baseline"):  # what early stopping and best-epoch selection did
         record = result.get(run) or {}
-        ran = {k: record[k] for k in ("epochs_run", "best_epoch", "stopped_early", "restored_best") if k in record}
+        ran = {k: record[k] for k in ("train_rows", "steps", "epochs_run", "best_epoch", "stopped_early",
+                                      "restored_best") if k in record}
         if ran:
             details[f"{run} run"] = ran
     parts = [

@@ -333,7 +333,9 @@ class _SweepPointCallbacks(Callbacks):
 
     def on_epoch_end(self, m: EpochMetrics) -> None:
         self.outer.on_event("sweep_epoch", f"sweep point {self.point + 1}/{self.points} (T={self.temperature:g}, "
-                            f"alpha={self.alpha:g}) epoch {m.epoch}/{m.epochs}: val accuracy {m.val_accuracy:.4f}",
+                            f"alpha={self.alpha:g}) epoch {m.epoch}/{m.epochs}: "
+                            + (f"val accuracy {m.val_accuracy:.4f}" if m.val_accuracy is not None
+                               else f"val agreement {m.val_agreement:.4f}"),
                             {**m.to_dict(), "temperature": self.temperature, "alpha": self.alpha})
 
     def should_stop(self) -> bool:
@@ -361,26 +363,29 @@ def _sweep(hp, train_student, val: ArrayDataset, val_logits: torch.Tensor | None
         point_hp = replace(hp, temperature=t, alpha=a)
         model, run = train_student(point_hp, i, len(grid), _SweepPointCallbacks(cb, i, len(grid), t, a),
                                    None if checkpoint_dir is None else checkpoint_dir / f"student-{i}")
-        logits = predict_logits(model, val.x, device=device)
-        acc = (logits.argmax(1) == val.y.to(logits.device)).float().mean().item()
+        logits = predict_logits(model, val.x, device=device).cpu()
+        labeled = val.labeled
+        acc = ((logits.argmax(1) == val.y)[labeled].float().mean().item() if bool(labeled.any()) else None)
         agree = (None if val_logits is None else
-                 (logits.argmax(1) == val_logits.to(logits.device).argmax(1)).float().mean().item())
+                 (logits.argmax(1) == val_logits.cpu().argmax(1)).float().mean().item())
         points.append({"temperature": t, "alpha": a, "val_accuracy": acc, "val_agreement": agree,
                        "epochs_run": run.epochs_completed, "best_epoch": run.best_epoch,
                        "stopped_early": run.stopped_early,
                        "history": [{"epoch": m.epoch, "train_loss": m.train_loss, "val_accuracy": m.val_accuracy,
                                     "val_agreement": m.val_agreement} for m in run.history]})
-        cb.on_event("sweep_point", f"sweep point {i + 1}/{len(grid)} (T={t:g}, alpha={a:g}): "
-                    f"val accuracy {acc:.4f}", {k: v for k, v in points[-1].items() if k != "history"})
-        key = (acc, -1.0 if agree is None else agree)
+        score = f"val accuracy {acc:.4f}" if acc is not None else f"val agreement {agree:.4f}"
+        cb.on_event("sweep_point", f"sweep point {i + 1}/{len(grid)} (T={t:g}, alpha={a:g}): {score}",
+                    {k: v for k, v in points[-1].items() if k != "history"})
+        key = (-1.0 if acc is None else acc, -1.0 if agree is None else agree)
         if best is None or key > best[0]:  # strictly better: ties keep the earlier point
             best = (key, i, model, run)
         else:
             del model
     _, index, student, run = best
     chosen = points[index]
-    cb.on_event("sweep_best", f"sweep chose T={chosen['temperature']:g}, alpha={chosen['alpha']:g} "
-                f"(val accuracy {chosen['val_accuracy']:.4f})",
+    best_score = (f"val accuracy {chosen['val_accuracy']:.4f}" if chosen["val_accuracy"] is not None
+                  else f"val agreement {chosen['val_agreement']:.4f}")
+    cb.on_event("sweep_best", f"sweep chose T={chosen['temperature']:g}, alpha={chosen['alpha']:g} ({best_score})",
                 {"index": index, "temperature": chosen["temperature"], "alpha": chosen["alpha"]})
     for m in run.history:  # the student's per-epoch record is the chosen point's
         cb.on_epoch_end(m)

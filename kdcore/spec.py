@@ -424,7 +424,8 @@ FIELD_HELP: dict[str, str] = {
                                                "many epochs; null = off (default)",
     "hyperparameters.restore_best": "end each run with the weights of its epoch with the best validation accuracy "
                                     "(default false)",
-    "baseline": "also train the same student from scratch with the same data, budget and seed (default true)",
+    "baseline": "also train the same student from scratch on the labelled rows, for the same number of optimizer "
+                "steps and seed (default true; false when no training row is labelled)",
     "metadata": "free-form JSON object stored with the job and the student file",
     "resources.device": "cpu (default) or cuda: the kind of machine the job runs on; the service routes it to "
                         "the queue kd.cpu or kd.cuda.<gpus>",

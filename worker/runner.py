@@ -160,6 +160,7 @@ class JobRun(PipelineCallbacks):
             student["init_path"] = path_of(student.pop("init_file_id", None))
             for name in ("train", "validation", "test"):
                 dataset[f"{name}_path"] = path_of(dataset.pop(f"{name}_file_id", None))
+            dataset["unlabeled_paths"] = [path_of(i) for i in dataset.pop("unlabeled_file_ids", None) or []]
         spec = DistillSpec.from_dict(raw)
         if spec.hyperparameters.device == "auto":  # the job's queue decided the device (jobs/routing.py)
             spec.hyperparameters.device = spec.resources.device
@@ -267,7 +268,8 @@ class JobRun(PipelineCallbacks):
             self._fenced(lifecycle.add_event_once(
                 s, job_id=self.job_id, attempt=self.attempt, type="epoch", data=m.to_dict(), key=EPOCH_KEY,
                 message=f"{m.run} epoch {m.epoch}/{m.epochs}: loss {m.train_loss:.4f}, "
-                        f"val accuracy {m.val_accuracy:.4f}") is not None)
+                        + (f"val accuracy {m.val_accuracy:.4f}" if m.val_accuracy is not None
+                           else f"val agreement {m.val_agreement:.4f} (no labelled validation row)")) is not None)
             s.commit()
         self._progress(epoch=m.epoch, step=None, steps=None, run=m.run, force=True)
 
@@ -279,6 +281,10 @@ class JobRun(PipelineCallbacks):
         self._write(lifecycle.add_event_once, type="checkpoint", key=EPOCH_KEY,
                     message=f"{self.current_run}: checkpoint after epoch {info.epoch}",
                     data={"run": self.current_run, "epoch": info.epoch, "sha256": info.sha256, "bytes": info.bytes})
+
+    def on_teacher_progress(self, done: int, total: int) -> None:
+        # progress.step/steps count the training rows the teacher has labelled (caching_teacher)
+        self._progress(step=done, steps=total, force=done == total)
 
     def on_resume(self, *, run: str, epoch: int, skipped) -> None:
         self.current_run = run
@@ -304,6 +310,8 @@ class JobRun(PipelineCallbacks):
     def _fraction(self, epoch, step, steps) -> float:
         train_share = 1.0 - SETUP_SHARE - FINISH_SHARE
         runs = 2 if self.baseline else 1
+        if self.phase == "caching_teacher" and step and steps:  # rows labelled by the teacher so far
+            return SETUP_SHARE * (0.5 + 0.5 * step / steps)
         if self.phase in ("loading", "caching_teacher"):
             return 0.0 if self.phase == "loading" else SETUP_SHARE / 2
         if self.phase in ("evaluating", "exporting"):

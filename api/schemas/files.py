@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class Purpose(str, Enum):
@@ -30,6 +30,9 @@ class FileOut(BaseModel):
     num_classes: int | None = None
     parameters: int | None = None
     label_histogram: list[int] | None = None
+    num_labeled: int | None = Field(None, description="datasets: rows with a label (the others are inputs only: "
+                                                       "an .npz with x only, a table without a label column, "
+                                                       "or label -1)")
     kind: str | None = None  # teachers: state_dict, onnx or logits
 
     @classmethod
@@ -37,6 +40,8 @@ class FileOut(BaseModel):
         info = row.info or {}
         return cls(id=row.id, purpose=row.purpose, format=row.format, filename=row.filename, bytes=row.bytes,
                    sha256=row.sha256, created_at=row.created_at,
+                   # a dataset described before unlabelled rows existed had every row labelled
+                   num_labeled=info.get("num_labeled", info.get("num_samples") if row.purpose == "dataset" else None),
                    **{k: info.get(k) for k in ("num_samples", "input_shape", "num_classes", "parameters",
                                                "label_histogram", "kind")})
 

@@ -69,7 +69,21 @@ def _number_or_list(value: Any) -> float | list[float]:
     return number(value)
 
 
+def _name_or_list(value: Any) -> str | list[str]:
+    """A name, or a list of names (hyperparameters.augment); which names is kdcore's to check."""
+    def name(v: Any) -> str:
+        if not isinstance(v, str):
+            raise ValueError("must be a string or a list of strings")
+        return _storable(v)
+
+    if isinstance(value, list):
+        return [name(v) for v in value]
+    return name(value)
+
+
 Text = Annotated[str, AfterValidator(_storable)]
+NameOrList = Annotated[Any, PlainValidator(_name_or_list), WithJsonSchema(
+    {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})]
 NumberOrList = Annotated[Any, PlainValidator(_number_or_list), WithJsonSchema(
     {"anyOf": [{"type": "number"}, {"type": "array", "items": {"type": "number"}, "minItems": 1}]})]
 Params = Annotated[dict[str, Any], AfterValidator(_storable)]
@@ -106,6 +120,9 @@ class DatasetIn(_In):
     test_file_id: Text | None = Field(None, description=FIELD_HELP["dataset.test_path"])
     validation_fraction: float | None = Field(None, description=FIELD_HELP["dataset.validation_fraction"])
     standardize: bool | None = Field(None, description=FIELD_HELP["dataset.standardize"])
+    unlabeled_file_ids: list[Text] | None = Field(None, description="ids of dataset files (purpose dataset). "
+                                                  + FIELD_HELP["dataset.unlabeled_paths"])
+    labels_per_class: int | None = Field(None, description=FIELD_HELP["dataset.labels_per_class"])
 
 
 class HyperparametersIn(_In):
@@ -123,8 +140,10 @@ class HyperparametersIn(_In):
     gamma: float | None = Field(None, description=FIELD_HELP["hyperparameters.gamma"])
     grad_clip_norm: float | None = Field(None, description=FIELD_HELP["hyperparameters.grad_clip_norm"])
     seed: int | None = Field(None, description=FIELD_HELP["hyperparameters.seed"])
-    augment: Text | None = Field(None, description=FIELD_HELP["hyperparameters.augment"])
+    augment: NameOrList | None = Field(None, description=FIELD_HELP["hyperparameters.augment"])
     noise_std: float | None = Field(None, description=FIELD_HELP["hyperparameters.noise_std"])
+    shift_max: int | None = Field(None, description=FIELD_HELP["hyperparameters.shift_max"])
+    mixup_alpha: float | None = Field(None, description=FIELD_HELP["hyperparameters.mixup_alpha"])
     device: Text | None = Field(None, description=FIELD_HELP["hyperparameters.device"])
     early_stopping_patience: int | None = Field(None, description=FIELD_HELP["hyperparameters.early_stopping_patience"])
     restore_best: bool | None = Field(None, description=FIELD_HELP["hyperparameters.restore_best"])
@@ -141,7 +160,7 @@ class JobCreate(_In):
     student: StudentIn = Field(default_factory=StudentIn)
     dataset: DatasetIn = Field(default_factory=lambda: DatasetIn(builtin="digits"))
     hyperparameters: HyperparametersIn = Field(default_factory=HyperparametersIn)
-    baseline: bool = Field(True, description=FIELD_HELP["baseline"])
+    baseline: bool | None = Field(None, description=FIELD_HELP["baseline"])  # None: kdcore decides (true unless no row is labelled)
     metadata: Metadata = Field(default_factory=dict, description=FIELD_HELP["metadata"])
     resources: ResourcesIn = Field(default_factory=ResourcesIn,
                                    description="what the job needs from the machine that runs it; routes it to a queue")
