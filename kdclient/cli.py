@@ -98,8 +98,15 @@ HYPER_FLAGS = {  # CLI parameter name -> hyperparameters field
     "batch_size": "batch_size", "lr": "learning_rate", "weight_decay": "weight_decay",
     "optimizer": "optimizer", "momentum": "momentum", "schedule": "schedule", "step_size": "step_size",
     "gamma": "gamma", "grad_clip_norm": "grad_clip_norm", "seed": "seed", "augment": "augment",
-    "noise_std": "noise_std", "device": "device",
+    "noise_std": "noise_std", "device": "device", "shift_max": "shift_max", "mixup_alpha": "mixup_alpha",
 }
+
+
+def _augment_value(value: str | None) -> str | list[str] | None:
+    """--augment: "none", one name, or a comma-separated list (e.g. shift,mixup)."""
+    if value is None or "," not in value:
+        return value
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def _json_option(value: str | None, flag: str, *, obj: bool = True) -> Any:
@@ -135,7 +142,8 @@ def build_spec(base: dict[str, Any] | None = None, *, teacher_file: str | None =
                validation_file: str | None = None, test_file: str | None = None,
                validation_fraction: float | None = None, standardize: bool | None = None,
                hyperparameters: dict[str, Any] | None = None, baseline: bool | None = None,
-               metadata: dict | None = None, resources: dict[str, Any] | None = None) -> dict[str, Any]:
+               metadata: dict | None = None, resources: dict[str, Any] | None = None,
+               unlabeled_files: list[str] | None = None, labels_per_class: int | None = None) -> dict[str, Any]:
     """The body of POST /v1/jobs: `base` (a spec file) with every given flag on top of it."""
     spec = copy.deepcopy(base or {})
 
@@ -169,11 +177,16 @@ def build_spec(base: dict[str, Any] | None = None, *, teacher_file: str | None =
         data["train_file_id"] = train_file
         data.pop("builtin", None)
     for key, value in (("validation_file_id", validation_file), ("test_file_id", test_file),
-                       ("validation_fraction", validation_fraction), ("standardize", standardize)):
+                       ("validation_fraction", validation_fraction), ("standardize", standardize),
+                       ("labels_per_class", labels_per_class)):
         if value is not None:
             data[key] = value
+    if unlabeled_files:
+        data["unlabeled_file_ids"] = [*(data.get("unlabeled_file_ids") or []), *unlabeled_files]
     hp = section("hyperparameters")
     hp.update({k: v for k, v in (hyperparameters or {}).items() if v is not None})
+    if "augment" in hp:
+        hp["augment"] = _augment_value(hp["augment"]) if isinstance(hp["augment"], str) else hp["augment"]
     if baseline is not None:
         spec["baseline"] = baseline
     res = section("resources")
@@ -291,15 +304,24 @@ def result_table(result: dict[str, Any]) -> Table:
     table = Table(title=f"evaluated on {result.get('evaluated_on', '?')} ({result.get('num_eval_samples', '?')} "
                         "samples)", title_justify="left")
     table.add_column("model")
-    for name in ("accuracy", "agreement", "parameters", "latency"):
+    for name in ("accuracy", "agreement", "parameters", "latency", "trained on (labelled + unlabelled)"):
         table.add_column(name, justify="right")
+
+    def rows(run: dict[str, Any]) -> str:
+        counts = run.get("train_rows")
+        if not counts:
+            return "-"
+        steps = f", {run['steps']:,} steps" if run.get("steps") is not None else ""
+        return f"{counts['labeled']:,} + {counts['unlabeled']:,}{steps}"
+
     table.add_row("teacher", _fmt(teacher.get("accuracy"), ".2%"), "-", _fmt(teacher.get("parameters"), ","),
-                  _fmt(teacher.get("latency_ms"), ".3f", " ms"))
+                  _fmt(teacher.get("latency_ms"), ".3f", " ms"), "-")
     table.add_row("student (distilled)", _fmt(student.get("accuracy"), ".2%"), _fmt(student.get("agreement"), ".2%"),
-                  _fmt(student.get("parameters"), ","), _fmt(student.get("latency_ms"), ".3f", " ms"))
+                  _fmt(student.get("parameters"), ","), _fmt(student.get("latency_ms"), ".3f", " ms"), rows(student))
     if result.get("baseline") is not None:
         table.add_row("baseline (no teacher)", _fmt(baseline.get("accuracy"), ".2%"),
-                      _fmt(baseline.get("agreement"), ".2%"), _fmt(student.get("parameters"), ","), "-")
+                      _fmt(baseline.get("agreement"), ".2%"), _fmt(student.get("parameters"), ","), "-",
+                      rows(baseline))
     gain = result.get("distillation_gain")
     table.caption = (f"compression {_fmt(result.get('compression'), '.1f', 'x')}, "
                      f"speedup {_fmt(result.get('speedup'), '.1f', 'x')}, distillation gain "
@@ -322,6 +344,7 @@ def _file_table(files: list[File]) -> Table:
 def _describe_file(f: File) -> str:
     extra = [f"{f.kind}" if f.kind else None,
              f"{f.num_samples} samples" if f.num_samples is not None else None,
+             f"{f.num_labeled} labelled" if f.num_labeled is not None else None,
              f"input {f.input_shape}" if f.input_shape else None,
              f"{f.num_classes} classes" if f.num_classes is not None else None,
              f"{f.parameters:,} parameters" if f.parameters is not None else None]
@@ -534,7 +557,14 @@ StepSize = Annotated[Optional[int], typer.Option("--step-size", rich_help_panel=
 Gamma = Annotated[Optional[float], typer.Option("--gamma", rich_help_panel=_H)]
 GradClip = Annotated[Optional[float], typer.Option("--grad-clip-norm", rich_help_panel=_H)]
 Seed = Annotated[Optional[int], typer.Option("--seed", rich_help_panel=_H)]
-Augment = Annotated[Optional[str], typer.Option("--augment", help="none or noise", rich_help_panel=_H)]
+Augment = Annotated[Optional[str], typer.Option("--augment", help="none, or a comma-separated list of noise, shift, "
+                    "crop_flip, mixup (the teacher labels each augmented view)", rich_help_panel=_H)]
+ShiftMax = Annotated[Optional[int], typer.Option("--shift-max", help="shift / crop padding (default 4)",
+                                                 rich_help_panel=_H)]
+MixupAlpha = Annotated[Optional[float], typer.Option("--mixup-alpha", help="mixup Beta parameter (default 0.4)",
+                                                     rich_help_panel=_H)]
+LabelsPerClass = Annotated[Optional[int], typer.Option("--labels-per-class", help="keep N labels per class of the "
+                           "training split, the other rows become unlabelled inputs", rich_help_panel=_D)]
 NoiseStd = Annotated[Optional[float], typer.Option("--noise-std", rich_help_panel=_H)]
 Device = Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda", rich_help_panel=_H)]
 Baseline = Annotated[Optional[bool], typer.Option("--baseline/--no-baseline", help="also train the student "
@@ -637,11 +667,15 @@ def jobs_create(
                                                           rich_help_panel=_D)] = None,
         validation_file: Annotated[Optional[str], typer.Option("--validation-file", rich_help_panel=_D)] = None,
         test_file: Annotated[Optional[str], typer.Option("--test-file", rich_help_panel=_D)] = None,
+        unlabeled_file: Annotated[Optional[list[str]], typer.Option("--unlabeled-file", help="id of a dataset file "
+                                  "of unlabelled inputs (repeatable)", rich_help_panel=_D)] = None,
+        labels_per_class: LabelsPerClass = None,
         validation_fraction: ValidationFraction = None, standardize: Standardize = None,
         temperature: Temperature = None, alpha: Alpha = None, loss: Loss = None, epochs: Epochs = None,
         batch_size: BatchSize = None, lr: Lr = None, weight_decay: WeightDecay = None, optimizer: Optimizer = None,
         momentum: Momentum = None, schedule: Schedule = None, step_size: StepSize = None, gamma: Gamma = None,
         grad_clip_norm: GradClip = None, seed: Seed = None, augment: Augment = None, noise_std: NoiseStd = None,
+        shift_max: ShiftMax = None, mixup_alpha: MixupAlpha = None,
         device: Device = None, baseline: Baseline = None, metadata: Metadata = None,
         resources_device: ResDevice = None, gpus: Gpus = None, processes: Processes = None,
         watch: Annotated[bool, typer.Option("--watch", "-w", help="follow the job until it ends")] = False,
@@ -659,7 +693,8 @@ def jobs_create(
                       validation_file=validation_file, test_file=test_file, validation_fraction=validation_fraction,
                       standardize=standardize, hyperparameters=hyper, baseline=baseline,
                       metadata=_json_option(metadata, "--metadata"),
-                      resources={"device": resources_device, "gpus": gpus, "processes": processes})
+                      resources={"device": resources_device, "gpus": gpus, "processes": processes},
+                      unlabeled_files=unlabeled_file, labels_per_class=labels_per_class)
     if dry_run:
         _json_dump(state.out, spec)
         return
@@ -798,11 +833,16 @@ def distill(
                                                                 rich_help_panel=_D)] = None,
         test_data: Annotated[Optional[Path], typer.Option("--test-data", exists=True, dir_okay=False,
                                                           rich_help_panel=_D)] = None,
+        unlabeled: Annotated[Optional[list[Path]], typer.Option("--unlabeled", exists=True, dir_okay=False,
+                             help="inputs without labels for the teacher to label (.npz with x only, a table "
+                                  "without a label column); repeatable", rich_help_panel=_D)] = None,
+        labels_per_class: LabelsPerClass = None,
         builtin: Builtin = None, validation_fraction: ValidationFraction = None, standardize: Standardize = None,
         temperature: Temperature = None, alpha: Alpha = None, loss: Loss = None, epochs: Epochs = None,
         batch_size: BatchSize = None, lr: Lr = None, weight_decay: WeightDecay = None, optimizer: Optimizer = None,
         momentum: Momentum = None, schedule: Schedule = None, step_size: StepSize = None, gamma: Gamma = None,
         grad_clip_norm: GradClip = None, seed: Seed = None, augment: Augment = None, noise_std: NoiseStd = None,
+        shift_max: ShiftMax = None, mixup_alpha: MixupAlpha = None,
         device: Device = None, baseline: Baseline = None, metadata: Metadata = None,
         resources_device: ResDevice = None, gpus: Gpus = None, processes: Processes = None,
         output: Annotated[Path, typer.Option("--output", "-o", help="where to write the student")] = Path(
@@ -828,12 +868,18 @@ def distill(
             f = client.upload_file(path, purpose)
             uploaded[key] = f.id
             err.print(f"uploaded {path} -> {_describe_file(f)}", markup=False)
+    unlabeled_ids = []
+    for path in unlabeled or []:
+        f = client.upload_file(path, "dataset")
+        unlabeled_ids.append(f.id)
+        err.print(f"uploaded {path} -> {_describe_file(f)}", markup=False)
     spec = build_spec(teacher_file=uploaded["teacher"], teacher_arch=teacher_arch, teacher_params=t_params,
                       student=student, student_arch=student_arch, student_params=s_params,
                       builtin=builtin, train_file=uploaded.get("train"), validation_file=uploaded.get("validation"),
                       test_file=uploaded.get("test"), validation_fraction=validation_fraction,
                       standardize=standardize, hyperparameters=hyper, baseline=baseline, metadata=meta,
-                      resources={"device": resources_device, "gpus": gpus, "processes": processes})
+                      resources={"device": resources_device, "gpus": gpus, "processes": processes},
+                      unlabeled_files=unlabeled_ids, labels_per_class=labels_per_class)
     job = client.create_job(spec)
     err.print(f"job {job.id} submitted; following it (Ctrl-C stops following, not the job)", markup=False)
     job = watch_job(state, job.id, poll=poll)

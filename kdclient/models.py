@@ -42,6 +42,7 @@ class File:
     parameters: int | None = None
     label_histogram: list[int] | None = None
     kind: str | None = None
+    num_labeled: int | None = None  # datasets: rows with a label (the rest are inputs for the teacher)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -51,7 +52,7 @@ class File:
                    created_at=_time(d.get("created_at")), num_samples=d.get("num_samples"),
                    input_shape=d.get("input_shape"), num_classes=d.get("num_classes"),
                    parameters=d.get("parameters"), label_histogram=d.get("label_histogram"),
-                   kind=d.get("kind"), raw=d)
+                   kind=d.get("kind"), num_labeled=d.get("num_labeled"), raw=d)
 
 
 @dataclass(frozen=True)

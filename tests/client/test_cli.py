@@ -56,6 +56,35 @@ def test_flags_override_the_spec_file(tmp_path):
         "baseline": False, "metadata": {"run": "a"}}
 
 
+def test_unlabelled_and_augmentation_flags_fill_the_spec():
+    result = runner.invoke(cli.app, ["jobs", "create", "--dry-run", "--train-file", "file_t", "--unlabeled-file",
+                                     "file_u1", "--unlabeled-file", "file_u2", "--labels-per-class", "10",
+                                     "--augment", "shift,mixup", "--shift-max", "3", "--mixup-alpha", "0.2"])
+    assert result.exit_code == 0, result.output
+    spec = json.loads(result.stdout)
+    assert spec["dataset"] == {"train_file_id": "file_t", "unlabeled_file_ids": ["file_u1", "file_u2"],
+                               "labels_per_class": 10}
+    assert spec["hyperparameters"] == {"augment": ["shift", "mixup"], "shift_max": 3, "mixup_alpha": 0.2}
+    result = runner.invoke(cli.app, ["jobs", "create", "--dry-run", "--builtin", "digits", "--augment", "noise"])
+    assert json.loads(result.stdout)["hyperparameters"] == {"augment": "noise"}
+
+
+def test_the_result_table_shows_labelled_and_unlabelled_rows():
+    from rich.console import Console
+
+    table = cli.result_table({"evaluated_on": "test", "num_eval_samples": 359,
+                              "teacher": {"accuracy": 0.99}, "student": {"accuracy": None, "agreement": 0.9,
+                                                                          "train_rows": {"labeled": 100,
+                                                                                         "unlabeled": 1193},
+                                                                          "steps": 220},
+                              "baseline": {"accuracy": 0.89, "train_rows": {"labeled": 100, "unlabeled": 0},
+                                           "steps": 220}})
+    console = Console(width=200, record=True)
+    console.print(table)
+    text = console.export_text()
+    assert "100 + 1,193, 220 steps" in text and "100 + 0, 220 steps" in text
+
+
 def test_resource_flags_fill_the_resources_section(tmp_path):
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps({"resources": {"device": "cpu", "processes": 1}}))
