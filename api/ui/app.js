@@ -53,7 +53,12 @@ async function jobPage() {
       ["Progress", Math.round((p.fraction || 0) * 100) + " %"],
       ["ETA", p.eta_seconds == null || !live ? null : Math.round(p.eta_seconds) + " s"],
       ["Train loss", last && num(last.train_loss, 4)], ["Val accuracy", last && num(last.val_accuracy, 4)],
+      ["Val agreement", last && last.val_accuracy == null ? num(last.val_agreement, 4) : null],
       ["Error", j.error ? j.error.code + ": " + j.error.message : null]];
+    const r = j.result || {};
+    const rowsOf = (run) => run && run.train_rows ? run.train_rows.labeled + " labelled + " + run.train_rows.unlabeled +
+      " unlabelled rows" + (run.steps != null ? ", " + run.steps + " steps" : "") : null;
+    rows.push(["Student trained on", rowsOf(r.student)], ["Baseline trained on", rowsOf(r.baseline)]);
     for (const [k, v] of rows) { if (v == null || v === "") continue;
       const dt = document.createElement("dt"); dt.textContent = k; const dd = document.createElement("dd"); dd.textContent = String(v);
       dd.className = "field-" + k.toLowerCase().replace(/ /g, "-"); dl.append(dt, dd); }
@@ -83,11 +88,15 @@ function addDownload(id, format) {
 function newJob() {
   $("upload-form").onsubmit = async (ev) => {
     ev.preventDefault();
-    const fd = new FormData(); fd.append("purpose", $("upload-purpose").value); fd.append("file", $("upload-file").files[0]);
+    const unlabeled = $("upload-purpose").value === "unlabeled";
+    const fd = new FormData(); fd.append("purpose", unlabeled ? "dataset" : $("upload-purpose").value); fd.append("file", $("upload-file").files[0]);
     try {
       const f = await (await api("/v1/files", {method: "POST", body: fd})).json();
       $("upload-result").textContent = "Uploaded " + f.filename + " as " + f.id + " (" + f.purpose + ")";
-      $(f.purpose === "teacher" ? "teacher_file_id" : "dataset_file_id").value = f.id;
+      if (unlabeled) {
+        const ids = $("unlabeled_file_ids"); ids.value = ids.value ? ids.value + ", " + f.id : f.id;
+        $("upload-result").textContent += ": " + f.num_samples + " rows, " + f.num_labeled + " labelled";
+      } else $(f.purpose === "teacher" ? "teacher_file_id" : "dataset_file_id").value = f.id;
     } catch (e) { showError(e.message); }
   };
   $("job-form").onsubmit = async (ev) => {
@@ -97,9 +106,14 @@ function newJob() {
     try { tparams = JSON.parse($("teacher_params").value || "{}"); } catch (e) { showError("teacher params: not JSON"); return; }
     const teacher = {file_id: $("teacher_file_id").value};
     if ($("teacher_arch").value) { teacher.arch = $("teacher_arch").value; teacher.arch_params = tparams; }
-    const spec = {teacher, student: {arch: $("student_arch").value, arch_params: params},
-      dataset: {train_file_id: $("dataset_file_id").value},
-      hyperparameters: {temperature: Number($("temperature").value), alpha: Number($("alpha").value), epochs: Number($("epochs").value)},
+    const dataset = {train_file_id: $("dataset_file_id").value};
+    const unlabeledIds = $("unlabeled_file_ids").value.split(",").map((s) => s.trim()).filter(Boolean);
+    if (unlabeledIds.length) dataset.unlabeled_file_ids = unlabeledIds;
+    if ($("labels_per_class").value) dataset.labels_per_class = Number($("labels_per_class").value);
+    const hyperparameters = {temperature: Number($("temperature").value), alpha: Number($("alpha").value), epochs: Number($("epochs").value)};
+    const augment = [...document.querySelectorAll("input.augment:checked")].map((c) => c.value);
+    if (augment.length) hyperparameters.augment = augment;
+    const spec = {teacher, student: {arch: $("student_arch").value, arch_params: params}, dataset, hyperparameters,
       baseline: $("baseline").checked};
     try {
       const j = await (await api("/v1/jobs", {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(spec)})).json();

@@ -40,3 +40,14 @@ def test_pages_hold_no_tenant_data(client):
     client.post("/v1/files", files={"file": ("<script>x<\\script>.csv", b"a,b\n")}, data={"purpose": "dataset"})
     for path in ["/ui", "/ui/new"]:
         assert "<script>x" not in client.get(path).text
+
+
+def test_the_job_form_takes_unlabelled_inputs_labels_per_class_and_augmentations(client):
+    page = client.get("/ui/new").text
+    for element in ("id='unlabeled_file_ids'", "id='labels_per_class'", "<option value='unlabeled'>"):
+        assert element in page
+    assert [a for a in ("noise", "shift", "crop_flip", "mixup") if f"class='augment' value='{a}'" in page] == [
+        "noise", "shift", "crop_flip", "mixup"]
+    script = client.get("/ui/static/app.js").text
+    assert "dataset.unlabeled_file_ids" in script and "dataset.labels_per_class" in script
+    assert "hyperparameters.augment" in script and "train_rows" in script
