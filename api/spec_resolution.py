@@ -14,7 +14,9 @@ from sqlalchemy.orm import Session
 from api.schemas.jobs import JobCreate
 from jobs import files_repo
 from jobs.artifact_store import ArtifactStore
+from jobs import spec_files
 from jobs.errors import NotFound
+from jobs.spec_files import FileField
 from kdcore.augment import check_input_shape as check_augment_shape
 from kdcore.data import MAX_DATASET_BYTES, MAX_SAMPLES
 from kdcore.errors import KDError, SpecError
@@ -22,40 +24,19 @@ from kdcore.spec import DistillSpec
 from kdcore.spec_checks import (DataInfo, builtin_info, check_state_dict_teacher, check_student,
                                 check_teacher_info)
 
-# kdcore's spec names paths; the service's names file ids. (api field, kdcore field, purposes);
-# a field whose name ends in "s" holds a list of files.
-FILE_FIELDS = (
-    ("teacher.file_id", "teacher.path", ("teacher", "teacher_logits")),
-    ("student.init_file_id", "student.init_path", ("student_init",)),
-    ("dataset.train_file_id", "dataset.train_path", ("dataset",)),
-    ("dataset.validation_file_id", "dataset.validation_path", ("dataset",)),
-    ("dataset.test_file_id", "dataset.test_path", ("dataset",)),
-    ("dataset.unlabeled_file_ids", "dataset.unlabeled_paths", ("dataset",)),
-)
-KD_TO_API_FIELD = {kd: api for api, kd, _ in FILE_FIELDS}
-
-
-def is_list_field(api_field: str) -> bool:
-    return api_field.endswith("_ids")
-
-
 def resolve_spec(session: Session, *, tenant_id: str, body: JobCreate, store: ArtifactStore) -> dict[str, Any]:
     """The resolved spec (every default filled in, file ids kept) or a SpecError naming the field.
 
-    kdcore's path fields are given the file ids as opaque references while the spec is checked
-    (nothing here reads a file but a state-dict teacher's header, through its row); the worker
-    resolves the ids to local paths."""
-    raw = body.model_dump(exclude_none=True)
-    rows: dict[str, Any] = {}  # api field (an indexed one for list items) -> file row
-    for api_field, kd_field, purposes in FILE_FIELDS:
-        value = _pop(raw, api_field)
-        if value is None:
-            continue
-        ids = value if is_list_field(api_field) else [value]
-        for i, file_id in enumerate(ids):
-            where = f"{api_field}[{i}]" if is_list_field(api_field) else api_field
-            rows[where] = _own_file(session, tenant_id, file_id, where, purposes)
-        _put(raw, kd_field, value)
+    The file fields are mapped by jobs.spec_files (one table for the API and the worker); while
+    the spec is checked, kdcore's file references are the file ids themselves (nothing here reads
+    a file but a state-dict teacher's header, through its row)."""
+    rows: dict[str, Any] = {}  # where ("teacher.file_id", "dataset.unlabeled_file_ids[0]") -> file row
+
+    def own(field: FileField, where: str, file_id: str) -> str:
+        rows[where] = _own_file(session, tenant_id, file_id, where, field.purposes)
+        return file_id
+
+    raw = spec_files.to_kdcore(body.model_dump(exclude_none=True), own)
     try:
         spec = DistillSpec.from_dict(raw)
         data, labeled = _data_info(spec, rows)
@@ -65,20 +46,8 @@ def resolve_spec(session: Session, *, tenant_id: str, body: JobCreate, store: Ar
         check_augment_shape(spec.hyperparameters.augmentations, data.input_shape)
         _check_teacher(spec, rows["teacher.file_id"], data, store)
     except KDError as e:
-        raise SpecError(e.message, field=_api_field(e.field)) from None
-
-    resolved = spec.to_dict()
-    for api_field, kd_field, _ in FILE_FIELDS:
-        _put(resolved, api_field, _pop(resolved, kd_field))
-    return resolved
-
-
-def _api_field(kd_field: str | None) -> str | None:
-    """The service's name for a field kdcore named (file fields, list items included)."""
-    if kd_field is None:
-        return None
-    name, bracket, index = kd_field.partition("[")
-    return KD_TO_API_FIELD.get(name, name) + bracket + index
+        raise SpecError(e.message, field=spec_files.service_field(e.field)) from None
+    return spec_files.to_service(spec.to_dict())
 
 
 def _own_file(session: Session, tenant_id: str, file_id: str, field: str, purposes: tuple[str, ...]):
@@ -172,13 +141,3 @@ def _check_teacher(spec: DistillSpec, row, data: DataInfo, store: ArtifactStore)
     if info.get("kind") == "logits" and spec.hyperparameters.augmentations:
         raise SpecError("precomputed logits cannot follow augmented inputs; use augment none",
                         field="hyperparameters.augment")
-
-
-def _pop(d: dict, dotted: str):
-    head, _, tail = dotted.partition(".")
-    return d.get(head, {}).pop(tail, None) if tail else d.pop(head, None)
-
-
-def _put(d: dict, dotted: str, value) -> None:
-    head, _, tail = dotted.partition(".")
-    d.setdefault(head, {})[tail] = value

@@ -32,7 +32,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import jobs_repo, lifecycle
+from jobs import jobs_repo, lifecycle, spec_files
 from jobs.artifact_store import ArtifactStore, make_store
 from jobs.db import make_engine, make_sessionmaker
 from jobs.errors import LeaseLost
@@ -144,23 +144,15 @@ class JobRun(PipelineCallbacks):
         # its table locks) for the whole job.
         with self.sessions() as s:
             job = jobs_repo.load_for_worker(s, job_id=self.job_id)
-            raw = {k: dict(v) if isinstance(v, dict) else v for k, v in job.spec.items()}
 
-            def path_of(file_id: str | None) -> str | None:
-                if file_id is None:
-                    return None
+            def path_of(field, where: str, file_id: str) -> str:
                 row = s.get(File, file_id)
                 if row is None or row.tenant_id != job.tenant_id:
-                    raise KDError(f"file {file_id} no longer exists", field="file")
+                    raise KDError(f"file {file_id} no longer exists", field=where)
                 # a verified copy (the sha256 recorded at upload) in this attempt's own directory
                 return str(self.store.fetch(row.storage_key, inputs / row.id, sha256=row.sha256))
 
-            teacher, student, dataset = raw["teacher"], raw["student"], raw["dataset"]
-            teacher["path"] = path_of(teacher.pop("file_id", None))
-            student["init_path"] = path_of(student.pop("init_file_id", None))
-            for name in ("train", "validation", "test"):
-                dataset[f"{name}_path"] = path_of(dataset.pop(f"{name}_file_id", None))
-            dataset["unlabeled_paths"] = [path_of(i) for i in dataset.pop("unlabeled_file_ids", None) or []]
+            raw = spec_files.to_kdcore(job.spec, path_of)  # the same table the API checked them with
         spec = DistillSpec.from_dict(raw)
         if spec.hyperparameters.device == "auto":  # the job's queue decided the device (jobs/routing.py)
             spec.hyperparameters.device = spec.resources.device
