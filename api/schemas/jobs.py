@@ -1,7 +1,9 @@
 """Request and response shapes of /v1/jobs.
 
 `JobCreate` checks types and unknown fields only; ranges, choices and defaults live in one place,
-kdcore.spec, and every resolved default is echoed back in `JobOut.spec`. Clients never set
+kdcore.spec, and every resolved default is echoed back in `JobOut.spec`. Its section models are
+derived from kdcore's dataclasses (`_section`): a field added there appears here, typed strictly
+and described by kdcore's FIELD_HELP, with file fields named by jobs.spec_files. Clients never set
 tenant, status or attempt: unknown fields are refused (extra="forbid"). Two things no spec check
 covers are refused here: NUL characters and non-finite numbers anywhere in the free-form parts of
 the body (PostgreSQL cannot store them, and no name or id contains one), and `metadata` over
@@ -12,14 +14,17 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, Strict, StrictBool, StrictInt,
+                      WithJsonSchema, create_model)
 
 from jobs.routing import queue_for
-from kdcore.spec import FIELD_HELP
+from jobs.spec_files import FILE_FIELDS
+from kdcore.spec import FIELD_HELP, DatasetSpec, Hyperparameters, ResourcesSpec, StudentSpec, TeacherSpec
 
 MAX_METADATA_BYTES = 16 * 1024  # `metadata` as compact JSON
 MAX_JSON_DEPTH = 32  # nesting of the free-form objects (metadata, arch_params)
@@ -90,69 +95,51 @@ Params = Annotated[dict[str, Any], AfterValidator(_storable)]
 Metadata = Annotated[dict[str, Any], AfterValidator(_small_metadata)]
 
 
-def _help(name: str, *, file_id: bool = False) -> str:
-    text = FIELD_HELP[name]
-    return f"id of an uploaded file (purpose {file_id}); " + text if file_id else text
+StrictFloat = Annotated[float, Strict()]  # an int is a float; true, "1.5" and null-as-number are not
+
+# kdcore's annotation (as written in kdcore/spec.py) -> the request's type. Strict: `"epochs": true`
+# or `"baseline": "off"` are 422s, not silently 1 and false.
+_TYPES: dict[str, Any] = {
+    "str": Text, "str | None": Text, "dict[str, Any]": Params,
+    "float | list[float]": NumberOrList, "str | list[str]": NameOrList,
+    "int": StrictInt, "int | None": StrictInt, "float": StrictFloat, "float | None": StrictFloat,
+    "bool": StrictBool,
+}
 
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TeacherIn(_In):
-    file_id: Text = Field(description="id of a file uploaded with purpose teacher or teacher_logits. "
-                                     + FIELD_HELP["teacher.path"])
-    arch: Text | None = Field(None, description=FIELD_HELP["teacher.arch"])
-    arch_params: Params | None = Field(None, description=FIELD_HELP["teacher.arch_params"])
+def _section(model_name: str, section: str, cls: type) -> type[_In]:
+    """The request model of one spec section, derived from kdcore's dataclass: every field is
+    optional (kdcore fills the defaults and checks ranges and choices), described by kdcore's
+    FIELD_HELP, and file fields take the service's names and file ids (jobs.spec_files). Only the
+    teacher's file is required."""
+    files = {f.kd: f for f in FILE_FIELDS}
+    definitions: dict[str, Any] = {}
+    for f in dataclass_fields(cls):
+        dotted = f"{section}.{f.name}"
+        file = files.get(dotted)
+        if file is None:
+            definitions[f.name] = (_TYPES[str(f.type)] | None, Field(None, description=FIELD_HELP[dotted]))
+            continue
+        kind = list[Text] if file.many else Text
+        described = (f"{'ids of files' if file.many else 'id of a file'} uploaded with purpose "
+                     f"{' or '.join(file.purposes)}. {FIELD_HELP[dotted]}")
+        name = file.api.split(".", 1)[1]
+        if dotted == "teacher.path":
+            definitions[name] = (kind, Field(description=described))
+        else:
+            definitions[name] = (kind | None, Field(None, description=described))
+    return create_model(model_name, __base__=_In, **definitions)
 
 
-class StudentIn(_In):
-    arch: Text | None = Field(None, description=FIELD_HELP["student.arch"])
-    arch_params: Params | None = Field(None, description=FIELD_HELP["student.arch_params"])
-    init_file_id: Text | None = Field(None, description="id of a file uploaded with purpose student_init. "
-                                                       + FIELD_HELP["student.init_path"])
-
-
-class DatasetIn(_In):
-    builtin: Text | None = Field(None, description=FIELD_HELP["dataset.builtin"])
-    train_file_id: Text | None = Field(None, description="id of a dataset file. " + FIELD_HELP["dataset.train_path"])
-    validation_file_id: Text | None = Field(None, description=FIELD_HELP["dataset.validation_path"])
-    test_file_id: Text | None = Field(None, description=FIELD_HELP["dataset.test_path"])
-    validation_fraction: float | None = Field(None, description=FIELD_HELP["dataset.validation_fraction"])
-    standardize: bool | None = Field(None, description=FIELD_HELP["dataset.standardize"])
-    unlabeled_file_ids: list[Text] | None = Field(None, description="ids of dataset files (purpose dataset). "
-                                                  + FIELD_HELP["dataset.unlabeled_paths"])
-    labels_per_class: int | None = Field(None, description=FIELD_HELP["dataset.labels_per_class"])
-
-
-class HyperparametersIn(_In):
-    temperature: NumberOrList | None = Field(None, description=FIELD_HELP["hyperparameters.temperature"])
-    alpha: NumberOrList | None = Field(None, description=FIELD_HELP["hyperparameters.alpha"])
-    loss: Text | None = Field(None, description=FIELD_HELP["hyperparameters.loss"])
-    epochs: int | None = Field(None, description=FIELD_HELP["hyperparameters.epochs"])
-    batch_size: int | None = Field(None, description=FIELD_HELP["hyperparameters.batch_size"])
-    learning_rate: float | None = Field(None, description=FIELD_HELP["hyperparameters.learning_rate"])
-    weight_decay: float | None = Field(None, description=FIELD_HELP["hyperparameters.weight_decay"])
-    optimizer: Text | None = Field(None, description=FIELD_HELP["hyperparameters.optimizer"])
-    momentum: float | None = Field(None, description=FIELD_HELP["hyperparameters.momentum"])
-    schedule: Text | None = Field(None, description=FIELD_HELP["hyperparameters.schedule"])
-    step_size: int | None = Field(None, description=FIELD_HELP["hyperparameters.step_size"])
-    gamma: float | None = Field(None, description=FIELD_HELP["hyperparameters.gamma"])
-    grad_clip_norm: float | None = Field(None, description=FIELD_HELP["hyperparameters.grad_clip_norm"])
-    seed: int | None = Field(None, description=FIELD_HELP["hyperparameters.seed"])
-    augment: NameOrList | None = Field(None, description=FIELD_HELP["hyperparameters.augment"])
-    noise_std: float | None = Field(None, description=FIELD_HELP["hyperparameters.noise_std"])
-    shift_max: int | None = Field(None, description=FIELD_HELP["hyperparameters.shift_max"])
-    mixup_alpha: float | None = Field(None, description=FIELD_HELP["hyperparameters.mixup_alpha"])
-    device: Text | None = Field(None, description=FIELD_HELP["hyperparameters.device"])
-    early_stopping_patience: int | None = Field(None, description=FIELD_HELP["hyperparameters.early_stopping_patience"])
-    restore_best: bool | None = Field(None, description=FIELD_HELP["hyperparameters.restore_best"])
-
-
-class ResourcesIn(_In):
-    device: Text | None = Field(None, description=FIELD_HELP["resources.device"])
-    gpus: int | None = Field(None, description=FIELD_HELP["resources.gpus"])
-    processes: int | None = Field(None, description=FIELD_HELP["resources.processes"])
+TeacherIn = _section("TeacherIn", "teacher", TeacherSpec)
+StudentIn = _section("StudentIn", "student", StudentSpec)
+DatasetIn = _section("DatasetIn", "dataset", DatasetSpec)
+HyperparametersIn = _section("HyperparametersIn", "hyperparameters", Hyperparameters)
+ResourcesIn = _section("ResourcesIn", "resources", ResourcesSpec)
 
 
 class JobCreate(_In):
@@ -160,7 +147,7 @@ class JobCreate(_In):
     student: StudentIn = Field(default_factory=StudentIn)
     dataset: DatasetIn = Field(default_factory=lambda: DatasetIn(builtin="digits"))
     hyperparameters: HyperparametersIn = Field(default_factory=HyperparametersIn)
-    baseline: bool | None = Field(None, description=FIELD_HELP["baseline"])  # None: kdcore decides (true unless no row is labelled)
+    baseline: StrictBool | None = Field(None, description=FIELD_HELP["baseline"])  # None: kdcore decides
     metadata: Metadata = Field(default_factory=dict, description=FIELD_HELP["metadata"])
     resources: ResourcesIn = Field(default_factory=ResourcesIn,
                                    description="what the job needs from the machine that runs it; routes it to a queue")

@@ -155,3 +155,19 @@ def test_a_job_with_only_unlabelled_training_data_runs_in_a_worker(client, worke
     metrics = client.get(f"/v1/jobs/{job['id']}/metrics").json()["data"]
     assert metrics and all(m["values"]["val_accuracy"] is None for m in metrics)  # nothing labelled to validate on
     assert all(m["values"]["val_agreement"] is not None for m in metrics)
+
+
+@pytest.mark.parametrize("body_part, field", [
+    ({"hyperparameters": {"epochs": True}}, "hyperparameters.epochs"),
+    ({"hyperparameters": {"learning_rate": "0.1"}}, "hyperparameters.learning_rate"),
+    ({"hyperparameters": {"epochs": 2.0}}, "hyperparameters.epochs"),
+    ({"baseline": "off"}, "baseline"),
+    ({"dataset": {"builtin": "digits", "standardize": 1}}, "dataset.standardize"),
+], ids=["bool-as-int", "string-as-float", "float-as-int", "string-as-bool", "int-as-bool"])
+def test_request_types_are_strict(client, teacher_id, body_part, field):
+    """Issue 16 item 9: lax coercion turned "epochs": true into 1 and "baseline": "off" into false."""
+    body = _job(teacher_id, {"builtin": "digits"})
+    for key, value in body_part.items():
+        body[key] = {**body[key], **value} if isinstance(body.get(key), dict) else value
+    err = problem(client.post("/v1/jobs", json=body), 422)
+    assert any(e["field"] == field for e in err["errors"]), err
