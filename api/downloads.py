@@ -41,6 +41,9 @@ def stored_download(request: Request, store: ArtifactStore, *, key: str, size: i
     return StreamingResponse(body, status_code=status, media_type="application/octet-stream", headers=headers)
 
 
+MAX_RANGE_DIGITS = 19  # 10^19 bytes is past any object: a longer number is unsatisfiable
+
+
 def _wanted_range(request: Request, *, etag: str, size: int) -> tuple[int, int] | None:
     header = request.headers.get("range")
     if header is None:
@@ -52,6 +55,9 @@ def _wanted_range(request: Request, *, etag: str, size: int) -> tuple[int, int] 
     if match is None or match.group(1) == match.group(2) == "":
         return None  # not one byte range we understand: the RFC lets us ignore it
     first, last = match.groups()
+    if max(len(first), len(last)) > MAX_RANGE_DIGITS:
+        # longer than any size we store; Python's int() refuses over 4300 digits (a 500 before)
+        raise _unsatisfiable(size)
     if first == "":  # the last n bytes
         n = int(last)
         if n == 0:

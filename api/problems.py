@@ -51,7 +51,16 @@ def problem_response(request: Request, status: int, detail: str, *, slug: str | 
     }
     if errors:
         body["errors"] = errors
-    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+    return _ProblemJSON(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+class _ProblemJSON(JSONResponse):
+    """JSON with every non-ASCII character escaped: a field name that echoes a client's lone
+    surrogate (e.g. a key in `arch_params`) cannot be encoded as UTF-8, and must not turn the 422
+    into a 500."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 def field_error(request: Request, field: str | None, reason: str, *, status: int = 422,
