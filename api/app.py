@@ -61,7 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Distillation service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
                   docs_url=None, redoc_url=None)
     app.state.settings = settings
-    app.state.engine = make_engine(settings.db_url)
+    app.state.engine = make_engine(settings.db_url, lock_timeout_ms=settings.db_lock_timeout_ms,
+                                   idle_in_transaction_timeout_ms=settings.db_idle_in_transaction_timeout_ms)
     app.state.sessionmaker = make_sessionmaker(app.state.engine)
     app.state.store = make_store(settings)  # a directory, or S3 (KD_ARTIFACT_URL)
     app.state.enqueuer = Enqueuer(settings.celery_broker_url)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, AsyncIterator, Callable, Iterator, TypeVar
 
 import anyio
 from fastapi import Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
@@ -16,10 +18,12 @@ from jobs.artifact_store import ArtifactStore
 from jobs.settings import Settings
 from jobs.tables import Tenant
 
+T = TypeVar("T")
 _bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: Bearer kd_...`")
 
 
-async def _database_slot(request: Request) -> AsyncIterator[None]:
+@asynccontextmanager
+async def database_slot(request: Request) -> AsyncIterator[None]:
     """Wait on the event loop, holding no worker thread, until the pool has a connection for this
     request. Without it a burst deadlocks: sync routes and FastAPI's serialization of their result
     run in the 40 worker threads; once every thread waits for a pooled connection and every
@@ -37,6 +41,29 @@ async def _database_slot(request: Request) -> AsyncIterator[None]:
         return
     async with slots:
         yield
+
+
+async def _database_slot(request: Request) -> AsyncIterator[None]:
+    async with database_slot(request):
+        yield
+
+
+async def in_session(request: Request, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(session, *args)` in a worker thread with a session of its own, under a database slot
+    taken for this call only: committed when it returns, rolled back (its locks released) before
+    its exception propagates. For routes that must hold no connection between steps (uploads)."""
+    def run() -> T:
+        with request.app.state.sessionmaker() as session:
+            try:
+                result = fn(session, *args)
+                session.commit()
+                return result
+            except BaseException:
+                session.rollback()
+                raise
+
+    async with database_slot(request):
+        return await run_in_threadpool(run)
 
 
 def get_session(request: Request, _slot: Annotated[None, Depends(_database_slot)]) -> Iterator[Session]:
@@ -78,6 +105,16 @@ def current_tenant(session: SessionDep,
 
 
 TenantDep = Annotated[Tenant, Depends(current_tenant)]
+
+
+async def current_tenant_briefly(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Tenant:
+    """`current_tenant` with a session and a database slot of its own, both given back before the
+    route runs: a route that then waits on its client (an upload's body) holds no connection."""
+    return await in_session(request, lambda session: current_tenant(session, credentials))
+
+
+BriefTenantDep = Annotated[Tenant, Depends(current_tenant_briefly)]
 
 
 # The cursor pagination of the list routes: newest first, `after` = id of the last row of the previous page.

@@ -91,7 +91,8 @@ class IdempotentRequest:
             session.commit()
     """
 
-    def __init__(self, session: Session, settings: Settings, *, tenant_id: str, key: str | None):
+    def __init__(self, session: Session | None, settings: Settings, *, tenant_id: str, key: str | None):
+        # `session` may be swapped between calls by a route that uses a short session per step
         self.session, self.settings, self.tenant_id, self.key = session, settings, tenant_id, key
         self.claim_id: int | None = None  # our in_flight row
         self.stored: StoredResponse | None = None  # the finished request this key already made
@@ -158,6 +159,10 @@ class IdempotentRequest:
         except BaseException:
             self._release()
             raise
+
+    def release(self) -> None:
+        """Roll back and delete our claim (the key may be retried); a no-op once finished."""
+        self._release()
 
     def _release(self) -> None:
         if self.claim_id is None:

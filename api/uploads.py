@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -36,10 +37,11 @@ class ReceivedUpload:
     fields: dict[str, str] = field(default_factory=dict)
 
 
-async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path,
+async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path, idle_timeout: float = 30.0,
                          allowed_fields: frozenset[str] = ALLOWED_FORM_FIELDS) -> ReceivedUpload:
     """Parse a multipart/form-data body with one `file` part and form fields among `allowed_fields`;
-    413 past max_bytes, 400 if malformed, 422 for a second file or a field not allowed."""
+    413 past max_bytes, 400 if malformed, 422 for a second file or a field not allowed, 408 when
+    no bytes arrive for `idle_timeout` seconds."""
     content_type, params = parse_options_header(request.headers.get("content-type"))
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         raise Problem(415, "send multipart/form-data with a `file` part and a `purpose` field",
@@ -105,7 +107,17 @@ async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path,
         "on_part_data": on_part_data, "on_part_end": on_part_end,
     })
     try:
-        async for chunk in request.stream():
+        chunks = request.stream().__aiter__()
+        while True:
+            try:
+                with anyio.fail_after(idle_timeout):
+                    chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise Problem(408, f"the upload sent nothing for {idle_timeout:g} s and was cut "
+                                   "(KD_UPLOAD_IDLE_TIMEOUT_SECONDS); nothing was kept",
+                              slug="upload-timeout") from None
             parser.write(chunk)
         parser.finalize()
         out.flush()

@@ -21,13 +21,25 @@ from sqlalchemy.orm import Session, sessionmaker
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-def make_engine(url: str, **kwargs) -> Engine:
-    """An engine for `url`; extra keyword arguments go to `create_engine`."""
+def make_engine(url: str, *, lock_timeout_ms: int | None = None, idle_in_transaction_timeout_ms: int | None = None,
+                **kwargs) -> Engine:
+    """An engine for `url`; extra keyword arguments go to `create_engine`. On PostgreSQL,
+    `lock_timeout_ms` and `idle_in_transaction_timeout_ms` (0 = off) are set on every session, so a
+    lock wait or a forgotten transaction is bounded by the server whatever the code does."""
     parsed = make_url(url)
     if parsed.drivername == "postgresql":  # no driver named: use psycopg 3, the one installed
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, **kwargs)
+    options = []
+    if lock_timeout_ms is not None:
+        options.append(f"-c lock_timeout={int(lock_timeout_ms)}")
+    if idle_in_transaction_timeout_ms is not None:
+        options.append(f"-c idle_in_transaction_session_timeout={int(idle_in_transaction_timeout_ms)}")
+    if options:
+        connect_args = dict(kwargs.pop("connect_args", {}))
+        connect_args["options"] = " ".join([connect_args.get("options", ""), *options]).strip()
+        kwargs["connect_args"] = connect_args
     return create_engine(parsed, pool_pre_ping=True, **kwargs)
 
 

@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     s3_part_bytes: int = Field(default=8 * MIB, ge=S3_MIN_PART_BYTES)
     artifact_cache_dir: Path | None = None  # None: {data_dir}/cache/artifacts
     max_upload_bytes: int = Field(default=GIB, gt=0)
+    # An upload body that sends nothing for this long is cut (408) and its temp file removed.
+    upload_idle_timeout_seconds: float = Field(default=30, gt=0)
+    # PostgreSQL sessions of the service: a statement waiting this long for a lock fails, and a
+    # transaction left idle this long is ended by the server (no bug can hold a lock for good).
+    db_lock_timeout_ms: int = Field(default=10_000, ge=0)
+    db_idle_in_transaction_timeout_ms: int = Field(default=60_000, ge=0)
     bootstrap_api_key: SecretStr | None = None  # ensured at start-up for tenant "default"
     lease_seconds: int = Field(default=60, gt=0)
     heartbeat_seconds: float = Field(default=5, gt=0)

@@ -10,7 +10,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api import quotas
 from api.downloads import stored_download
-from api.deps import PageAfter, PageLimit, SessionDep, SettingsDep, StoreDep, TenantDep
+from api.deps import (BriefTenantDep, PageAfter, PageLimit, SessionDep, SettingsDep, StoreDep, TenantDep,
+                      in_session)
 from api.file_inspection import inspect_upload
 from api.idempotency import IdempotencyKeyDep, IdempotentRequest, fingerprint
 from api.problems import PROBLEM_SCHEMA, Problem
@@ -37,17 +38,32 @@ UPLOAD_BODY = {
 @router.post("", status_code=201, response_model=FileOut, openapi_extra=UPLOAD_BODY,
              responses={409: PROBLEM_SCHEMA, 413: PROBLEM_SCHEMA, 415: PROBLEM_SCHEMA, 422: PROBLEM_SCHEMA,
                         429: PROBLEM_SCHEMA})
-async def upload_file(request: Request, session: SessionDep, tenant: TenantDep, store: StoreDep,
-                      settings: SettingsDep, key: IdempotencyKeyDep) -> JSONResponse:
+async def upload_file(request: Request, tenant: BriefTenantDep, store: StoreDep, settings: SettingsDep,
+                      key: IdempotencyKeyDep) -> JSONResponse:
     """Upload a file (multipart: `file`, `purpose`); its content is validated before it is kept."""
+    # No connection is held while the body arrives or is inspected: each database step takes its own
+    # session and slot in a worker thread (`in_session`), and a step that fails is rolled back before
+    # its error propagates. A request that waits on its client, or on another request's tenant lock,
+    # therefore blocks neither the event loop nor the pool (issue 16: a 429 that kept its tenant row
+    # locked while the loop waited on that lock froze the API for good).
     tenant_id = tenant.id
-    idempotent = IdempotentRequest(session, settings, tenant_id=tenant_id, key=key)
-    idempotent.begin()  # claimed before the body arrives; the fingerprint needs the content's sha256
-    with idempotent.released_on_error():
+    idempotent = IdempotentRequest(None, settings, tenant_id=tenant_id, key=key)
+
+    def begin(session) -> None:  # claimed before the body arrives; the fingerprint needs its sha256
+        idempotent.session = session
+        idempotent.begin()
         if not idempotent.replaying:
             quotas.refuse_declared_upload(request, session, tenant_id=tenant_id, settings=settings)
-        upload = await receive_upload(request, max_bytes=settings.max_upload_bytes,
-                                      tmp_dir=settings.data_dir / "tmp")
+
+    def release(session) -> None:
+        idempotent.session = session
+        idempotent.release()
+
+    storage_key = None
+    try:
+        await in_session(request, begin)
+        upload = await receive_upload(request, max_bytes=settings.max_upload_bytes, tmp_dir=settings.data_dir / "tmp",
+                                      idle_timeout=settings.upload_idle_timeout_seconds)
         try:
             purpose = upload.fields.get("purpose")
             request_fingerprint = fingerprint(request.method, request.url.path, upload.sha256, purpose,
@@ -56,25 +72,33 @@ async def upload_file(request: Request, session: SessionDep, tenant: TenantDep, 
                 return replay
             if purpose not in {p.value for p in Purpose}:
                 raise Problem(422, f"must be one of {', '.join(p.value for p in Purpose)}", field="purpose")
-            quotas.check_stored_bytes(session, tenant_id=tenant_id, settings=settings, adding=upload.bytes)
+            await in_session(request, lambda session: quotas.check_stored_bytes(
+                session, tenant_id=tenant_id, settings=settings, adding=upload.bytes))
             fmt, info = await run_in_threadpool(inspect_upload, upload.path, purpose)
             file_id = files_repo.new_file_id()
             storage_key = f"files/{tenant_id}/{file_id}"
             await run_in_threadpool(store.put_file, storage_key, upload.path)
         finally:
             upload.path.unlink(missing_ok=True)
-        try:
-            quotas.check_stored_bytes(session, tenant_id=tenant_id, settings=settings, adding=upload.bytes,
-                                      lock=True)  # again, under the tenant's lock: this one decides
+
+        def create(session) -> dict:
+            idempotent.session = session
+            # again, under the tenant's lock: this one decides (rolled back at once if it refuses)
+            quotas.check_stored_bytes(session, tenant_id=tenant_id, settings=settings, adding=upload.bytes, lock=True)
             row = files_repo.create(session, tenant_id=tenant_id, file_id=file_id, purpose=purpose, format=fmt,
                                     filename=upload.filename, bytes=upload.bytes, sha256=upload.sha256,
                                     storage_key=storage_key, info=info)
             out = FileOut.from_row(row).model_dump(mode="json")
             idempotent.finish(request_fingerprint, 201, out)
-            session.commit()
-        except BaseException:
-            store.delete(storage_key)
-            raise
+            return out
+
+        out = await in_session(request, create)
+    except BaseException:
+        if storage_key is not None:
+            await run_in_threadpool(store.delete, storage_key)
+        if idempotent.claim_id is not None:
+            await in_session(request, release)
+        raise
     return JSONResponse(out, status_code=201)
 
 

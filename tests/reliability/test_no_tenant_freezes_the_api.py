@@ -1,0 +1,142 @@
+"""One tenant cannot freeze the API for every other (issue 16 items 1 and 4), on a real `python -m api`
+process over PostgreSQL: concurrent uploads racing for the last bytes of a quota, and uploads that
+stall mid-body. While they happen and after, another tenant's requests and /readyz still answer."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from jobs import api_keys
+from jobs.db import make_engine, make_sessionmaker
+from tests.conftest import API_KEY, Proc, service_env, wait_healthy
+from tests.e2e.test_lifecycle_http import free_port
+
+pytestmark = pytest.mark.slow
+PARALLEL = 12  # uploads racing for the room of two
+ROUNDS = 3
+ANSWER_WITHIN = 5.0  # seconds: an API that answers; the frozen one never did
+
+
+@pytest.fixture
+def api(clean_pg, redis_url, tmp_path):
+    def start(**env: str) -> tuple[str, Proc]:
+        port = free_port()
+        proc = Proc([sys.executable, "-m", "api"],
+                    service_env(database_url=clean_pg, broker_url=redis_url, data_dir=tmp_path / "data",
+                                api_key=API_KEY, KD_API_PORT=str(port), KD_API_WORKERS="1", **env),
+                    tmp_path / "api.log")
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, proc)
+        started.append(proc)
+        return url, proc
+
+    started: list[Proc] = []
+    yield start
+    for proc in started:
+        proc.stop(sig_timeout=5)
+
+
+def _other_tenant_key(database_url: str) -> str:
+    engine = make_engine(database_url)
+    with make_sessionmaker(engine)() as session:
+        key, _ = api_keys.create_key(session, tenant_name="bystander")
+        session.commit()
+    engine.dispose()
+    return key
+
+
+def _answers(url: str, key: str) -> None:
+    """/healthz, /readyz and another tenant's listing answer promptly."""
+    with httpx.Client(base_url=url, timeout=ANSWER_WITHIN) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 200
+        assert client.get("/v1/files", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+
+def test_parallel_uploads_at_the_quota_leave_the_api_answering(api, clean_pg, tmp_path):
+    file_bytes = 20_000
+    # room for exactly four uploads of this size (their multipart overhead aside)
+    url, proc = api(KD_QUOTA_STORED_BYTES=str(4 * file_bytes + 100))
+    bystander = _other_tenant_key(clean_pg)
+    payload = tmp_path / "data.csv"
+    payload.write_text("a,label\n" + "".join(f"{i % 7}.0,{i % 2}\n" for i in range(10**6))[: file_bytes - 8])
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=60) as client:  # two files in: two below the quota
+        for _ in range(2):
+            assert client.post("/v1/files", data={"purpose": "dataset"},
+                               files={"file": ("d.csv", payload.read_bytes())}).status_code == 201
+    for _ in range(ROUNDS):  # the freeze was a race: give it several chances
+        statuses: list = []
+
+        def one_upload() -> None:
+            try:
+                r = httpx.post(f"{url}/v1/files", headers=headers, data={"purpose": "dataset"},
+                               files={"file": ("d.csv", payload.read_bytes())}, timeout=30)
+                statuses.append(r.status_code)
+                if r.status_code == 201:
+                    created.append(r.json()["id"])
+            except httpx.HTTPError as e:
+                statuses.append(repr(e))
+
+        created: list[str] = []
+        threads = [threading.Thread(target=one_upload) for _ in range(PARALLEL)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=90)
+        assert sorted(statuses, key=str) == [201, 201] + [429] * (PARALLEL - 2), (statuses, proc.output()[-3000:])
+        _answers(url, bystander)
+        for file_id in created:  # room for two again
+            assert httpx.delete(f"{url}/v1/files/{file_id}", headers=headers, timeout=10).status_code == 204
+    _answers(url, bystander)
+    # and no transaction was left holding a lock
+    engine = make_engine(clean_pg)
+    with engine.connect() as conn:
+        idle = conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                 "AND state = 'idle in transaction'")).scalar()
+    engine.dispose()
+    assert idle == 0
+
+
+def _stall_upload(port: int, sent: threading.Event, stop: threading.Event) -> None:
+    """Start a multipart upload, send a few bytes of it, then send nothing until told to stop."""
+    body_head = (b"--b\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\ndataset\r\n--b\r\n"
+                 b"Content-Disposition: form-data; name=\"file\"; filename=\"x.csv\"\r\n\r\na,la")
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + API_KEY.encode()
+                  + b"\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n" + body_head)
+        sent.set()
+        stop.wait(60)
+
+
+def test_stalled_uploads_hold_no_database_slot_and_are_cut(api, clean_pg, tmp_path):
+    url, proc = api(KD_UPLOAD_IDLE_TIMEOUT_SECONDS="4")
+    port = int(url.rsplit(":", 1)[1])
+    bystander = _other_tenant_key(clean_pg)
+    stop = threading.Event()
+    stalls = []
+    for _ in range(25):  # more than the pool's 15 slots
+        sent = threading.Event()
+        t = threading.Thread(target=_stall_upload, args=(port, sent, stop), daemon=True)
+        t.start()
+        stalls.append((t, sent))
+    for _, sent in stalls:
+        assert sent.wait(10)
+    time.sleep(0.5)
+    try:
+        _answers(url, bystander)  # while all of them stall
+        tmp = tmp_path / "data" / "tmp"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and list(tmp.glob("upload-*.part")):
+            time.sleep(0.5)
+        assert not list(tmp.glob("upload-*.part")), "the stalled uploads' temp files were not removed"
+    finally:
+        stop.set()
+    _answers(url, bystander)
