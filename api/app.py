@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from swagger_ui_bundle import swagger_ui_path
 
-from api import problems
+from api import problems, sse
 from api.body_limit import BodyLimitMiddleware
 from api.enqueue import Enqueuer
 from api.routes import files, health, jobs, ui
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessionmaker = make_sessionmaker(app.state.engine)
     app.state.store = make_store(settings)  # a directory, or S3 (KD_ARTIFACT_URL)
     app.state.enqueuer = Enqueuer(settings.celery_broker_url)
+    app.state.stream_slots = sse.StreamSlots(settings.max_streams_per_tenant)
     problems.install(app)
     app.add_middleware(BodyLimitMiddleware)
     app.include_router(health.router)

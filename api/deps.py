@@ -19,7 +19,7 @@ from jobs.settings import Settings
 from jobs.tables import Tenant
 
 T = TypeVar("T")
-_bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: Bearer kd_...`")
+bearer = _bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: Bearer kd_...`")
 
 
 @asynccontextmanager

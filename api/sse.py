@@ -9,30 +9,60 @@ Each event is written as
     <blank line>
 
 so a client that reconnects sends `Last-Event-ID` and resumes after it. The stream polls the
-database every POLL_SECONDS with a fresh session each time (no transaction stays open between
-polls), sends a `: keep-alive` comment every KEEPALIVE_SECONDS of silence, and ends once the job is
-in a terminal status and every event up to then has been sent.
+database every POLL_SECONDS through the caller's `run` (a database slot, a fresh session and a worker
+thread for that poll only: between polls the stream holds no connection and no slot), sends a
+`: keep-alive` comment every KEEPALIVE_SECONDS of silence, and ends once the job is in a terminal
+status and every event up to then has been sent, or, at the first poll KEY_CHECK_SECONDS after the
+last check that finds the stream's API key revoked, at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterator, Callable
+from collections import Counter
+from typing import AsyncIterator, Awaitable, Callable
 
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
+from api.problems import Problem
 from api.schemas.jobs import EventOut
-from jobs import jobs_repo
+from jobs import api_keys, jobs_repo
 from jobs.errors import NotFound
 from jobs.tables import TERMINAL_STATUSES
 
 MEDIA_TYPE = "text/event-stream"
 POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0
+KEY_CHECK_SECONDS = 5.0  # a revoked key's streams end within this (plus one poll)
 BATCH = jobs_repo.MAX_EVENTS_PER_READ
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering
+
+
+class StreamSlots:
+    """Open streams per tenant in this API process, at most `limit` each (KD_MAX_STREAMS_PER_TENANT).
+    `check` (in the route, before the stream starts) answers a 429 problem naming the limit; a
+    stream counts from its first byte to its end, whatever ends it (`counted`), so a client that
+    goes away before its first byte never holds a place. Requests opened in the same instant may
+    pass the limit by their number."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.open: Counter[str] = Counter()
+
+    def check(self, tenant_id: str) -> None:
+        if self.open[tenant_id] >= self.limit:
+            raise Problem(429, f"this tenant already has {self.open[tenant_id]} open event streams; the limit "
+                               f"per API process is {self.limit} (KD_MAX_STREAMS_PER_TENANT): close one, or "
+                               "poll the JSON events page", slug="too-many-streams", headers={"Retry-After": "5"})
+
+    async def counted(self, tenant_id: str, stream: AsyncIterator[str]) -> AsyncIterator[str]:
+        self.open[tenant_id] += 1
+        try:
+            async for chunk in stream:
+                yield chunk
+        finally:
+            self.open[tenant_id] -= 1
 
 
 def wants_stream(accept: str | None) -> bool:
@@ -52,31 +82,36 @@ def format_event(event: EventOut) -> str:
     return f"id: {event.id}\nevent: {event.type}\ndata: {event.model_dump_json()}\n\n"
 
 
-def _poll(sessionmaker: Callable[[], Session], tenant_id: str, job_id: str,
-          after_seq: int) -> tuple[list[EventOut], bool]:
-    """(events after after_seq, whether the stream may end after them), in a short session.
-    The status is read before the events, so a terminal status implies its events are visible."""
-    with sessionmaker() as session:
-        try:
-            status = jobs_repo.get(session, tenant_id=tenant_id, job_id=job_id).status
-            rows = jobs_repo.events(session, tenant_id=tenant_id, job_id=job_id, after_seq=after_seq,
-                                    limit=BATCH)
-        except NotFound:  # deleted while streaming: nothing more will come
-            return [], True
-        finally:
-            session.rollback()
-        events = [EventOut.from_row(r) for r in rows]
+def _poll(session: Session, tenant_id: str, job_id: str, after_seq: int,
+          plain_key: str | None) -> tuple[list[EventOut], bool]:
+    """(events after after_seq, whether the stream may end after them). The status is read before
+    the events, so a terminal status implies its events are visible. With `plain_key`, a key that is
+    no longer valid ends the stream."""
+    if plain_key is not None and api_keys.authenticate(session, plain_key=plain_key) is None:
+        return [], True
+    try:
+        status = jobs_repo.get(session, tenant_id=tenant_id, job_id=job_id).status
+        rows = jobs_repo.events(session, tenant_id=tenant_id, job_id=job_id, after_seq=after_seq, limit=BATCH)
+    except NotFound:  # deleted while streaming: nothing more will come
+        return [], True
+    events = [EventOut.from_row(r) for r in rows]
     return events, status in TERMINAL_STATUSES and len(rows) < BATCH
 
 
-async def event_stream(sessionmaker: Callable[[], Session], *, tenant_id: str, job_id: str, after_seq: int,
-                       poll_seconds: float = POLL_SECONDS,
-                       keepalive_seconds: float = KEEPALIVE_SECONDS) -> AsyncIterator[str]:
+Run = Callable[..., Awaitable]  # run(fn, *args): fn(session, *args) with a slot and a session of its own
+
+
+async def event_stream(run: Run, *, tenant_id: str, job_id: str, after_seq: int, plain_key: str,
+                       poll_seconds: float = POLL_SECONDS, keepalive_seconds: float = KEEPALIVE_SECONDS,
+                       key_check_seconds: float = KEY_CHECK_SECONDS) -> AsyncIterator[str]:
     """The SSE body. The caller has already checked that the job exists and is the tenant's."""
-    last_sent = time.monotonic()
+    last_sent = last_key_check = time.monotonic()
     yield f"retry: {int(poll_seconds * 2000)}\n\n"  # reconnect delay for EventSource clients
     while True:
-        events, done = await run_in_threadpool(_poll, sessionmaker, tenant_id, job_id, after_seq)
+        check_key = time.monotonic() - last_key_check >= key_check_seconds
+        if check_key:
+            last_key_check = time.monotonic()
+        events, done = await run(_poll, tenant_id, job_id, after_seq, plain_key if check_key else None)
         for event in events:
             yield format_event(event)
             after_seq = event.id

@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=GIB, gt=0)
     # An upload body that sends nothing for this long is cut (408) and its temp file removed.
     upload_idle_timeout_seconds: float = Field(default=30, gt=0)
+    # Open SSE event streams per tenant in one API process (one more is a 429).
+    max_streams_per_tenant: int = Field(default=8, ge=1)
     # PostgreSQL sessions of the service: a statement waiting this long for a lock fails, and a
     # transaction left idle this long is ended by the server (no bug can hold a lock for good).
     db_lock_timeout_ms: int = Field(default=10_000, ge=0)

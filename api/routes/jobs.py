@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
 from api import quotas, sse
 from api.downloads import stored_download
-from api.deps import PageAfter, PageLimit, SessionDep, SettingsDep, StoreDep, TenantDep
+from api.deps import (BriefTenantDep, PageAfter, PageLimit, SessionDep, SettingsDep, StoreDep, TenantDep, bearer,
+                      in_session)
 from api.idempotency import IdempotencyKeyDep, IdempotentRequest, fingerprint
 from api.problems import PROBLEM_SCHEMA, Problem
 from api.schemas.jobs import EventList, EventOut, JobCreate, JobList, JobOut, MetricList, MetricOut, Status
@@ -25,6 +27,7 @@ from jobs.settings import Settings
 
 log = logging.getLogger("api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={401: PROBLEM_SCHEMA, 404: PROBLEM_SCHEMA})
+MAX_EVENT_ID = 2**31 - 1  # job_events.seq is a PostgreSQL integer: a larger `after` is a 422, not a 500
 STUDENT_ARTIFACTS = {"safetensors": ("student_safetensors", "student.safetensors"),
                      "onnx": ("student_onnx", "student.onnx")}
 
@@ -101,33 +104,33 @@ def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
                          "`: keep-alive` comments every 15 s; the stream ends once the job has finished",
           "content": {sse.MEDIA_TYPE: {"schema": {"type": "string"}}}},
     422: PROBLEM_SCHEMA})
-def list_events(job_id: str, request: Request, session: SessionDep, tenant: TenantDep,
-                after: Annotated[int, Query(ge=0, description="last event id seen; 0 from the start")] = 0,
-                limit: Annotated[int, Query(ge=1, le=999, description="page size (JSON only)")] = 100,
-                accept: Annotated[str | None, Header(include_in_schema=False)] = None,
-                last_event_id: Annotated[str | None, Header(
-                    alias="Last-Event-ID", description="SSE only: resume after this event id (wins over `after`)")]
-                = None):
+async def list_events(job_id: str, request: Request, tenant: BriefTenantDep,
+                      credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+                      after: Annotated[int, Query(ge=0, le=MAX_EVENT_ID,
+                                                  description="last event id seen; 0 from the start")] = 0,
+                      limit: Annotated[int, Query(ge=1, le=999, description="page size (JSON only)")] = 100,
+                      accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+                      last_event_id: Annotated[str | None, Header(
+                          alias="Last-Event-ID",
+                          description="SSE only: resume after this event id (wins over `after`)")] = None):
     """The job's events in order, from after `after`: a JSON page, or a live SSE stream when the
-    request accepts text/event-stream."""
+    request accepts text/event-stream. Neither holds a database connection between its queries."""
     tenant_id = tenant.id
     if not sse.wants_stream(accept):
-        rows = jobs_repo.events(session, tenant_id=tenant_id, job_id=job_id, after_seq=after, limit=limit + 1)
+        rows = await in_session(request, lambda s: jobs_repo.events(s, tenant_id=tenant_id, job_id=job_id,
+                                                                    after_seq=after, limit=limit + 1))
         return EventList(data=[EventOut.from_row(r) for r in rows[:limit]], has_more=len(rows) > limit)
     if last_event_id is not None and last_event_id.strip():
-        try:
-            after = int(last_event_id.strip())
-        except ValueError:
-            after = -1
-        if after < 0:
-            raise Problem(422, "must be a non-negative integer (an event id)", field="Last-Event-ID")
-    try:
-        jobs_repo.get(session, tenant_id=tenant_id, job_id=job_id)  # 404 before the stream starts
-    finally:
-        session.rollback()  # no transaction (nor connection) stays held while streaming
-    return StreamingResponse(sse.event_stream(request.app.state.sessionmaker, tenant_id=tenant_id, job_id=job_id,
-                                              after_seq=after),
-                             media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
+        text = last_event_id.strip()
+        after = int(text) if text.isdigit() and len(text) <= 10 else -1
+        if not 0 <= after <= MAX_EVENT_ID:
+            raise Problem(422, f"must be an event id, an integer from 0 to {MAX_EVENT_ID}", field="Last-Event-ID")
+    await in_session(request, lambda s: jobs_repo.get(s, tenant_id=tenant_id, job_id=job_id))  # 404 first
+    streams = request.app.state.stream_slots
+    streams.check(tenant_id)
+    stream = sse.event_stream(lambda fn, *args: in_session(request, fn, *args), tenant_id=tenant_id,
+                              job_id=job_id, after_seq=after, plain_key=credentials.credentials)
+    return StreamingResponse(streams.counted(tenant_id, stream), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
 
 
 @router.get("/{job_id}/metrics", response_model=MetricList)

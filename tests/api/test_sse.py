@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from api import sse
 from jobs.tables import Job, JobEvent
-from tests.conftest import problem, upload
+from tests.conftest import API_KEY, problem, upload
 
 SSE = {"Accept": "text/event-stream"}
 
@@ -114,9 +114,15 @@ def test_a_live_stream_keeps_alive_and_ends_once_the_job_finishes(client, teache
     with client.app.state.sessionmaker() as session:
         tenant_id = session.scalar(select(Job.tenant_id).where(Job.id == job["id"]))
 
+    async def run(fn, *args):  # a session per poll, in a thread, as the route's in_session does
+        def call():
+            with client.app.state.sessionmaker() as session:
+                return fn(session, *args)
+        return await asyncio.to_thread(call)
+
     async def follow() -> str:
         chunks = []
-        gen = sse.event_stream(client.app.state.sessionmaker, tenant_id=tenant_id, job_id=job["id"], after_seq=0,
+        gen = sse.event_stream(run, tenant_id=tenant_id, job_id=job["id"], after_seq=0, plain_key=API_KEY,
                                poll_seconds=0.05, keepalive_seconds=0.2)
         async for chunk in gen:
             chunks.append(chunk)

@@ -140,3 +140,94 @@ def test_stalled_uploads_hold_no_database_slot_and_are_cut(api, clean_pg, tmp_pa
     finally:
         stop.set()
     _answers(url, bystander)
+
+
+def _queued_job(url: str, headers: dict, teacher_path) -> str:
+    """A job nobody runs (no worker): its event stream stays open."""
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+        with open(teacher_path, "rb") as f:
+            tid = client.post("/v1/files", data={"purpose": "teacher"}, files={"file": ("t.safetensors", f)}).json()["id"]
+        job = client.post("/v1/jobs", json={"teacher": {"file_id": tid, "arch": "mlp",
+                                                        "arch_params": {"hidden_sizes": [128]}},
+                                            "hyperparameters": {"epochs": 1}})
+        assert job.status_code == 201, job.text
+        return job.json()["id"]
+
+
+def _open_stream(url: str, key: str, job_id: str, opened: threading.Event, lines: list, stop: threading.Event):
+    try:
+        with httpx.Client(timeout=httpx.Timeout(60, connect=10)) as client:
+            with client.stream("GET", f"{url}/v1/jobs/{job_id}/events",
+                               headers={"Authorization": f"Bearer {key}", "Accept": "text/event-stream"}) as resp:
+                lines.append(resp.status_code)
+                opened.set()
+                for line in resp.iter_lines():
+                    lines.append(line)
+                    if stop.is_set():
+                        return
+        lines.append("<end>")
+    except httpx.HTTPError as e:  # the API stopped under a stream the test left open
+        lines.append(f"<{type(e).__name__}>")
+
+
+def test_open_event_streams_hold_no_database_slot(api, clean_pg, digits_teacher):
+    url, proc = api(KD_MAX_STREAMS_PER_TENANT="30")
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    job_id = _queued_job(url, headers, digits_teacher[0])
+    bystander = _other_tenant_key(clean_pg)
+    stop = threading.Event()
+    streams = []
+    for _ in range(25):  # more than the pool's 15 connections
+        opened, lines = threading.Event(), []
+        threading.Thread(target=_open_stream, args=(url, API_KEY, job_id, opened, lines, stop), daemon=True).start()
+        streams.append((opened, lines))
+    for opened, lines in streams:
+        assert opened.wait(20) and lines[0] == 200, (lines, proc.output()[-2000:])
+    try:
+        _answers(url, bystander)
+        with httpx.Client(base_url=url, timeout=ANSWER_WITHIN) as client:
+            assert client.get(f"/v1/jobs/{job_id}", headers=headers).status_code == 200
+    finally:
+        stop.set()
+
+
+def test_a_revoked_keys_stream_ends_and_streams_per_tenant_are_bounded(api, clean_pg, digits_teacher):
+    from kdcore.data import load_builtin  # noqa: F401 (the teacher fixture needs the digits data anyway)
+
+    url, proc = api(KD_MAX_STREAMS_PER_TENANT="2")
+    engine = make_engine(clean_pg)
+    with make_sessionmaker(engine)() as session:
+        key, row = api_keys.create_key(session, tenant_name="streamer")
+        session.commit()
+    job_id = _queued_job(url, {"Authorization": f"Bearer {key}"}, digits_teacher[0])
+    stop = threading.Event()
+    opened = [threading.Event(), threading.Event()]
+    lines: list[list] = [[], []]
+    for i in range(2):
+        threading.Thread(target=_open_stream, args=(url, key, job_id, opened[i], lines[i], stop), daemon=True).start()
+    assert opened[0].wait(20) and opened[1].wait(20)
+    third = httpx.get(f"{url}/v1/jobs/{job_id}/events", headers={"Authorization": f"Bearer {key}",
+                                                                  "Accept": "text/event-stream"}, timeout=10)
+    assert third.status_code == 429 and "KD_MAX_STREAMS_PER_TENANT" in third.json()["detail"]
+    with make_sessionmaker(engine)() as session:
+        api_keys.revoke_key(session, prefix_or_id=row.id)
+        session.commit()
+    engine.dispose()
+    deadline = time.monotonic() + 15  # KEY_CHECK_SECONDS (5) and a poll, with room
+    while time.monotonic() < deadline and not all(ls and ls[-1] == "<end>" for ls in lines):
+        time.sleep(0.2)
+    stop.set()
+    assert all(ls[-1] == "<end>" for ls in lines), lines
+    # the ended streams gave their places back: a valid key of that tenant may stream again... (revoked: 401)
+    assert httpx.get(f"{url}/v1/jobs/{job_id}/events", headers={"Authorization": f"Bearer {key}",
+                                                                "Accept": "text/event-stream"}, timeout=10).status_code == 401
+
+
+def test_event_ids_past_the_column_are_422_not_500(api, digits_teacher):
+    url, _ = api()
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    job_id = _queued_job(url, headers, digits_teacher[0])
+    assert httpx.get(f"{url}/v1/jobs/{job_id}/events", params={"after": 2**31}, headers=headers).status_code == 422
+    resp = httpx.get(f"{url}/v1/jobs/{job_id}/events", headers={**headers, "Accept": "text/event-stream",
+                                                               "Last-Event-ID": str(2**31)})
+    assert resp.status_code == 422 and resp.json()["errors"][0]["field"] == "Last-Event-ID"
