@@ -98,6 +98,7 @@ class JobRun(PipelineCallbacks):
         self.point: int | None = None
         self.baseline = True
         self.epochs = 0
+        self.run_epochs: int | None = None  # epochs of the run in progress, once known (EpochMetrics.epochs)
         self.current_run = "student"  # the trainer's run the next checkpoint belongs to
         self.checkpoints: CheckpointMirror | None = None
 
@@ -247,6 +248,8 @@ class JobRun(PipelineCallbacks):
 
     def on_step(self, info) -> None:
         self.point, self.points = getattr(info, "point", None), getattr(info, "points", None)
+        if info.run != self.current_run:  # a new run: its epoch count comes with its first epoch
+            self.current_run, self.run_epochs = info.run, None
         self._progress(epoch=info.epoch + 1, step=info.step, steps=info.steps, run=info.run)
 
     def on_epoch_end(self, m) -> None:
@@ -263,6 +266,8 @@ class JobRun(PipelineCallbacks):
                         + (f"val accuracy {m.val_accuracy:.4f}" if m.val_accuracy is not None
                            else f"val agreement {m.val_agreement:.4f} (no labelled validation row)")) is not None)
             s.commit()
+        # a run's own epoch count: the baseline on few labelled rows runs more (shorter) epochs
+        self.run_epochs = m.epochs
         self._progress(epoch=m.epoch, step=None, steps=None, run=m.run, force=True)
 
     def on_checkpoint(self, info) -> None:
@@ -295,7 +300,8 @@ class JobRun(PipelineCallbacks):
         fraction = self.last_fraction = max(self._fraction(epoch, step, steps), self.last_fraction)
         elapsed = now - self.started
         eta = elapsed * (1 - fraction) / fraction if fraction > 0.02 else None
-        progress = {"phase": self.phase, "epoch": epoch, "epochs": self.epochs, "step": step, "steps": steps,
+        progress = {"phase": self.phase, "epoch": epoch, "epochs": self.run_epochs or self.epochs, "step": step,
+                    "steps": steps,
                     "fraction": round(fraction, 4), "eta_seconds": None if eta is None else round(eta, 1)}
         self._write(lifecycle.set_progress, progress=progress)
 
@@ -311,7 +317,7 @@ class JobRun(PipelineCallbacks):
         if step and steps:
             done = step / steps
         else:  # an epoch boundary
-            done = (epoch or 0) / max(self.epochs, 1)
+            done = min((epoch or 0) / max(self.run_epochs or self.epochs, 1), 1.0)
         offset = 0 if self.phase == "training" else 1
         if self.phase == "training" and self.points and self.point is not None:
             # a sweep: the student's share is split evenly between its points, in grid order

@@ -4,6 +4,8 @@ label at all run by a real worker process."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -171,3 +173,27 @@ def test_request_types_are_strict(client, teacher_id, body_part, field):
         body[key] = {**body[key], **value} if isinstance(body.get(key), dict) else value
     err = problem(client.post("/v1/jobs", json=body), 422)
     assert any(e["field"] == field for e in err["errors"]), err
+
+
+@pytest.mark.slow
+def test_a_few_labels_job_reports_sane_progress_and_both_runs_rows(client, worker, teacher_id):  # noqa: F811
+    """The baseline on 50 labelled rows runs many short epochs (the distilled run's step count):
+    progress never passes 100 % nor shows an epoch past the run's epochs."""
+    body = _job(teacher_id, {"builtin": "digits", "labels_per_class": 5}, hp={"epochs": 2, "learning_rate": 0.01})
+    job_id = client.post("/v1/jobs", json=body).json()["id"]
+    seen = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        seen.append(job["progress"])
+        if job["status"] in ("succeeded", "failed"):
+            break
+        time.sleep(0.1)
+    assert job["status"] == "succeeded", job
+    assert max(p["fraction"] for p in seen) <= 1.0
+    bad = [p for p in seen if p.get("epoch") and p.get("epochs") and p["epoch"] > p["epochs"]]
+    assert not bad, bad[:3]
+    student, baseline = job["result"]["student"], job["result"]["baseline"]
+    assert student["train_rows"]["labeled"] == baseline["train_rows"]["labeled"] == 50
+    assert baseline["train_rows"]["unlabeled"] == 0 and student["steps"] == baseline["steps"]
+    assert baseline["epochs_run"] == baseline["steps"]  # 50 rows: one step per epoch
