@@ -154,6 +154,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"KD_WORKER_HEARTBEAT_SECONDS ({self.worker_heartbeat_seconds:g}) must be shorter than "
                 f"KD_WORKER_STALE_SECONDS ({self.worker_stale_seconds:g}), or live workers look gone")
+        key = self.bootstrap_api_key
+        if key is not None and not _KEY_FORMAT.fullmatch(key.get_secret_value()):
+            raise ValueError("KD_BOOTSTRAP_API_KEY must look like the keys the service makes: 'kd_' and then "
+                             "letters, digits, '-' or '_' (e.g. kd_ plus `python -c \"import secrets; "
+                             "print(secrets.token_urlsafe(32))\"`); any other key could never authenticate")
         if self.mode == "production":
             self._refuse_embedded_defaults()
         return self
@@ -194,5 +199,7 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("KD_MODE=production refuses embedded defaults: " + "; ".join(problems))
 
+
+_KEY_FORMAT = re.compile(r"kd_[A-Za-z0-9_-]+")  # jobs/api_keys.py: KEY_PREFIX + token_urlsafe
 
 settings = Settings()

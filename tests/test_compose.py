@@ -41,7 +41,7 @@ EXTRA_IN_IMAGE = {"migrations"}
 INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}")
 KD_NAME = re.compile(r"^KD_[A-Z0-9_]+$")
 # What the operator exports on the host (docs/PRODUCTION.md), for the checks that interpolate.
-HOST = {"KD_POSTGRES_PASSWORD": "pw", "KD_BOOTSTRAP_API_KEY": "k" * 40, "KD_S3_ACCESS_KEY_ID": "kdadmin",
+HOST = {"KD_POSTGRES_PASSWORD": "pw", "KD_BOOTSTRAP_API_KEY": "kd_" + "k" * 40, "KD_S3_ACCESS_KEY_ID": "kdadmin",
         "KD_S3_SECRET_ACCESS_KEY": "s" * 40}
 
 

@@ -36,9 +36,16 @@ def test_environment_is_read_with_the_prefix(monkeypatch):
 
 
 def test_production_accepts_real_servers():
-    s = Settings(mode="production", database_url=PG, broker_url=REDIS, bootstrap_api_key="k" * 32)
-    assert s.db_url == PG and s.bootstrap_api_key.get_secret_value() == "k" * 32
+    s = Settings(mode="production", database_url=PG, broker_url=REDIS, bootstrap_api_key="kd_" + "k" * 32)
+    assert s.db_url == PG and s.bootstrap_api_key.get_secret_value() == "kd_" + "k" * 32
     assert "k" * 32 not in repr(s)
+
+
+@pytest.mark.parametrize("key", ["k" * 40, "kd_", "kd_has space", "KD_abc"])
+def test_a_bootstrap_key_that_could_never_authenticate_is_refused_at_start_up(key):
+    """Issue 15: such a key was accepted, printed with a "Try: curl" line, and answered 401."""
+    with pytest.raises(ValueError, match="KD_BOOTSTRAP_API_KEY must look like"):
+        Settings(bootstrap_api_key=key)
 
 
 @pytest.mark.parametrize("overrides, complaint", [
@@ -46,7 +53,7 @@ def test_production_accepts_real_servers():
     ({"database_url": "sqlite:////srv/kd.sqlite3"}, "KD_DATABASE_URL is SQLite"),
     ({"broker_url": None}, "KD_BROKER_URL"),
     ({"broker_url": "memory://"}, "KD_BROKER_URL"),
-    ({"bootstrap_api_key": "short"}, "KD_BOOTSTRAP_API_KEY"),
+    ({"bootstrap_api_key": "kd_short"}, "KD_BOOTSTRAP_API_KEY"),
 ])
 def test_production_refuses_embedded_defaults(overrides, complaint):
     values = {"mode": "production", "database_url": PG, "broker_url": REDIS, **overrides}
