@@ -308,11 +308,13 @@ def result_table(result: dict[str, Any]) -> Table:
         table.add_column(name, justify="right")
 
     def rows(run: dict[str, Any]) -> str:
-        counts = run.get("train_rows")
-        if not counts:
-            return "-"
-        steps = f", {run['steps']:,} steps" if run.get("steps") is not None else ""
-        return f"{counts['labeled']:,} + {counts['unlabeled']:,}{steps}"
+        counts = run.get("train_rows") or {}
+        parts = []
+        if counts:
+            parts.append(f"{_fmt(counts.get('labeled'), ',')} + {_fmt(counts.get('unlabeled'), ',')}")
+        if run.get("steps") is not None:
+            parts.append(f"{_fmt(run['steps'], ',')} steps")
+        return ", ".join(parts) or "-"
 
     table.add_row("teacher", _fmt(teacher.get("accuracy"), ".2%"), "-", _fmt(teacher.get("parameters"), ","),
                   _fmt(teacher.get("latency_ms"), ".3f", " ms"), "-")
@@ -326,6 +328,9 @@ def result_table(result: dict[str, Any]) -> Table:
     table.caption = (f"compression {_fmt(result.get('compression'), '.1f', 'x')}, "
                      f"speedup {_fmt(result.get('speedup'), '.1f', 'x')}, distillation gain "
                      f"{_fmt(None if gain is None else 100 * gain, '+.1f', ' points')}")
+    if student.get("accuracy") is None and student.get("agreement") is not None:
+        table.caption += (f"; the {result.get('evaluated_on') or 'evaluation'} split has no labels: agreement "
+                          "with the teacher is the score")
     table.caption_justify = "left"
     return table
 
@@ -333,12 +338,19 @@ def result_table(result: dict[str, Any]) -> Table:
 def _file_table(files: list[File]) -> Table:
     table = Table()
     for name, justify in (("id", "left"), ("purpose", "left"), ("format", "left"), ("kind", "left"),
-                          ("filename", "left"), ("bytes", "right"), ("created", "left")):
+                          ("filename", "left"), ("rows (labelled)", "right"), ("bytes", "right"), ("created", "left")):
         table.add_column(name, justify=justify, no_wrap=name != "filename", overflow="fold")
     for f in files:
-        table.add_row(f.id, f.purpose, f.format, f.kind or "-", f.filename, f"{f.bytes:,}",
+        table.add_row(f.id, f.purpose, f.format, f.kind or "-", f.filename, _rows(f), f"{f.bytes:,}",
                       f.created_at.strftime("%Y-%m-%d %H:%M") if f.created_at else "-")
     return table
+
+
+def _rows(f: File) -> str:
+    """A dataset's rows and, when the service says, how many of them carry a label: `1,000 (100)`."""
+    if f.num_samples is None:
+        return "-"
+    return f"{f.num_samples:,}" + (f" ({f.num_labeled:,})" if f.num_labeled is not None else "")
 
 
 def _describe_file(f: File) -> str:
@@ -394,10 +406,19 @@ def _job_summary(out: Console, job: Job) -> None:
         ("dataset", data.get("builtin") or " / ".join(str(data.get(k)) for k in
                                                     ("train_file_id", "validation_file_id", "test_file_id")
                                                     if data.get(k))),
+    ]
+    if data.get("unlabeled_file_ids"):
+        rows.append(("unlabelled", ", ".join(map(str, data["unlabeled_file_ids"]))))
+    if data.get("labels_per_class") is not None:
+        rows.append(("labels", f"{data['labels_per_class']} per class (the other training rows unlabelled)"))
+    rows += [
         ("distillation", f"T {hp.get('temperature')}, alpha {hp.get('alpha')}, loss {hp.get('loss')}"),
         ("training", f"{hp.get('epochs')} epochs, batch {hp.get('batch_size')}, lr {hp.get('learning_rate')}, "
                      f"{hp.get('optimizer')}, seed {hp.get('seed')}, baseline {spec.get('baseline')}"),
     ]
+    augment = _augment_text(hp)
+    if augment:
+        rows.append(("augment", augment))
     if job.error:
         rows.append(("error", f"{job.error.code}: {job.error.message}"))
     for key, value in rows:
@@ -408,15 +429,32 @@ def _job_summary(out: Console, job: Job) -> None:
         out.print(result_table(job.result))
 
 
+def _augment_text(hp: dict[str, Any]) -> str | None:
+    """`shift (max 4), mixup (alpha 0.4)`, or None when the spec augments nothing."""
+    augment = hp.get("augment")
+    names = [augment] if isinstance(augment, str) else list(augment or [])
+    names = [n for n in names if n and n != "none"]
+    if not names:
+        return None
+    detail = {"shift": f" (max {hp['shift_max']})" if hp.get("shift_max") is not None else "",
+              "crop_flip": f" (padding {hp['shift_max']})" if hp.get("shift_max") is not None else "",
+              "mixup": f" (alpha {hp['mixup_alpha']})" if hp.get("mixup_alpha") is not None else "",
+              "noise": f" (std {hp['noise_std']})" if hp.get("noise_std") is not None else ""}
+    return ", ".join(f"{n}{detail.get(n, '')}" for n in names)
+
+
 def _job_table(jobs: list[Job]) -> Table:
     table = Table()
     for name, justify in (("id", "left"), ("status", "left"), ("progress", "right"), ("student", "left"),
                           ("accuracy", "right"), ("created", "left")):
         table.add_column(name, justify=justify, no_wrap=name != "student", overflow="fold")
     for j in jobs:
-        acc = ((j.result or {}).get("student") or {}).get("accuracy")
+        st = (j.result or {}).get("student") or {}
+        acc = _fmt(st.get("accuracy"), ".2%")
+        if st.get("accuracy") is None and st.get("agreement") is not None:  # nothing labelled to score on
+            acc = f"agreement {_fmt(st['agreement'], '.2%')}"
         table.add_row(j.id, j.status, f"{100 * j.progress.fraction:.0f}%", _arch(j.spec.get("student") or {}),
-                      _fmt(acc, ".2%"), j.created_at.strftime("%Y-%m-%d %H:%M") if j.created_at else "-")
+                      acc, j.created_at.strftime("%Y-%m-%d %H:%M") if j.created_at else "-")
     return table
 
 

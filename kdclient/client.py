@@ -232,7 +232,16 @@ class Client:
     # --- jobs -----------------------------------------------------------------------------------------
     def create_job(self, spec: dict[str, Any], *, idempotency_key: str | None = None) -> Job:
         """Submit a job. `spec` is the body of POST /v1/jobs (teacher, student, dataset,
-        hyperparameters, baseline, metadata); the answer's `spec` has every default resolved."""
+        hyperparameters, baseline, metadata), sent as given; the answer's `spec` has every default
+        resolved. Few labels and many inputs, for example:
+
+            "dataset": {"train_file_id": "file_…", "unlabeled_file_ids": ["file_…", "file_…"]}
+            "dataset": {"builtin": "digits", "labels_per_class": 10}
+            "hyperparameters": {"augment": ["shift", "mixup"], "shift_max": 4, "mixup_alpha": 0.4}
+
+        The result's `student` and `baseline` then carry `train_rows` ({"labeled": n, "unlabeled": m})
+        and `steps`; their `accuracy` is None when the evaluation split has no labels (`agreement`
+        with the teacher is the score)."""
         return Job.from_dict(self._json("POST", "/v1/jobs", json=spec, headers=self._idempotency(idempotency_key)))
 
     def list_jobs(self, status: str | None = None, limit: int = 20, after: str | None = None) -> Page[Job]:

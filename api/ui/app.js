@@ -56,9 +56,19 @@ async function jobPage() {
       ["Val agreement", last && last.val_accuracy == null ? num(last.val_agreement, 4) : null],
       ["Error", j.error ? j.error.code + ": " + j.error.message : null]];
     const r = j.result || {};
-    const rowsOf = (run) => run && run.train_rows ? run.train_rows.labeled + " labelled + " + run.train_rows.unlabeled +
-      " unlabelled rows" + (run.steps != null ? ", " + run.steps + " steps" : "") : null;
-    rows.push(["Student trained on", rowsOf(r.student)], ["Baseline trained on", rowsOf(r.baseline)]);
+    // result.student / result.baseline: accuracy is null when the evaluation split has no labels (then
+    // the student's agreement with the teacher is the score); train_rows and steps say what each run saw
+    const score = (run) => !run ? null : run.accuracy != null ? num(run.accuracy, 4)
+      : run.agreement != null ? "agreement with the teacher " + num(run.agreement, 4) : null;
+    const rowsOf = (run) => {
+      if (!run || (!run.train_rows && run.steps == null)) return null;
+      const parts = [];
+      if (run.train_rows) parts.push(run.train_rows.labeled + " labelled + " + run.train_rows.unlabeled + " unlabelled rows");
+      if (run.steps != null) parts.push(run.steps + " steps");
+      return parts.join(", ");
+    };
+    rows.push(["Evaluated on", r.evaluated_on], ["Student accuracy", score(r.student)], ["Baseline accuracy", score(r.baseline)],
+      ["Student trained on", rowsOf(r.student)], ["Baseline trained on", rowsOf(r.baseline)]);
     for (const [k, v] of rows) { if (v == null || v === "") continue;
       const dt = document.createElement("dt"); dt.textContent = k; const dd = document.createElement("dd"); dd.textContent = String(v);
       dd.className = "field-" + k.toLowerCase().replace(/ /g, "-"); dl.append(dt, dd); }
@@ -85,22 +95,41 @@ function addDownload(id, format) {
   $("downloads").appendChild(b);
 }
 
+async function upload(file, purpose) {
+  const fd = new FormData(); fd.append("purpose", purpose); fd.append("file", file);
+  return (await api("/v1/files", {method: "POST", body: fd})).json();
+}
 function newJob() {
   $("upload-form").onsubmit = async (ev) => {
     ev.preventDefault();
-    const unlabeled = $("upload-purpose").value === "unlabeled";
-    const fd = new FormData(); fd.append("purpose", unlabeled ? "dataset" : $("upload-purpose").value); fd.append("file", $("upload-file").files[0]);
     try {
-      const f = await (await api("/v1/files", {method: "POST", body: fd})).json();
+      const f = await upload($("upload-file").files[0], $("upload-purpose").value);
       $("upload-result").textContent = "Uploaded " + f.filename + " as " + f.id + " (" + f.purpose + ")";
-      if (unlabeled) {
-        const ids = $("unlabeled_file_ids"); ids.value = ids.value ? ids.value + ", " + f.id : f.id;
-        $("upload-result").textContent += ": " + f.num_samples + " rows, " + f.num_labeled + " labelled";
-      } else $(f.purpose === "teacher" ? "teacher_file_id" : "dataset_file_id").value = f.id;
+      $(f.purpose === "teacher" ? "teacher_file_id" : "dataset_file_id").value = f.id;
     } catch (e) { showError(e.message); }
+  };
+  // unlabelled inputs: every chosen file is uploaded with purpose dataset, one after the other, and its id
+  // joins dataset.unlabeled_file_ids; the job form waits for uploads still under way
+  let uploading = Promise.resolve();
+  $("unlabeled_files").onchange = () => {
+    const files = [...$("unlabeled_files").files];
+    uploading = uploading.then(async () => {
+      for (const file of files) {
+        const li = document.createElement("li"); li.textContent = file.name + ": uploading…"; $("unlabeled-result").appendChild(li);
+        try {
+          const f = await upload(file, "dataset");
+          const ids = $("unlabeled_file_ids"); ids.value = ids.value ? ids.value + ", " + f.id : f.id;
+          li.textContent = f.filename + " → " + f.id + ": " + f.num_samples + " rows" +
+            (f.num_labeled != null ? ", " + f.num_labeled + " labelled" : "");
+          li.className = "uploaded";
+        } catch (e) { li.textContent = file.name + ": " + e.message; li.className = "error"; }
+      }
+      $("unlabeled_files").value = "";
+    });
   };
   $("job-form").onsubmit = async (ev) => {
     ev.preventDefault();
+    await uploading;
     let params, tparams;
     try { params = JSON.parse($("student_params").value || "{}"); } catch (e) { showError("student params: not JSON"); return; }
     try { tparams = JSON.parse($("teacher_params").value || "{}"); } catch (e) { showError("teacher params: not JSON"); return; }

@@ -191,3 +191,144 @@ def test_an_unreachable_service_is_one_line(monkeypatch):
     result = runner.invoke(cli.app, ["--url", "http://127.0.0.1:9", "jobs", "list"])
     assert result.exit_code == 2 and "cannot reach http://127.0.0.1:9" in result.stderr
     assert "Traceback" not in result.output
+
+
+# --- unlabelled inputs, labels per class, augmentation: the requests, captured (no server needed) ---------
+
+@pytest.fixture
+def kd_fake(fake_service, monkeypatch):
+    """Run `kd ARGS...` against a FakeService that records each request."""
+    monkeypatch.setattr(cli, "make_client", lambda url, key: fake_service.client())
+
+    def run(*args: str):
+        return runner.invoke(cli.app, list(args))
+
+    return run
+
+
+def test_distill_uploads_each_unlabelled_file_and_lists_their_ids(kd_fake, fake_service, tmp_path):
+    teacher, data = tmp_path / "teacher.onnx", tmp_path / "labelled.npz"
+    unlabeled = [tmp_path / "inputs_a.npz", tmp_path / "inputs_b.csv"]
+    for p in (teacher, data, *unlabeled):
+        p.write_bytes(b"x")
+    result = kd_fake("distill", "--teacher", str(teacher), "--data", str(data), "--unlabeled", str(unlabeled[0]),
+                     "--unlabeled", str(unlabeled[1]), "--labels-per-class", "10", "--augment", "shift, mixup",
+                     "--shift-max", "3", "--mixup-alpha", "0.2", "--student", "mlp:hidden_sizes=16",
+                     "--poll", "0.1", "-o", str(tmp_path / "student.safetensors"))
+    assert result.exit_code == 0, result.output
+    uploads = fake_service.posted("/v1/files")
+    assert [(u["filename"], u["purpose"]) for u in uploads] == [
+        ("teacher.onnx", "teacher"), ("labelled.npz", "dataset"), ("inputs_a.npz", "dataset"),
+        ("inputs_b.csv", "dataset")]
+    [job] = fake_service.posted("/v1/jobs")
+    spec = job["json"]
+    assert spec["dataset"] == {"train_file_id": "file_2", "unlabeled_file_ids": ["file_3", "file_4"],
+                               "labels_per_class": 10}
+    assert spec["hyperparameters"] == {"augment": ["shift", "mixup"], "shift_max": 3, "mixup_alpha": 0.2}
+    assert "1193 samples, 0 labelled" in result.stderr  # each upload's description: rows and labelled rows
+    # the comparison: rows and steps of both runs; no labels to score on, so agreement and a note saying so
+    assert "100 + 1,193, 220 steps" in result.stdout and "100 + 0, 220 steps" in result.stdout
+    assert "91.20%" in result.stdout and "61.10%" in result.stdout
+    assert "validation split has no labels: agreement with the teacher is the score" in result.stdout
+    assert (tmp_path / "student.safetensors").read_bytes() == fake_service.student
+
+
+def test_distill_without_unlabelled_files_sends_no_unlabelled_field(kd_fake, fake_service, tmp_path):
+    teacher = tmp_path / "teacher.onnx"
+    teacher.write_bytes(b"x")
+    result = kd_fake("distill", "--teacher", str(teacher), "--builtin", "digits", "--labels-per-class", "5",
+                     "--poll", "0.1", "-o", str(tmp_path / "s.safetensors"))
+    assert result.exit_code == 0, result.output
+    [job] = fake_service.posted("/v1/jobs")
+    assert job["json"]["dataset"] == {"builtin": "digits", "labels_per_class": 5}
+    assert [u["purpose"] for u in fake_service.posted("/v1/files")] == ["teacher"]
+
+
+def test_jobs_create_sends_unlabelled_ids_merged_over_the_spec_file(kd_fake, fake_service, tmp_path):
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps({"dataset": {"train_file_id": "file_t", "unlabeled_file_ids": ["file_a"]},
+                                     "hyperparameters": {"augment": ["noise"], "mixup_alpha": 0.4}}))
+    result = kd_fake("jobs", "create", "--spec", str(spec_file), "--unlabeled-file", "file_b", "--unlabeled-file",
+                     "file_c", "--augment", "crop_flip,mixup", "--shift-max", "2", "-q")
+    assert result.exit_code == 0, result.output
+    [job] = fake_service.posted("/v1/jobs")
+    assert job["json"]["dataset"] == {"train_file_id": "file_t", "unlabeled_file_ids": ["file_a", "file_b", "file_c"]}
+    assert job["json"]["hyperparameters"] == {"augment": ["crop_flip", "mixup"], "mixup_alpha": 0.4, "shift_max": 2}
+    # a single name stays a string; "none" too
+    for value, sent in (("noise", "noise"), ("none", "none"), ("shift,", ["shift"])):
+        out = runner.invoke(cli.app, ["jobs", "create", "--dry-run", "--builtin", "digits", "--augment", value])
+        assert json.loads(out.stdout)["hyperparameters"] == {"augment": sent}, value
+
+
+def test_jobs_get_and_list_show_rows_steps_and_agreement(kd_fake, fake_service):
+    fake_service.job("job_1", "succeeded", {
+        "dataset": {"train_file_id": "file_t", "unlabeled_file_ids": ["file_u1", "file_u2"], "labels_per_class": 10},
+        "hyperparameters": {"temperature": 4.0, "alpha": 0.1, "augment": ["shift", "mixup"], "shift_max": 4,
+                            "mixup_alpha": 0.4, "noise_std": 0.1}, "baseline": True})
+    got = kd_fake("jobs", "get", "job_1")
+    assert got.exit_code == 0, got.output
+    out = got.stdout
+    assert "file_u1, file_u2" in out and "10 per class" in out
+    assert "shift (max 4), mixup (alpha 0.4)" in out and "noise (" not in out
+    assert "trained on (labelled + unlabelled)" in out
+    assert "100 + 1,193, 220 steps" in out and "100 + 0, 220 steps" in out
+    assert "evaluated on validation" in out and "agreement with the teacher is the score" in out
+    listed = kd_fake("jobs", "list")
+    assert listed.exit_code == 0 and "agreement 91.20%" in listed.stdout
+    raw = json.loads(kd_fake("jobs", "get", "job_1", "--json").stdout)
+    assert raw["result"]["student"]["train_rows"] == {"labeled": 100, "unlabeled": 1193}
+
+
+def test_a_result_without_the_new_fields_still_prints():
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(cli.result_table({"evaluated_on": "test", "num_eval_samples": 10, "teacher": {"accuracy": 0.9},
+                                    "student": {"accuracy": 0.8, "agreement": 0.85}, "baseline": {"accuracy": 0.7},
+                                    "distillation_gain": 0.1}))
+    text = console.export_text()
+    assert "80.00%" in text and "+10.0 points" in text and "no labels" not in text
+    assert "steps" not in text
+
+
+def test_files_list_and_get_show_labelled_rows(kd_fake, fake_service):
+    fake_service.file("file_u", num_samples=5000, num_labeled=0, input_shape=[64])
+    fake_service.file("file_l", num_samples=1200, num_labeled=300, input_shape=[64], num_classes=10)
+    fake_service.file("file_x", purpose="teacher", format="onnx", kind="onnx", num_classes=10)
+    listed = kd_fake("files", "list")
+    assert listed.exit_code == 0, listed.output
+    assert "rows (labelled)" in listed.stdout
+    lines = {line.split()[1]: line for line in listed.stdout.splitlines() if "file_" in line}
+    assert "5,000 (0)" in lines["file_u"] and "1,200 (300)" in lines["file_l"]
+    got = kd_fake("files", "get", "file_l")
+    assert got.exit_code == 0 and "1200 samples, 300 labelled" in got.stdout
+    assert "labelled" not in kd_fake("files", "get", "file_x").stdout
+
+
+def test_unlabelled_flags_against_the_api(kd_cli, digits_teacher, tmp_path):
+    """Needs the server side of issue 12 (dataset.unlabeled_file_ids, labels_per_class, augment lists):
+    an x-only upload is described with num_labeled 0 and the job's echoed spec keeps the new fields."""
+    import numpy as np
+
+    from kdcore.data import load_builtin
+
+    path, arch = digits_teacher
+    teacher_id = kd_cli("files", "upload", str(path), "--purpose", "teacher", "-q").stdout.strip()
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, x=load_builtin("digits")["train"].x.numpy()[:50])
+    up = kd_cli("files", "upload", str(inputs), "--purpose", "dataset")
+    assert up.exit_code == 0, up.output
+    assert "50 samples, 0 labelled" in up.stdout
+    file_id = up.stdout.split()[0]
+    assert "50 (0)" in kd_cli("files", "list").stdout
+    created = kd_cli("jobs", "create", "--teacher-file", teacher_id, "--teacher-arch", "mlp", "--teacher-params",
+                     json.dumps(arch["arch_params"]), "--student", "mlp:hidden_sizes=16", "--builtin", "digits",
+                     "--labels-per-class", "10", "--unlabeled-file", file_id, "--augment", "noise,mixup",
+                     "--mixup-alpha", "0.3", "--alpha", "0.1", "--epochs", "1", "--json")
+    assert created.exit_code == 0, created.output
+    spec = json.loads(created.stdout)["spec"]
+    assert spec["dataset"]["unlabeled_file_ids"] == [file_id] and spec["dataset"]["labels_per_class"] == 10
+    assert spec["hyperparameters"]["augment"] == ["noise", "mixup"] and spec["hyperparameters"]["mixup_alpha"] == 0.3
+    got = kd_cli("jobs", "get", json.loads(created.stdout)["id"])
+    assert got.exit_code == 0 and file_id in got.stdout and "10 per class" in got.stdout
+    assert "noise" in got.stdout and "mixup (alpha 0.3)" in got.stdout

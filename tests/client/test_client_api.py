@@ -120,3 +120,23 @@ def test_the_student_cannot_be_downloaded_before_the_job_succeeded(kd, teacher, 
     assert list((tmp_path / "out").iterdir()) == []
     with pytest.raises(KDClientError):
         kd.download_student(job.id, tmp_path / "s", format="pickle")
+
+
+def test_create_job_sends_the_unlabelled_fields_as_given_and_reads_the_new_result(fake_service, tmp_path):
+    """Captured by a FakeService, so this holds whatever the server accepts today."""
+    kd = fake_service.client()
+    data = tmp_path / "inputs.npz"
+    data.write_bytes(b"x")
+    f = kd.upload_file(data, "dataset")
+    assert (f.num_samples, f.num_labeled) == (1193, 0) and f.raw["num_labeled"] == 0
+    spec = {"teacher": {"file_id": "file_t"}, "dataset": {"train_file_id": "file_l", "unlabeled_file_ids": [f.id],
+                                                          "labels_per_class": 10},
+            "hyperparameters": {"augment": ["shift", "mixup"], "shift_max": 4, "mixup_alpha": 0.4}}
+    job = kd.create_job(spec)
+    assert fake_service.posted("/v1/jobs")[0]["json"] == spec
+    done = kd.wait(job.id, poll=0.01)
+    assert done.succeeded and done.result["student"]["accuracy"] is None
+    assert done.result["student"]["train_rows"] == {"labeled": 100, "unlabeled": 1193}
+    assert done.result["baseline"]["steps"] == done.result["student"]["steps"] == 220
+    # a file description without num_labeled (an older server, or a teacher) reads as None
+    assert File.from_dict({"id": "file_x", "num_samples": 5}).num_labeled is None

@@ -1,8 +1,9 @@
 """The /ui dashboard in a real browser (Debian's /usr/bin/chromium driven by Playwright's sync API)
 against the real stack: `python -m api` under uvicorn and a `python -m worker` Celery process on
-PostgreSQL + Redis. Log in with the API key, upload a teacher and a dataset through the form, submit
-a job, watch its page advance, read the report in its iframe and download the student, whose bytes
-must hash to the sha256 the API stores for it (the download's ETag).
+PostgreSQL + Redis. Log in with the API key, upload a teacher, a dataset and two unlabelled input
+files through the form, submit a job, watch its page advance (and show what each run trained on), read
+the report in its iframe and download the student, whose bytes must hash to the sha256 the API stores
+for it (the download's ETag).
 
 Screenshots of each page go to tests/artifacts/ (git-ignored) for a person to look at."""
 
@@ -104,6 +105,17 @@ def test_dashboard_login_upload_submit_watch_report_download(live_api, browser, 
     page.click("#upload-form button[type=submit]")
     expect(page.locator("#dataset_file_id")).to_have_value(re.compile(r"^file_"))
     assert "(dataset)" in page.text_content("#upload-result")
+    # unlabelled inputs: two x-only files chosen at once, each uploaded as a dataset, both ids in the form
+    x = np.load(dataset_path)["x"]
+    inputs = [tmp_path / "inputs_a.npz", tmp_path / "inputs_b.npz"]
+    np.savez(inputs[0], x=x[:60])
+    np.savez(inputs[1], x=x[60:100])
+    page.set_input_files("#unlabeled_files", [str(p) for p in inputs])
+    expect(page.locator("#unlabeled-result li.uploaded")).to_have_count(2)
+    assert page.locator("#unlabeled-result li").all_text_contents() == [
+        f"inputs_a.npz → {page.input_value('#unlabeled_file_ids').split(', ')[0]}: 60 rows, 0 labelled",
+        f"inputs_b.npz → {page.input_value('#unlabeled_file_ids').split(', ')[1]}: 40 rows, 0 labelled"]
+    assert re.fullmatch(r"file_\w+, file_\w+", page.input_value("#unlabeled_file_ids"))
     page.fill("#teacher_arch", arch["arch"])
     page.fill("#teacher_params", '{"hidden_sizes": [128]}')
     page.fill("#student_params", '{"hidden_sizes": [16]}')
@@ -133,6 +145,11 @@ def test_dashboard_login_upload_submit_watch_report_download(live_api, browser, 
     assert page.text_content("dd.field-progress") == "100 %"
     assert page.query_selector("dd.field-epoch") is None  # a finished job shows no stale phase/epoch
     float(page.text_content("dd.field-val-accuracy"))  # the latest metrics row, from /v1/jobs/{id}/metrics
+    # the result: what each run trained on (the 100 unlabelled inputs join the student's rows only)
+    student_rows = page.text_content("dd.field-student-trained-on")
+    assert re.fullmatch(r"\d+ labelled \+ 100 unlabelled rows, \d+ steps", student_rows), student_rows
+    assert re.fullmatch(r"\d+ labelled \+ 0 unlabelled rows, \d+ steps", page.text_content("dd.field-baseline-trained-on"))
+    float(page.text_content("dd.field-student-accuracy"))
 
     # the report, in its iframe (srcdoc): its known heading and this job's id
     frame = page.frame_locator("#report")

@@ -44,10 +44,16 @@ def test_pages_hold_no_tenant_data(client):
 
 def test_the_job_form_takes_unlabelled_inputs_labels_per_class_and_augmentations(client):
     page = client.get("/ui/new").text
-    for element in ("id='unlabeled_file_ids'", "id='labels_per_class'", "<option value='unlabeled'>"):
+    for element in ("id='unlabeled_file_ids'", "id='labels_per_class'", "id='unlabeled-result'"):
         assert element in page
+    # several unlabelled input files can be chosen at once; each is uploaded with purpose dataset
+    assert re.search(r"<input id='unlabeled_files' type='file' multiple[ >]", page)
     assert [a for a in ("noise", "shift", "crop_flip", "mixup") if f"class='augment' value='{a}'" in page] == [
         "noise", "shift", "crop_flip", "mixup"]
     script = client.get("/ui/static/app.js").text
     assert "dataset.unlabeled_file_ids" in script and "dataset.labels_per_class" in script
     assert "hyperparameters.augment" in script and "train_rows" in script
+    assert 'upload(file, "dataset")' in script and "num_labeled" in script
+    # the job page: rows and steps of both runs, agreement when the evaluation split has no labels
+    for needle in ("r.evaluated_on", "run.agreement", "run.steps", "Baseline trained on"):
+        assert needle in script
