@@ -9,6 +9,7 @@ import anyio
 from fastapi import Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
 
@@ -19,6 +20,7 @@ from jobs.settings import Settings
 from jobs.tables import Tenant
 
 T = TypeVar("T")
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: lock_timeout passed
 bearer = _bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: Bearer kd_...`")
 
 
@@ -58,6 +60,13 @@ async def in_session(request: Request, fn: Callable[..., T], *args: Any) -> T:
                 result = fn(session, *args)
                 session.commit()
                 return result
+            except OperationalError as e:
+                session.rollback()
+                if getattr(e.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:  # KD_DB_LOCK_TIMEOUT_MS passed
+                    raise Problem(503, "the database is busy (a lock wait passed KD_DB_LOCK_TIMEOUT_MS); "
+                                       "nothing was changed, retry", slug="database-busy",
+                                  headers={"Retry-After": "1"}) from e
+                raise
             except BaseException:
                 session.rollback()
                 raise

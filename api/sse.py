@@ -24,6 +24,7 @@ from collections import Counter
 from typing import AsyncIterator, Awaitable, Callable
 
 from sqlalchemy.orm import Session
+from starlette.responses import StreamingResponse
 
 from api.problems import Problem
 from api.schemas.jobs import EventOut
@@ -34,35 +35,56 @@ from jobs.tables import TERMINAL_STATUSES
 MEDIA_TYPE = "text/event-stream"
 POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0
-KEY_CHECK_SECONDS = 5.0  # a revoked key's streams end within this (plus one poll)
+KEY_CHECK_SECONDS = 2.0  # a revoked key's streams end within this plus one poll (README: within 5 s)
 BATCH = jobs_repo.MAX_EVENTS_PER_READ
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering
 
 
 class StreamSlots:
     """Open streams per tenant in this API process, at most `limit` each (KD_MAX_STREAMS_PER_TENANT).
-    `check` (in the route, before the stream starts) answers a 429 problem naming the limit; a
-    stream counts from its first byte to its end, whatever ends it (`counted`), so a client that
-    goes away before its first byte never holds a place. Requests opened in the same instant may
-    pass the limit by their number."""
+    `reserve` (in the route, before the response is built) takes a place or answers a 429 problem
+    naming the limit; the check and the count happen with no await between them, so requests that
+    arrive together cannot pass the limit. The place is given back when the response ends, whatever
+    ends it (`CountedStreamingResponse`), or by the route if it fails before answering."""
 
     def __init__(self, limit: int):
         self.limit = limit
         self.open: Counter[str] = Counter()
 
-    def check(self, tenant_id: str) -> None:
+    def reserve(self, tenant_id: str) -> Callable[[], None]:
+        """Take a place for one stream of `tenant_id`; returns its release (idempotent)."""
         if self.open[tenant_id] >= self.limit:
             raise Problem(429, f"this tenant already has {self.open[tenant_id]} open event streams; the limit "
                                f"per API process is {self.limit} (KD_MAX_STREAMS_PER_TENANT): close one, or "
                                "poll the JSON events page", slug="too-many-streams", headers={"Retry-After": "5"})
-
-    async def counted(self, tenant_id: str, stream: AsyncIterator[str]) -> AsyncIterator[str]:
         self.open[tenant_id] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.open[tenant_id] -= 1
+                if self.open[tenant_id] <= 0:
+                    del self.open[tenant_id]
+
+        return release
+
+
+class CountedStreamingResponse(StreamingResponse):
+    """A StreamingResponse that calls `release` once it has ended: streamed to the end, its client
+    gone, or failed. (A generator's own `finally` would not run if the client left before its first
+    byte: Starlette never starts it then.)"""
+
+    def __init__(self, content: AsyncIterator[str], *, release: Callable[[], None], **kwargs):
+        super().__init__(content, **kwargs)
+        self.release = release
+
+    async def __call__(self, scope, receive, send) -> None:
         try:
-            async for chunk in stream:
-                yield chunk
+            await super().__call__(scope, receive, send)
         finally:
-            self.open[tenant_id] -= 1
+            self.release()
 
 
 def wants_stream(accept: str | None) -> bool:

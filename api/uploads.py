@@ -131,6 +131,10 @@ async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path, idl
         out.close()
         os.unlink(tmp_name)
         raise Problem(400, "the multipart body is malformed", slug="malformed-body") from None
+    except BaseException:  # cancelled (the server stops): nothing is kept either
+        out.close()
+        os.unlink(tmp_name)
+        raise
     if not state.file_seen:
         os.unlink(tmp_name)
         raise Problem(422, "a `file` part is required", slug="invalid-field", field="file")

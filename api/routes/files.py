@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -94,10 +95,11 @@ async def upload_file(request: Request, tenant: BriefTenantDep, store: StoreDep,
 
         out = await in_session(request, create)
     except BaseException:
-        if storage_key is not None:
-            await run_in_threadpool(store.delete, storage_key)
-        if idempotent.claim_id is not None:
-            await in_session(request, release)
+        with anyio.CancelScope(shield=True):  # a cancelled request still cleans up after itself
+            if storage_key is not None:
+                await run_in_threadpool(store.delete, storage_key)
+            if idempotent.claim_id is not None:
+                await in_session(request, release)
         raise
     return JSONResponse(out, status_code=201)
 

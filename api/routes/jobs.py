@@ -126,11 +126,15 @@ async def list_events(job_id: str, request: Request, tenant: BriefTenantDep,
         if not 0 <= after <= MAX_EVENT_ID:
             raise Problem(422, f"must be an event id, an integer from 0 to {MAX_EVENT_ID}", field="Last-Event-ID")
     await in_session(request, lambda s: jobs_repo.get(s, tenant_id=tenant_id, job_id=job_id))  # 404 first
-    streams = request.app.state.stream_slots
-    streams.check(tenant_id)
-    stream = sse.event_stream(lambda fn, *args: in_session(request, fn, *args), tenant_id=tenant_id,
-                              job_id=job_id, after_seq=after, plain_key=credentials.credentials)
-    return StreamingResponse(streams.counted(tenant_id, stream), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
+    release = request.app.state.stream_slots.reserve(tenant_id)  # 429 past KD_MAX_STREAMS_PER_TENANT
+    try:
+        stream = sse.event_stream(lambda fn, *args: in_session(request, fn, *args), tenant_id=tenant_id,
+                                  job_id=job_id, after_seq=after, plain_key=credentials.credentials)
+        return sse.CountedStreamingResponse(stream, release=release, media_type=sse.MEDIA_TYPE,
+                                            headers=sse.HEADERS)
+    except BaseException:
+        release()
+        raise
 
 
 @router.get("/{job_id}/metrics", response_model=MetricList)

@@ -105,15 +105,30 @@ def test_parallel_uploads_at_the_quota_leave_the_api_answering(api, clean_pg, tm
     assert idle == 0
 
 
-def _stall_upload(port: int, sent: threading.Event, stop: threading.Event) -> None:
-    """Start a multipart upload, send a few bytes of it, then send nothing until told to stop."""
+def _stall_upload(port: int, sent: threading.Event, stop: threading.Event, answer: list) -> None:
+    """Start a multipart upload, send a few bytes of it, then send nothing until told to stop; what
+    the server answers meanwhile goes to `answer`."""
     body_head = (b"--b\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\ndataset\r\n--b\r\n"
                  b"Content-Disposition: form-data; name=\"file\"; filename=\"x.csv\"\r\n\r\na,la")
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.sendall(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + API_KEY.encode()
                   + b"\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n" + body_head)
         sent.set()
-        stop.wait(60)
+        s.settimeout(0.5)
+        received = b""
+        while not stop.is_set():
+            try:
+                data = s.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not data:  # the server closed the connection
+                break
+            received += data
+            if b"\r\n\r\n" in received and received.endswith(b"}"):  # a whole problem+json answer
+                break
+        answer.append(received)
 
 
 def test_stalled_uploads_hold_no_database_slot_and_are_cut(api, clean_pg, tmp_path):
@@ -123,23 +138,32 @@ def test_stalled_uploads_hold_no_database_slot_and_are_cut(api, clean_pg, tmp_pa
     stop = threading.Event()
     stalls = []
     for _ in range(25):  # more than the pool's 15 slots
-        sent = threading.Event()
-        t = threading.Thread(target=_stall_upload, args=(port, sent, stop), daemon=True)
+        sent, answer = threading.Event(), []
+        t = threading.Thread(target=_stall_upload, args=(port, sent, stop, answer), daemon=True)
         t.start()
-        stalls.append((t, sent))
-    for _, sent in stalls:
+        stalls.append((t, sent, answer))
+    for _, sent, _ in stalls:
         assert sent.wait(10)
     time.sleep(0.5)
     try:
         _answers(url, bystander)  # while all of them stall
         tmp = tmp_path / "data" / "tmp"
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and list(tmp.glob("upload-*.part")):
+        while time.monotonic() < deadline and (list(tmp.glob("upload-*.part"))
+                                               or not all(answer for _, _, answer in stalls)):
             time.sleep(0.5)
         assert not list(tmp.glob("upload-*.part")), "the stalled uploads' temp files were not removed"
     finally:
         stop.set()
+    for t, _, answer in stalls:  # each was answered 408 problem+json naming the setting
+        t.join(10)
+        head, _, body = answer[0].partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), answer
+        assert b"content-type: application/problem+json" in head.lower(), head
+        assert b"KD_UPLOAD_IDLE_TIMEOUT_SECONDS" in body, body
     _answers(url, bystander)
+    with httpx.Client(base_url=url, timeout=ANSWER_WITHIN) as client:  # nothing was stored
+        assert client.get("/v1/files", headers={"Authorization": f"Bearer {API_KEY}"}).json()["data"] == []
 
 
 def _queued_job(url: str, headers: dict, teacher_path) -> str:
@@ -221,6 +245,51 @@ def test_a_revoked_keys_stream_ends_and_streams_per_tenant_are_bounded(api, clea
     # the ended streams gave their places back: a valid key of that tenant may stream again... (revoked: 401)
     assert httpx.get(f"{url}/v1/jobs/{job_id}/events", headers={"Authorization": f"Bearer {key}",
                                                                 "Accept": "text/event-stream"}, timeout=10).status_code == 401
+
+
+def _hold_stream(url: str, job_id: str, barrier: threading.Barrier, statuses: list, stop: threading.Event) -> None:
+    """Open an event stream when every thread is ready, note its status, hold it until told to stop."""
+    with httpx.Client(timeout=httpx.Timeout(30, connect=10)) as client:
+        barrier.wait(20)
+        with client.stream("GET", f"{url}/v1/jobs/{job_id}/events",
+                           headers={"Authorization": f"Bearer {API_KEY}", "Accept": "text/event-stream"}) as resp:
+            statuses.append(resp.status_code)
+            if resp.status_code == 429:
+                resp.read()
+                assert "KD_MAX_STREAMS_PER_TENANT" in resp.json()["detail"]
+            stop.wait(60)
+
+
+def test_streams_opened_together_do_not_pass_the_per_tenant_limit(api, digits_teacher):
+    """Requests that arrive in the same instant are counted before any of them streams: exactly the
+    limit is let through (before: each counted only from its first byte, so a burst passed it)."""
+    url, proc = api(KD_MAX_STREAMS_PER_TENANT="3")
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    job_id = _queued_job(url, headers, digits_teacher[0])
+    burst = 12
+    barrier, statuses, stop = threading.Barrier(burst), [], threading.Event()
+    threads = [threading.Thread(target=_hold_stream, args=(url, job_id, barrier, statuses, stop), daemon=True)
+               for _ in range(burst)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(statuses) < burst and time.monotonic() < deadline:
+        time.sleep(0.2)
+    try:
+        assert sorted(statuses) == [200] * 3 + [429] * (burst - 3), (statuses, proc.output()[-2000:])
+    finally:
+        stop.set()
+    for t in threads:
+        t.join(10)
+    # the closed streams gave their places back
+    deadline = time.monotonic() + 15
+    while True:
+        with httpx.Client(timeout=10) as client, client.stream(
+                "GET", f"{url}/v1/jobs/{job_id}/events", headers={**headers, "Accept": "text/event-stream"}) as resp:
+            if resp.status_code == 200:
+                break
+        assert time.monotonic() < deadline, "closed streams kept their places"
+        time.sleep(0.5)
 
 
 def test_event_ids_past_the_column_are_422_not_500(api, digits_teacher):
