@@ -121,11 +121,16 @@ def train_data_parallel(model: torch.nn.Module, *, processes: int, device: torch
         torch.set_num_threads(rank_threads)
         try:
             result = train(model, device=device, distributed=DataParallel(0, processes), **train_kwargs)
+            # Ordered teardown: every rank has left its last collective, and the other ranks have torn
+            # down their groups and exited, before rank 0 (whose process hosts the rendezvous store)
+            # destroys its own. Tearing down at once killed a rank now and then mid-teardown
+            # ("terminate called without an active exception", exit -6).
+            _barrier(device)
+            for child in children:
+                child.join(timeout=JOIN_TIMEOUT_SECONDS)
         finally:
             dist.destroy_process_group()
             torch.set_num_threads(threads)
-        for child in children:
-            child.join(timeout=JOIN_TIMEOUT_SECONDS)
         failed = [f"{c.name} exited with {c.exitcode}" for c in children if c.exitcode != 0]
         if failed:
             raise RuntimeError("data-parallel training: " + "; ".join(failed))
@@ -149,8 +154,16 @@ def _rank_main(rank: int, world_size: int, init_method: str, backend: str, devic
                             timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_SECONDS))
     try:
         train(model, device=device, distributed=DataParallel(rank, world_size), **train_kwargs)
+        _barrier(device)  # see train_data_parallel: teardown in order
     finally:
         dist.destroy_process_group()
+
+
+def _barrier(device: torch.device) -> None:
+    if device.type == "cuda":
+        dist.barrier(device_ids=[device.index or 0])
+    else:
+        dist.barrier()
 
 
 def _free_port() -> int:
