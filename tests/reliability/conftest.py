@@ -314,13 +314,14 @@ def reference_students(tmp_path_factory) -> Callable[[dict, Path], tuple[dict, l
     def reference(spec: dict, teacher_path: Path) -> tuple[dict, list[dict]]:
         key = json.dumps(spec, sort_keys=True)
         if key not in cache:
-            raw = json.loads(key)
-            # the worker's mapping of file ids to paths (worker/runner.py JobRun._load_spec)
-            raw["teacher"].pop("file_id")
-            raw["teacher"]["path"] = str(teacher_path)
-            assert raw["student"].pop("init_file_id", None) is None
-            for name in ("train", "validation", "test"):
-                assert raw["dataset"].pop(f"{name}_file_id", None) is None
+            from jobs import spec_files
+
+            def local(field, where, file_id):  # only the teacher is a file in these specs
+                assert field.api == "teacher.file_id", where
+                return str(teacher_path)
+
+            # the worker's mapping of file ids to paths (the one table, jobs/spec_files.py)
+            raw = spec_files.to_kdcore(json.loads(key), local)
             out = tmp_path_factory.mktemp("reference")
             threads = torch.get_num_threads()
             torch.set_num_threads(int(THREADS["OMP_NUM_THREADS"]))
