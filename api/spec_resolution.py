@@ -2,7 +2,8 @@
 
 Defaults and ranges come from kdcore.spec (one source of truth); shapes, classes and teacher
 weights are checked against the uploaded files' stored descriptions and headers. The stored spec
-keeps file ids; the worker turns them into paths.
+keeps file ids (the worker turns them into paths) and says the device: `hyperparameters.device: auto`
+is decided here, once, as the device of the queue the job is routed to (`resources.device`).
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from api.schemas.jobs import JobCreate
-from jobs import files_repo
+from jobs import files_repo, spec_files
 from jobs.artifact_store import ArtifactStore
-from jobs import spec_files
 from jobs.errors import NotFound
 from jobs.spec_files import FileField
 from kdcore.augment import check_input_shape as check_augment_shape
@@ -23,6 +23,7 @@ from kdcore.errors import KDError, SpecError
 from kdcore.spec import DistillSpec
 from kdcore.spec_checks import (DataInfo, builtin_info, check_state_dict_teacher, check_student,
                                 check_teacher_info)
+
 
 def resolve_spec(session: Session, *, tenant_id: str, body: JobCreate, store: ArtifactStore) -> dict[str, Any]:
     """The resolved spec (every default filled in, file ids kept) or a SpecError naming the field.
@@ -47,6 +48,9 @@ def resolve_spec(session: Session, *, tenant_id: str, body: JobCreate, store: Ar
         _check_teacher(spec, rows["teacher.file_id"], data, store)
     except KDError as e:
         raise SpecError(e.message, field=spec_files.service_field(e.field)) from None
+    hp = spec.hyperparameters
+    if hp.device == "auto":  # decided here, once: the job's queue (resources.device) says where it runs
+        hp.device = spec.resources.device
     return spec_files.to_service(spec.to_dict())
 
 

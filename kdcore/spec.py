@@ -2,15 +2,21 @@
 
 Plain dataclasses with defaults, one per component (STYLE.md). `DistillSpec.from_dict` validates a
 JSON-like dict and raises SpecError naming the dotted field; `to_dict` echoes every resolved default.
-The service's job spec has the same fields, with `file_id`s where this one has `path`s: the worker
-resolves ids to local paths and hands kdcore this object.
+Each field carries its one line of help as `metadata["help"]` (FIELD_HELP collects them by dotted name).
+
+File fields (`teacher.path`, `student.init_path`, `dataset.train_path`, `dataset.validation_path`,
+`dataset.test_path`, `dataset.unlabeled_paths`) hold an opaque reference to a file, which the caller
+resolves: `run_distillation` opens them as local paths, so the CLI passes the paths it was given and the
+service's worker the paths of the copies it fetched; checking a spec needs no file, and the service's API
+checks one with its upload ids as the references. The service names these fields `*_file_id(s)`; the
+mapping is one table, jobs/spec_files.py.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, get_type_hints
 
 from kdcore.errors import SpecError
 
@@ -36,58 +42,94 @@ MAX_GPUS = 8  # GPUs one job may ask for (one machine)
 MAX_CPU_PROCESSES = 8  # data-parallel processes of a CPU job
 
 
+def _field(default: Any = MISSING, *, help: str, factory: Any = MISSING) -> Any:
+    """A spec field with its one line of help (`metadata["help"]`): `python -m kdcore run --help` and the
+    service's request schema show it."""
+    return field(default=default, default_factory=factory, metadata={"help": help})
+
+
 @dataclass
 class TeacherSpec:
-    path: str | None = None  # safetensors state dict, ONNX graph, or precomputed logits (.npz/.safetensors)
-    arch: str | None = None  # registry architecture; required for a safetensors state dict only
-    arch_params: dict[str, Any] = field(default_factory=dict)
+    path: str | None = _field(None, help=(
+        "teacher file: safetensors state dict (needs teacher.arch), ONNX graph, or precomputed training-set "
+        "logits (.npz array 'logits' N×C, or safetensors tensor 'logits')"))
+    arch: str | None = _field(None, help=(
+        "registry architecture of a safetensors state-dict teacher (mlp, cnn1d, lenet, cnn2d, resnet, resnet8x4, "
+        "resnet32x4); omit for ONNX and logits"))
+    arch_params: dict[str, Any] = _field(
+        factory=dict, help="parameters of teacher.arch, e.g. {\"hidden_sizes\": [256]}")
 
 
 @dataclass
 class StudentSpec:
-    arch: str = "mlp"
-    arch_params: dict[str, Any] = field(default_factory=dict)
-    init_path: str | None = None  # optional initial weights (safetensors)
+    arch: str = _field("mlp", help="registry architecture of the student (default mlp)")
+    arch_params: dict[str, Any] = _field(
+        factory=dict, help="parameters of student.arch; every default is filled in and echoed back")
+    init_path: str | None = _field(
+        None, help="optional initial student weights (safetensors state dict of the same architecture)")
 
 
 @dataclass
 class DatasetSpec:
-    builtin: str | None = None  # "mnist1d" or "digits"
-    train_path: str | None = None
-    validation_path: str | None = None
-    test_path: str | None = None
-    validation_fraction: float = 0.1  # held out of train when no validation set is given
-    standardize: bool = False  # per-feature mean/std fitted on the training split only
-    # Files whose inputs join the training inputs (their labels, where a row has one, are used).
-    unlabeled_paths: list[str] = field(default_factory=list)
-    # Keep this many labels per class of the training split (seeded, stratified); the other
-    # training rows become unlabelled inputs. None keeps every label.
-    labels_per_class: int | None = None
+    builtin: str | None = _field(
+        None, help="builtin dataset: mnist1d (generated offline, 40-sample signals) or digits (8×8 as 64 features)")
+    train_path: str | None = _field(
+        None, help="training data: .npz (x float N×…, y int N), Parquet or CSV with a 'label' column")
+    validation_path: str | None = _field(
+        None, help="optional validation data in the same format; else carved out of train")
+    test_path: str | None = _field(
+        None, help="optional test data; the final evaluation uses it (else the validation split)")
+    validation_fraction: float = _field(
+        0.1, help="share of train held out for validation when none is given (default 0.1)")
+    standardize: bool = _field(
+        False, help="standardise features with mean/std of the training split only (default false)")
+    unlabeled_paths: list[str] = _field(factory=list, help=(
+        "files whose inputs join the training inputs: .npz with 'x' only, CSV/Parquet without a 'label' column, "
+        "or labelled files (label -1 marks an unlabelled row); the teacher labels them. At most "
+        f"{MAX_UNLABELED_FILES} files"))
+    labels_per_class: int | None = _field(None, help=(
+        "keep this many labels per class of the training split (seeded, stratified) and use the other training "
+        "rows as unlabelled inputs; null keeps every label (default)"))
 
 
 @dataclass
 class Hyperparameters:
-    temperature: float | list[float] = 4.0  # a list: sweep over these values
-    alpha: float | list[float] = 0.3  # weight of the hard-label CE; 1 - alpha goes to the teacher
-    loss: str = "forward_kl"
-    epochs: int = 10
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.01
-    optimizer: str = "adamw"
-    momentum: float = 0.9  # SGD only
-    schedule: str = "cosine"
-    step_size: int = 30  # epochs between decays, "step" schedule only
-    gamma: float = 0.1  # decay factor, "step" schedule only
-    grad_clip_norm: float | None = None
-    seed: int = 0
-    augment: str | list[str] = "none"  # or a list of AUGMENTATIONS; the teacher then runs live every step
-    noise_std: float = 0.1
-    shift_max: int = 4  # shift: largest circular shift; crop_flip: padding before the random crop
-    mixup_alpha: float = 0.4  # mixup: the mixing weight is drawn from Beta(mixup_alpha, mixup_alpha)
-    device: str = "auto"
-    early_stopping_patience: int | None = None  # stop after this many epochs without a better val accuracy
-    restore_best: bool = False  # end with the weights of the epoch with the best val accuracy
+    temperature: float | list[float] = _field(4.0, help=(
+        f"softmax temperature T, > 0 and <= {MAX_TEMPERATURE:g} (default 4); a list of distinct values sweeps "
+        "them (see alpha)"))
+    alpha: float | list[float] = _field(0.3, help=(
+        "weight of the hard-label cross-entropy, 0..1; 1 - alpha weights the teacher (default 0.3); a list of "
+        "distinct values sweeps them: every (temperature, alpha) point is trained and the one with the best "
+        f"validation accuracy becomes the student (at most {MAX_SWEEP_POINTS} points and {MAX_SWEEP_EPOCHS} "
+        "epochs in all)"))
+    loss: str = _field("forward_kl", help="soft term: forward_kl (default), reverse_kl, js, mse_logits")
+    epochs: int = _field(10, help=f"training epochs, 1..{MAX_EPOCHS} (default 10)")
+    batch_size: int = _field(128, help=f"samples per step, 1..{MAX_BATCH_SIZE} (default 128)")
+    learning_rate: float = _field(1e-3, help="peak learning rate (default 0.001)")
+    weight_decay: float = _field(0.01, help="decoupled weight decay for adamw, L2 for sgd (default 0.01)")
+    optimizer: str = _field("adamw", help="adamw (default) or sgd (Nesterov momentum)")
+    momentum: float = _field(0.9, help="sgd momentum (default 0.9)")
+    schedule: str = _field(
+        "cosine", help="cosine (default, per step), step (×gamma every step_size epochs) or constant")
+    step_size: int = _field(30, help="epochs between decays for the step schedule (default 30)")
+    gamma: float = _field(0.1, help="decay factor for the step schedule (default 0.1)")
+    grad_clip_norm: float | None = _field(
+        None, help="clip the global gradient norm to this value; null = off (default)")
+    seed: int = _field(0, help="seed for initial weights, batch order and the validation split (default 0)")
+    augment: str | list[str] = _field("none", help=(
+        "none (default; teacher logits cached once) or a list of: noise (Gaussian input noise), shift (random "
+        "circular shift of 1-D signals up to shift_max), crop_flip (C×H×W images: random crop after padding by "
+        "shift_max, horizontal flip), mixup (convex mix of two inputs; the hard term uses the mixed labels). With "
+        "any of them the teacher runs live on the exact view the student sees"))
+    noise_std: float = _field(0.1, help="standard deviation of the input noise (default 0.1)")
+    shift_max: int = _field(
+        4, help=f"largest shift (shift) or crop padding (crop_flip), 1..{MAX_SHIFT} (default 4)")
+    mixup_alpha: float = _field(0.4, help="mixup weight ~ Beta(mixup_alpha, mixup_alpha), > 0 (default 0.4)")
+    device: str = _field("auto", help="auto (CUDA when present, default), cpu or cuda")
+    early_stopping_patience: int | None = _field(None, help=(
+        "stop a run when its validation accuracy has not improved for this many epochs; null = off (default)"))
+    restore_best: bool = _field(False, help=(
+        "end each run with the weights of its epoch with the best validation accuracy (default false)"))
 
     @property
     def augmentations(self) -> tuple[str, ...]:
@@ -112,9 +154,13 @@ class ResourcesSpec:
     process trains with DDP: each process takes a shard of every global batch (the batch size stays
     the global one), gradients are averaged, rank 0 reports and checkpoints."""
 
-    device: str = "cpu"  # "cpu" or "cuda"
-    gpus: int | None = None
-    processes: int | None = None
+    device: str = _field("cpu", help=(
+        "cpu (default) or cuda: the kind of machine the job runs on; the service routes it to the queue kd.cpu "
+        "or kd.cuda.<gpus>"))
+    gpus: int | None = _field(None, help=f"GPUs on one machine, 1..{MAX_GPUS} for cuda (default 1), 0 for cpu")
+    processes: int | None = _field(None, help=(
+        f"data-parallel training processes (torch.distributed DDP): on cuda one per GPU (default resources.gpus); "
+        f"on cpu 1..{MAX_CPU_PROCESSES} gloo processes (default 1)"))
 
     def resolve(self) -> None:
         """Check the choices and limits and fill in the defaults (SpecError names the field)."""
@@ -151,8 +197,11 @@ class DistillSpec:
     student: StudentSpec = field(default_factory=StudentSpec)
     dataset: DatasetSpec = field(default_factory=lambda: DatasetSpec(builtin="digits"))
     hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
-    baseline: bool = True  # also train the same student from scratch, same data, budget and seed
-    metadata: dict[str, Any] = field(default_factory=dict)
+    baseline: bool = _field(True, help=(
+        "also train the same student from scratch on the labelled rows, for the same number of optimizer steps "
+        "and seed (default true; false when no training row is labelled)"))
+    metadata: dict[str, Any] = _field(
+        factory=dict, help="free-form JSON object stored with the job and the student file")
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
 
     @classmethod
@@ -370,66 +419,18 @@ def _check_type(value: Any, kind: type, where: str) -> Any:
     return value
 
 
-# One line of help per field, for `python -m kdcore run --help` and the API's schema.
-# tests/kdcore/test_spec.py checks that every dataclass field above has an entry here.
-FIELD_HELP: dict[str, str] = {
-    "teacher.path": "teacher file: safetensors state dict (needs teacher.arch), ONNX graph, or "
-                    "precomputed training-set logits (.npz array 'logits' N×C, or safetensors tensor 'logits')",
-    "teacher.arch": "registry architecture of a safetensors state-dict teacher (mlp, cnn1d, lenet, cnn2d, resnet, "
-                    "resnet8x4, resnet32x4); omit for ONNX and logits",
-    "teacher.arch_params": "parameters of teacher.arch, e.g. {\"hidden_sizes\": [256]}",
-    "student.arch": "registry architecture of the student (default mlp)",
-    "student.arch_params": "parameters of student.arch; every default is filled in and echoed back",
-    "student.init_path": "optional initial student weights (safetensors state dict of the same architecture)",
-    "dataset.builtin": "builtin dataset: mnist1d (generated offline, 40-sample signals) or digits (8×8 as 64 features)",
-    "dataset.train_path": "training data: .npz (x float N×…, y int N), Parquet or CSV with a 'label' column",
-    "dataset.validation_path": "optional validation data in the same format; else carved out of train",
-    "dataset.test_path": "optional test data; the final evaluation uses it (else the validation split)",
-    "dataset.validation_fraction": "share of train held out for validation when none is given (default 0.1)",
-    "dataset.standardize": "standardise features with mean/std of the training split only (default false)",
-    "dataset.unlabeled_paths": "files whose inputs join the training inputs: .npz with 'x' only, CSV/Parquet "
-                               "without a 'label' column, or labelled files (label -1 marks an unlabelled row); "
-                               "the teacher labels them. At most "
-                               f"{MAX_UNLABELED_FILES} files",
-    "dataset.labels_per_class": "keep this many labels per class of the training split (seeded, stratified) and "
-                                "use the other training rows as unlabelled inputs; null keeps every label (default)",
-    "hyperparameters.temperature": f"softmax temperature T, > 0 and <= {MAX_TEMPERATURE:g} (default 4); a list "
-                                   "of distinct values sweeps them (see alpha)",
-    "hyperparameters.alpha": "weight of the hard-label cross-entropy, 0..1; 1 - alpha weights the teacher (default "
-                             "0.3); a list of distinct values sweeps them: every (temperature, alpha) point is "
-                             "trained and the one with the best validation accuracy becomes the student "
-                             f"(at most {MAX_SWEEP_POINTS} points and {MAX_SWEEP_EPOCHS} epochs in all)",
-    "hyperparameters.loss": "soft term: forward_kl (default), reverse_kl, js, mse_logits",
-    "hyperparameters.epochs": f"training epochs, 1..{MAX_EPOCHS} (default 10)",
-    "hyperparameters.batch_size": f"samples per step, 1..{MAX_BATCH_SIZE} (default 128)",
-    "hyperparameters.learning_rate": "peak learning rate (default 0.001)",
-    "hyperparameters.weight_decay": "decoupled weight decay for adamw, L2 for sgd (default 0.01)",
-    "hyperparameters.optimizer": "adamw (default) or sgd (Nesterov momentum)",
-    "hyperparameters.momentum": "sgd momentum (default 0.9)",
-    "hyperparameters.schedule": "cosine (default, per step), step (×gamma every step_size epochs) or constant",
-    "hyperparameters.step_size": "epochs between decays for the step schedule (default 30)",
-    "hyperparameters.gamma": "decay factor for the step schedule (default 0.1)",
-    "hyperparameters.grad_clip_norm": "clip the global gradient norm to this value; null = off (default)",
-    "hyperparameters.seed": "seed for initial weights, batch order and the validation split (default 0)",
-    "hyperparameters.augment": "none (default; teacher logits cached once) or a list of: noise (Gaussian input "
-                               "noise), shift (random circular shift of 1-D signals up to shift_max), crop_flip "
-                               "(C×H×W images: random crop after padding by shift_max, horizontal flip), mixup "
-                               "(convex mix of two inputs; the hard term uses the mixed labels). With any of "
-                               "them the teacher runs live on the exact view the student sees",
-    "hyperparameters.noise_std": "standard deviation of the input noise (default 0.1)",
-    "hyperparameters.shift_max": f"largest shift (shift) or crop padding (crop_flip), 1..{MAX_SHIFT} (default 4)",
-    "hyperparameters.mixup_alpha": "mixup weight ~ Beta(mixup_alpha, mixup_alpha), > 0 (default 0.4)",
-    "hyperparameters.device": "auto (CUDA when present, default), cpu or cuda",
-    "hyperparameters.early_stopping_patience": "stop a run when its validation accuracy has not improved for this "
-                                               "many epochs; null = off (default)",
-    "hyperparameters.restore_best": "end each run with the weights of its epoch with the best validation accuracy "
-                                    "(default false)",
-    "baseline": "also train the same student from scratch on the labelled rows, for the same number of optimizer "
-                "steps and seed (default true; false when no training row is labelled)",
-    "metadata": "free-form JSON object stored with the job and the student file",
-    "resources.device": "cpu (default) or cuda: the kind of machine the job runs on; the service routes it to "
-                        "the queue kd.cpu or kd.cuda.<gpus>",
-    "resources.gpus": f"GPUs on one machine, 1..{MAX_GPUS} for cuda (default 1), 0 for cpu",
-    "resources.processes": f"data-parallel training processes (torch.distributed DDP): on cuda one per GPU "
-                           f"(default resources.gpus); on cpu 1..{MAX_CPU_PROCESSES} gloo processes (default 1)",
-}
+def _field_help() -> dict[str, str]:
+    """Every field's help by dotted name ("teacher.path", ..., "baseline", "metadata"), in declaration order."""
+    sections = get_type_hints(DistillSpec)
+    out: dict[str, str] = {}
+    for top in fields(DistillSpec):
+        if "help" in top.metadata:
+            out[top.name] = top.metadata["help"]
+        else:
+            out.update((f"{top.name}.{f.name}", f.metadata["help"]) for f in fields(sections[top.name]))
+    return out
+
+
+# One line of help per field, for `python -m kdcore run --help` and the API's schema; taken from the
+# fields' metadata. tests/kdcore/test_spec.py checks that every field has one.
+FIELD_HELP: dict[str, str] = _field_help()

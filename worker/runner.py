@@ -32,12 +32,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import jobs_repo, lifecycle, spec_files
+from jobs import files_repo, jobs_repo, lifecycle, spec_files
 from jobs.artifact_store import ArtifactStore, make_store
 from jobs.db import make_engine, make_sessionmaker
-from jobs.errors import LeaseLost
+from jobs.errors import LeaseLost, NotFound
 from jobs.settings import Settings, settings as process_settings
-from jobs.tables import File
 from kdcore.errors import KDError
 from kdcore.pipeline import ONNX_FILE, STUDENT_FILE, SUMMARY_FILE, METRICS_FILE, PipelineCallbacks, run_distillation
 from kdcore.spec import DistillSpec
@@ -147,15 +146,16 @@ class JobRun(PipelineCallbacks):
             job = jobs_repo.load_for_worker(s, job_id=self.job_id)
 
             def path_of(field, where: str, file_id: str) -> str:
-                row = s.get(File, file_id)
-                if row is None or row.tenant_id != job.tenant_id:
-                    raise KDError(f"file {file_id} no longer exists", field=where)
+                try:
+                    row = files_repo.get(s, tenant_id=job.tenant_id, file_id=file_id)
+                except NotFound:
+                    raise KDError(f"file {file_id} no longer exists", field=where) from None
                 # a verified copy (the sha256 recorded at upload) in this attempt's own directory
                 return str(self.store.fetch(row.storage_key, inputs / row.id, sha256=row.sha256))
 
             raw = spec_files.to_kdcore(job.spec, path_of)  # the same table the API checked them with
         spec = DistillSpec.from_dict(raw)
-        if spec.hyperparameters.device == "auto":  # the job's queue decided the device (jobs/routing.py)
+        if spec.hyperparameters.device == "auto":  # a spec stored before the API decided it (resolve_spec)
             spec.hyperparameters.device = spec.resources.device
         return spec
 

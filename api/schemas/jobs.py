@@ -3,7 +3,7 @@
 `JobCreate` checks types and unknown fields only; ranges, choices and defaults live in one place,
 kdcore.spec, and every resolved default is echoed back in `JobOut.spec`. Its section models are
 derived from kdcore's dataclasses (`_section`): a field added there appears here, typed strictly
-and described by kdcore's FIELD_HELP, with file fields named by jobs.spec_files. Clients never set
+and described by its help (the dataclass field's metadata), with file fields named by jobs.spec_files. Clients never set
 tenant, status or attempt: unknown fields are refused (extra="forbid"). Two things no spec check
 covers are refused here: NUL characters and non-finite numbers anywhere in the free-form parts of
 the body (PostgreSQL cannot store them, and no name or id contains one), and `metadata` over
@@ -113,20 +113,20 @@ class _In(BaseModel):
 
 def _section(model_name: str, section: str, cls: type) -> type[_In]:
     """The request model of one spec section, derived from kdcore's dataclass: every field is
-    optional (kdcore fills the defaults and checks ranges and choices), described by kdcore's
-    FIELD_HELP, and file fields take the service's names and file ids (jobs.spec_files). Only the
-    teacher's file is required."""
+    optional (kdcore fills the defaults and checks ranges and choices), described by its help
+    (`metadata["help"]`), and file fields take the service's names and file ids (jobs.spec_files).
+    Only the teacher's file is required."""
     files = {f.kd: f for f in FILE_FIELDS}
     definitions: dict[str, Any] = {}
     for f in dataclass_fields(cls):
         dotted = f"{section}.{f.name}"
         file = files.get(dotted)
         if file is None:
-            definitions[f.name] = (_TYPES[str(f.type)] | None, Field(None, description=FIELD_HELP[dotted]))
+            definitions[f.name] = (_TYPES[str(f.type)] | None, Field(None, description=f.metadata["help"]))
             continue
         kind = list[Text] if file.many else Text
         described = (f"{'ids of files' if file.many else 'id of a file'} uploaded with purpose "
-                     f"{' or '.join(file.purposes)}. {FIELD_HELP[dotted]}")
+                     f"{' or '.join(file.purposes)}. {f.metadata['help']}")
         name = file.api.split(".", 1)[1]
         if dotted == "teacher.path":
             definitions[name] = (kind, Field(description=described))
