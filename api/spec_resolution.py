@@ -40,8 +40,9 @@ def resolve_spec(session: Session, *, tenant_id: str, body: JobCreate, store: Ar
     raw = spec_files.to_kdcore(body.model_dump(exclude_none=True), own)
     try:
         spec = DistillSpec.from_dict(raw)
-        data, labeled = _data_info(spec, rows)
+        data, labeled = _training_data(spec, rows)
         spec.resolve_labels(labeled)
+        data = _check_labelled_files(data, rows)
         spec.student.arch_params = check_student(spec.student.arch, spec.student.arch_params, data,
                                                  batch_size=spec.hyperparameters.batch_size)
         check_augment_shape(spec.hyperparameters.augmentations, data.input_shape)
@@ -66,36 +67,26 @@ def _own_file(session: Session, tenant_id: str, file_id: str, field: str, purpos
     return row
 
 
-def _data_info(spec: DistillSpec, rows: dict) -> tuple[DataInfo, int]:
-    """The training data's shape, classes and rows (unlabelled files' rows included), and how many
-    of those rows are labelled. Classes are 0 when no labelled row says (the teacher decides)."""
+def _training_data(spec: DistillSpec, rows: dict) -> tuple[DataInfo, int]:
+    """The training data's shape, classes and rows (the unlabelled files' rows included), checked
+    against the limits, and how many of those rows are labelled. Classes are the training source's:
+    0 when none of its rows is labelled."""
     if spec.dataset.builtin is not None:
         data = builtin_info(spec.dataset.builtin)
-        labeled = data.num_samples
-        if spec.dataset.labels_per_class is not None:
-            labeled = min(labeled, spec.dataset.labels_per_class * data.num_classes)
-        size = 0
+        labeled, size = data.num_samples, 0
     else:
-        info = rows["dataset.train_file_id"].info
-        data = DataInfo(tuple(info["input_shape"]), int(info["num_classes"]), int(info["num_samples"]))
-        labeled = _num_labeled(info)
-        if spec.dataset.labels_per_class is not None:
-            labeled = min(labeled, spec.dataset.labels_per_class * max(data.num_classes, 1))
-        size = rows["dataset.train_file_id"].bytes
+        row = rows["dataset.train_file_id"]
+        data = DataInfo(tuple(row.info["input_shape"]), int(row.info["num_classes"]), int(row.info["num_samples"]))
+        labeled, size = _num_labeled(row.info), row.bytes
+    if spec.dataset.labels_per_class is not None:
+        labeled = min(labeled, spec.dataset.labels_per_class * max(data.num_classes, 1))
     total = data.num_samples
-    classes = data.num_classes
-    for where in sorted(k for k in rows if k.startswith("dataset.unlabeled_file_ids[")):
-        row = rows[where]
-        info = row.info
-        if tuple(info["input_shape"]) != data.input_shape:
-            raise SpecError(f"input shape {info['input_shape']} differs from the training set's "
+    for where, row in _unlabeled_files(rows):
+        if tuple(row.info["input_shape"]) != data.input_shape:
+            raise SpecError(f"input shape {row.info['input_shape']} differs from the training set's "
                             f"{list(data.input_shape)}", field=where)
-        if data.num_classes and int(info["num_classes"]) > data.num_classes:
-            raise SpecError(f"has labels up to {info['num_classes'] - 1} but the training set has "
-                            f"{data.num_classes} classes", field=where)
-        classes = max(classes, int(info["num_classes"]))
-        labeled += _num_labeled(info)
-        total += int(info["num_samples"])
+        labeled += _num_labeled(row.info)
+        total += int(row.info["num_samples"])
         size += row.bytes
     if total > MAX_SAMPLES:
         raise SpecError(f"the training data has {total:,} rows with the unlabelled files, over the limit of "
@@ -103,17 +94,32 @@ def _data_info(spec: DistillSpec, rows: dict) -> tuple[DataInfo, int]:
     if size > MAX_DATASET_BYTES:
         raise SpecError(f"the training files hold {size:,} bytes with the unlabelled files, over the limit of "
                         f"{MAX_DATASET_BYTES:,} (MAX_DATASET_BYTES)", field="dataset.unlabeled_file_ids")
-    data = DataInfo(data.input_shape, classes, total)
-    for field in ("dataset.validation_file_id", "dataset.test_file_id"):
-        if field in rows:
-            other = rows[field].info
-            if tuple(other["input_shape"]) != data.input_shape:
-                raise SpecError(f"input shape {other['input_shape']} differs from the training set's "
-                                f"{list(data.input_shape)}", field=field)
-            if data.num_classes and int(other["num_classes"]) > data.num_classes:
-                raise SpecError(f"has labels up to {other['num_classes'] - 1} but the training set has "
-                                f"{data.num_classes} classes", field=field)
-    return data, labeled
+    return DataInfo(data.input_shape, data.num_classes, total), labeled
+
+
+def _check_labelled_files(data: DataInfo, rows: dict) -> DataInfo:
+    """The job's classes, and every other file's labels checked against them (and the validation and
+    test files' shapes). Classes are the training source's; when none of its rows is labelled, the
+    teacher's (its stored description); when that says nothing either, 0: the worker decides."""
+    classes, whose = data.num_classes, "the training set has"
+    if classes == 0:
+        classes, whose = int((rows["teacher.file_id"].info or {}).get("num_classes") or 0), "the teacher predicts"
+    others = [*_unlabeled_files(rows),
+              *((f, rows[f]) for f in ("dataset.validation_file_id", "dataset.test_file_id") if f in rows)]
+    for where, row in others:
+        if tuple(row.info["input_shape"]) != data.input_shape:
+            raise SpecError(f"input shape {row.info['input_shape']} differs from the training set's "
+                            f"{list(data.input_shape)}", field=where)
+        if classes and int(row.info["num_classes"]) > classes:
+            raise SpecError(f"has labels up to {row.info['num_classes'] - 1} but {whose} {classes} classes",
+                            field=where)
+    return DataInfo(data.input_shape, classes, data.num_samples)
+
+
+def _unlabeled_files(rows: dict) -> list[tuple[str, Any]]:
+    """(where, row) of dataset.unlabeled_file_ids, in the order given."""
+    items = [k for k in rows if k.startswith("dataset.unlabeled_file_ids[")]
+    return [(k, rows[k]) for k in sorted(items, key=lambda k: int(k[k.index("[") + 1:-1]))]
 
 
 def _num_labeled(info: dict) -> int:
@@ -123,8 +129,6 @@ def _num_labeled(info: dict) -> int:
 
 def _check_teacher(spec: DistillSpec, row, data: DataInfo, store: ArtifactStore) -> None:
     info = row.info or {}
-    if data.num_classes == 0 and info.get("num_classes"):  # no labelled row: the teacher's classes
-        data = DataInfo(data.input_shape, int(info["num_classes"]), data.num_samples)
     if info.get("kind") == "logits" and spec.dataset.unlabeled_paths:
         raise SpecError("precomputed teacher logits cover the training file's rows only and cannot label "
                         "extra inputs: upload the teacher itself (safetensors or ONNX)",

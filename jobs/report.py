@@ -91,9 +91,11 @@ def verdict(result: dict[str, Any]) -> str:
     baseline = result.get("baseline")
     gain = _num(result.get("distillation_gain"))
     if student.get("accuracy") is None and student.get("agreement") is not None:
-        return (f"No labelled row to score accuracy on (the training data had no labels, and no labelled test "
-                f"file was given): the student agrees with the teacher on {_pct(student.get('agreement'))} of the "
-                f"{split} split.")
+        line = (f"No row of the {split} split is labelled, so no accuracy was scored: the student agrees with the "
+                f"teacher on {_pct(student.get('agreement'))} of it")
+        if baseline and baseline.get("agreement") is not None:
+            line += f", the baseline (trained without the teacher) on {_pct(baseline.get('agreement'))}"
+        return line + "."
     if not baseline or gain is None:
         return (f"No baseline was trained, so there is no measure of what distillation gained; the student "
                 f"reached {_pct(student.get('accuracy'))} accuracy on the {split} split.")
@@ -195,25 +197,32 @@ def _table(job: dict[str, Any], result: dict[str, Any]) -> str:
     rows = [
         ("teacher", t_arch, teacher.get("accuracy"), teacher.get("parameters"),
          teacher.get("size_bytes", job.get("teacher_file_bytes")), teacher.get("latency_ms"), 1.0, 1.0,
-         None, None),
+         None, None, None),
         ("student", s_arch, student.get("accuracy"), student.get("parameters"), student.get("size_bytes"),
          student.get("latency_ms"), result.get("compression"), result.get("speedup"), result.get("temperature"),
-         result.get("alpha")),
+         result.get("alpha"), student.get("train_rows")),
     ]
     if baseline:  # the same architecture as the student, trained on the labels alone
         rows.append(("baseline", s_arch, baseline.get("accuracy"), baseline.get("parameters", student.get("parameters")),
                      baseline.get("size_bytes", student.get("size_bytes")),
                      baseline.get("latency_ms", student.get("latency_ms")), result.get("compression"),
-                     result.get("speedup"), None, None))
+                     result.get("speedup"), None, None, baseline.get("train_rows")))
     head = ("model", "architecture", "accuracy", "parameters", "size on disk", "CPU latency", "compression",
-            "speed-up", "T", "\u03b1")
+            "speed-up", "T", "\u03b1", "trained on")
     out = ["<table><thead><tr>", *(f"<th>{_e(h)}</th>" for h in head), "</tr></thead><tbody>"]
-    for name, arch, acc, params, size, lat, comp, speed, temp, alpha in rows:
+    for name, arch, acc, params, size, lat, comp, speed, temp, alpha, train_rows in rows:
         cells = (name, arch, _pct(acc), _int(params), _bytes(size), _ms(lat), _times(comp), _times(speed),
-                 _plain(temp), _plain(alpha))
+                 _plain(temp), _plain(alpha), _trained_on(train_rows))
         out.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
     out.append("</tbody></table>")
     return "".join(out)
+
+
+def _trained_on(train_rows: Any) -> str:
+    """A run's training rows (`train_rows` of the result): "500 labelled + 9,100 unlabelled"."""
+    if not isinstance(train_rows, dict):
+        return DASH
+    return f"{_int(train_rows.get('labeled'))} labelled + {_int(train_rows.get('unlabeled'))} unlabelled"
 
 
 def _sweep_heatmap(points: list[dict[str, Any]], best: dict[str, Any] | None) -> str:

@@ -262,9 +262,7 @@ class JobRun(PipelineCallbacks):
                                               epoch=m.epoch, values=m.to_dict()))
             self._fenced(lifecycle.add_event_once(
                 s, job_id=self.job_id, attempt=self.attempt, type="epoch", data=m.to_dict(), key=EPOCH_KEY,
-                message=f"{m.run} epoch {m.epoch}/{m.epochs}: loss {m.train_loss:.4f}, "
-                        + (f"val accuracy {m.val_accuracy:.4f}" if m.val_accuracy is not None
-                           else f"val agreement {m.val_agreement:.4f} (no labelled validation row)")) is not None)
+                message=_epoch_line(m)) is not None)
             s.commit()
         # a run's own epoch count: the baseline on few labelled rows runs more (shorter) epochs
         self.run_epochs = m.epochs
@@ -335,9 +333,33 @@ def _remove_older_attempts(work: Path) -> None:
             shutil.rmtree(other, ignore_errors=True)
 
 
+def _epoch_line(m) -> str:
+    """An `epoch` event's message. Validation accuracy is None when no validation row is labelled
+    (agreement with the teacher is scored instead), agreement None where no teacher logits cover it."""
+    if m.val_accuracy is not None:
+        score = f"val accuracy {m.val_accuracy:.4f}"
+    elif m.val_agreement is not None:
+        score = f"val agreement {m.val_agreement:.4f} (no labelled validation row)"
+    else:
+        score = "not validated (no labelled validation row, no teacher logits for it)"
+    return f"{m.run} epoch {m.epoch}/{m.epochs}: loss {m.train_loss:.4f}, {score}"
+
+
 def _outcome_line(summary: dict[str, Any]) -> str:
-    s, b = summary["student"], summary.get("baseline")
-    line = f"student accuracy {s['accuracy']:.4f} on {summary['evaluated_on']}"
+    """The `result` event's message. Accuracy is None where no evaluation row is labelled (training
+    data without labels and no labelled test file): agreement with the teacher is what was measured."""
+    line = f"student {_score(summary['student'])} on {summary['evaluated_on']}"
+    b = summary.get("baseline")
     if b is not None:
-        line += f", baseline {b['accuracy']:.4f} ({100 * summary['distillation_gain']:+.1f} points)"
+        line += f", baseline {_score(b)}"
+        if summary.get("distillation_gain") is not None:
+            line += f" ({100 * summary['distillation_gain']:+.1f} points)"
     return line
+
+
+def _score(run: dict[str, Any]) -> str:
+    if run.get("accuracy") is not None:
+        return f"accuracy {run['accuracy']:.4f}"
+    if run.get("agreement") is not None:
+        return f"agreement with the teacher {run['agreement']:.4f} (no labelled row to score accuracy on)"
+    return "not scored (no labelled row)"

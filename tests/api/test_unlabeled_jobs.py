@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from kdcore.data import load_builtin
+from kdcore.data import MAX_SAMPLES, load_builtin
+from kdcore.spec import MAX_UNLABELED_FILES
 from tests.conftest import problem, upload
 from tests.worker.test_worker_process import wait_for, worker  # noqa: F401 (a fixture)
 
@@ -37,6 +38,13 @@ def npz_files(tmp_path_factory):
     mixed_y[::2] = -1
     np.savez(d / "mixed.npz", x=train.x[:50].numpy(), y=mixed_y)
     np.savez(d / "logits.npz", logits=np.zeros((200, 10), np.float32))
+    eleven = train.y[:30].numpy().copy()
+    eleven[0] = 11  # labels up to 11: twelve classes, digits has ten
+    np.savez(d / "twelve_classes.npz", x=train.x[:30].numpy(), y=eleven)
+    np.savez(d / "images.npz", x=np.zeros((20, 1, 8, 8), np.float32), y=np.arange(20) % 10)
+    # MAX_SAMPLES (10,000,000) rows: one byte each, so the files stay under the tests' upload limit
+    np.savez(d / "one_column.npz", x=np.zeros((10, 1), np.uint8), y=np.arange(10) % 10)
+    np.savez(d / "one_column_inputs.npz", x=np.zeros((MAX_SAMPLES // MAX_UNLABELED_FILES, 1), np.uint8))
     return d
 
 
@@ -197,3 +205,49 @@ def test_a_few_labels_job_reports_sane_progress_and_both_runs_rows(client, worke
     assert student["train_rows"]["labeled"] == baseline["train_rows"]["labeled"] == 50
     assert baseline["train_rows"]["unlabeled"] == 0 and student["steps"] == baseline["steps"]
     assert baseline["epochs_run"] == baseline["steps"]  # 50 rows: one step per epoch
+
+
+def test_labels_in_an_unlabeled_file_must_be_classes_of_the_training_set(client, teacher_id, npz_files):
+    inputs, twelve = _ids(client, npz_files, "inputs.npz", "twelve_classes.npz")
+    resp = client.post("/v1/jobs", json=_job(teacher_id, {"builtin": "digits", "unlabeled_file_ids": [inputs, twelve]}))
+    err = problem(resp, 422)
+    assert err["errors"][0]["field"] == "dataset.unlabeled_file_ids[1]", err
+    assert "labels up to 11" in err["detail"] and "10 classes" in err["detail"]
+
+
+def test_without_labelled_training_rows_other_files_labels_are_checked_against_the_teacher(client, teacher_id,
+                                                                                           npz_files):
+    """The training file says no class; the teacher's stored description does (10 outputs)."""
+    inputs, twelve = _ids(client, npz_files, "all_inputs.npz", "twelve_classes.npz")
+    err = problem(client.post("/v1/jobs", json=_job(teacher_id, {"train_file_id": inputs, "test_file_id": twelve})),
+                  422)
+    assert err["errors"][0]["field"] == "dataset.test_file_id" and "the teacher predicts 10 classes" in err["detail"]
+    err = problem(client.post("/v1/jobs", json=_job(teacher_id, {"train_file_id": inputs,
+                                                                 "unlabeled_file_ids": [twelve]})), 422)
+    assert err["errors"][0]["field"] == "dataset.unlabeled_file_ids[0]", err
+
+
+def test_unlabeled_rows_count_toward_the_sample_limit(client, teacher_id, npz_files):
+    train, inputs = _ids(client, npz_files, "one_column.npz", "one_column_inputs.npz")
+    ids = [inputs] * MAX_UNLABELED_FILES  # 10 training rows + 16 × 625,000 = MAX_SAMPLES + 10
+    err = problem(client.post("/v1/jobs", json=_job(teacher_id, {"train_file_id": train, "unlabeled_file_ids": ids})),
+                  422)
+    assert err["errors"][0]["field"] == "dataset.unlabeled_file_ids" and "MAX_SAMPLES" in err["detail"], err
+    assert f"{MAX_SAMPLES + 10:,} rows" in err["detail"]
+
+
+def test_shift_needs_one_dimensional_signals(client, teacher_id, npz_files):
+    (images,) = _ids(client, npz_files, "images.npz")
+    err = problem(client.post("/v1/jobs", json=_job(teacher_id, {"train_file_id": images}, hp={"augment": ["shift"]})),
+                  422)
+    assert err["errors"][0]["field"] == "hyperparameters.augment" and "1-D signals" in err["detail"], err
+
+
+def test_labelled_rows_of_unlabeled_files_count_as_labels(client, teacher_id, npz_files):
+    """Training inputs without a label, plus a file with 25 labelled rows: the job has labels, so alpha
+    and the baseline keep their defaults."""
+    inputs, mixed = _ids(client, npz_files, "all_inputs.npz", "mixed.npz")
+    resp = client.post("/v1/jobs", json=_job(teacher_id, {"train_file_id": inputs, "unlabeled_file_ids": [mixed]}))
+    assert resp.status_code == 201, resp.text
+    spec = resp.json()["spec"]
+    assert spec["hyperparameters"]["alpha"] == 0.3 and spec["baseline"] is True

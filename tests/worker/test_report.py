@@ -139,3 +139,24 @@ def test_a_sweep_is_shown_as_a_heat_map_and_a_table_with_the_chosen_point():
     assert page.count("\u2713") == 1
     assert '&quot;stopped_early&quot;: true' in page and '&quot;best_epoch&quot;: 2' in page
     assert "Sweep (" not in render_report(*hand_made())  # no sweep, no section
+
+
+def test_a_job_without_labels_is_judged_by_agreement_and_both_runs_say_what_they_trained_on():
+    job, metrics = hand_made(baseline=False)
+    result = job["result"]
+    result["evaluated_on"] = "validation"
+    result["student"].update(accuracy=None, agreement=0.8125, train_rows={"labeled": 0, "unlabeled": 1294})
+    result["teacher"]["accuracy"] = None
+    for m in metrics:
+        m["values"]["val_accuracy"] = None
+    page = render_report(job, metrics)
+    sentence = html.unescape(SENTENCE.search(page).group(1))
+    assert sentence.startswith("No row of the validation split is labelled") and "81.25 %" in sentence
+    assert "<td>0 labelled + 1,294 unlabelled</td>" in page
+
+    job, metrics = hand_made()  # a labelled test split: both runs' rows in the table
+    job["result"]["student"]["train_rows"] = {"labeled": 50, "unlabeled": 1244}
+    job["result"]["baseline"]["train_rows"] = {"labeled": 50, "unlabeled": 0}
+    page = render_report(job, metrics)
+    assert "<td>50 labelled + 1,244 unlabelled</td>" in page and "<td>50 labelled + 0 unlabelled</td>" in page
+    assert "<th>trained on</th>" in page
