@@ -55,7 +55,7 @@ def _make_callbacks(printer: ProgressPrinter):
         def on_epoch_end(self, m):
             agree = "" if m.val_agreement is None else f" agreement {m.val_agreement:.3f}"
             printer.done(f"[{m.run}] epoch {m.epoch}/{m.epochs} loss {m.train_loss:.4f} "
-                         f"(hard {m.train_hard:.4f}, soft {m.train_soft:.4f}) val acc {m.val_accuracy:.3f}{agree}")
+                         f"(hard {m.train_hard:.4f}, soft {m.train_soft:.4f}) val acc {_pct(m.val_accuracy)}{agree}")
 
         def on_event(self, type, message, data=None):
             printer.done(f"[{type}] {message}")
@@ -97,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"teacher  accuracy {_pct(t['accuracy'])}  params {t['parameters']}")
     print(f"student  accuracy {_pct(s['accuracy'])}  params {s['parameters']}  agreement {_pct(s['agreement'])}")
     if b is not None:
-        print(f"baseline accuracy {_pct(b['accuracy'])}  (student − baseline: "
-              f"{100 * summary['distillation_gain']:+.1f} points)")
+        gain = summary.get("distillation_gain")
+        print(f"baseline accuracy {_pct(b['accuracy'])}"
+              + ("" if gain is None else f"  (student − baseline: {100 * gain:+.1f} points)"))
     print(f"wrote {args.out / 'student.safetensors'} and {args.out / 'summary.json'}")
     return 0
 

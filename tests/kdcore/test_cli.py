@@ -103,3 +103,21 @@ def test_public_api_imports_and_no_service_modules_are_pulled_in():
     proc = _kdcore("-c", code)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []
+
+
+def test_a_run_on_inputs_without_labels_prints_agreement_and_no_accuracy(tmp_path):
+    import numpy as np
+
+    from kdcore.data import load_builtin
+
+    teacher = save_state_dict(train_digits_teacher(), tmp_path / "teacher.safetensors")
+    np.savez(tmp_path / "inputs.npz", x=load_builtin("digits")["train"].x.numpy())  # x only
+    spec = {"teacher": {"path": str(teacher), "arch": "mlp", "arch_params": {"hidden_sizes": [64]}},
+            "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}},
+            "dataset": {"train_path": str(tmp_path / "inputs.npz")},
+            "hyperparameters": {"epochs": 1, "learning_rate": 0.01, "device": "cpu"}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    proc = _kdcore("-m", "kdcore", "run", str(tmp_path / "spec.json"), "--out", str(tmp_path / "out"), "--no-onnx")
+    assert proc.returncode == 0, proc.stderr
+    assert "student  accuracy n/a" in proc.stdout and "agreement" in proc.stdout
+    assert "val acc n/a agreement" in proc.stderr
