@@ -105,7 +105,8 @@ def load_splits(spec: DistillSpec) -> Splits:
 
     if ds.labels_per_class is not None:
         train_set = keep_labels_per_class(train_set, ds.labels_per_class, seed=spec.hyperparameters.seed)
-    extras = [_read_unlabeled(path, i, train_set) for i, path in enumerate(ds.unlabeled_paths)]
+    extras = [_read_split(path, f"dataset.unlabeled_paths[{i}]", train_set, None)
+              for i, path in enumerate(ds.unlabeled_paths)]
     if extras:
         train_set = ArrayDataset(torch.cat([train_set.x, *(e.x for e in extras)]),
                                  torch.cat([train_set.y, *(e.y for e in extras)]), train_set.num_classes)
@@ -124,19 +125,7 @@ def load_splits(spec: DistillSpec) -> Splits:
                   extra_rows=sum(e.num_samples for e in extras))
 
 
-def _read_unlabeled(path: str, index: int, train: ArrayDataset) -> ArrayDataset:
-    field = f"dataset.unlabeled_paths[{index}]"
-    try:
-        extra = read_dataset_file(path)
-    except DataError as e:
-        raise DataError(e.message, field=field) from None
-    if extra.input_shape != train.input_shape:
-        raise DataError(f"input shape {list(extra.input_shape)} differs from the training set's "
-                        f"{list(train.input_shape)}", field=field)
-    return extra
-
-
-def _read_split(path: str | None, field: str, train: ArrayDataset, num_classes: int) -> ArrayDataset | None:
+def _read_split(path: str | None, field: str, train: ArrayDataset, num_classes: int | None) -> ArrayDataset | None:
     if path is None:
         return None
     try:
