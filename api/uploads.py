@@ -6,6 +6,9 @@ straight to a temporary file, hashed on the way; the upload stops with 413 as so
 Form fields other than the file are limited to ALLOWED_FORM_FIELDS (a client never sets a file's
 tenant, id, size or hash), and the file name the client sent is kept only as a display name:
 its last path component, without control characters, at most MAX_FILENAME_CHARS long.
+
+A body must end with its closing boundary (`--BOUNDARY--`): one cut short is a 400, not a shorter
+file. The boundary itself is at most MAX_BOUNDARY_LENGTH characters (python-multipart's own cap).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import anyio
 from fastapi import Request
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MAX_BOUNDARY_LENGTH, MultipartParser, parse_options_header
 
 from api.problems import Problem
 
@@ -40,19 +43,21 @@ class ReceivedUpload:
 async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path, idle_timeout: float = 30.0,
                          allowed_fields: frozenset[str] = ALLOWED_FORM_FIELDS) -> ReceivedUpload:
     """Parse a multipart/form-data body with one `file` part and form fields among `allowed_fields`;
-    413 past max_bytes, 400 if malformed, 422 for a second file or a field not allowed, 408 when
-    no bytes arrive for `idle_timeout` seconds."""
+    413 past max_bytes, 400 if malformed (a boundary over MAX_BOUNDARY_LENGTH characters, a body
+    without its closing boundary), 422 for a second file or a field not allowed, 408 when no bytes
+    arrive for `idle_timeout` seconds."""
     content_type, params = parse_options_header(request.headers.get("content-type"))
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         raise Problem(415, "send multipart/form-data with a `file` part and a `purpose` field",
                       slug="unsupported-media-type")
+    boundary = params[b"boundary"]
+    if not 0 < len(boundary) <= MAX_BOUNDARY_LENGTH:
+        raise Problem(400, f"the multipart boundary is {len(boundary)} characters long; it must be 1 to "
+                           f"{MAX_BOUNDARY_LENGTH} (RFC 2046 recommends at most 70)", slug="malformed-body")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes + MULTIPART_OVERHEAD_BYTES:
         raise _too_large(max_bytes)
 
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, prefix="upload-", suffix=".part")
-    out = os.fdopen(fd, "wb")
     state = _PartState()
     digest = hashlib.sha256()
 
@@ -101,11 +106,20 @@ async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path, idl
             state.fields[state.name] = state.value.decode("utf-8", "replace")
         state.headers = {}
 
-    parser = MultipartParser(params[b"boundary"], callbacks={
-        "on_header_field": on_header_field, "on_header_value": on_header_value,
-        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
-        "on_part_data": on_part_data, "on_part_end": on_part_end,
-    })
+    def on_end():
+        state.ended = True
+
+    try:
+        parser = MultipartParser(boundary, callbacks={
+            "on_header_field": on_header_field, "on_header_value": on_header_value,
+            "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data, "on_part_end": on_part_end, "on_end": on_end,
+        })
+    except Exception:
+        raise Problem(400, "the multipart boundary cannot be parsed", slug="malformed-body") from None
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, prefix="upload-", suffix=".part")
+    out = os.fdopen(fd, "wb")
     try:
         chunks = request.stream().__aiter__()
         while True:
@@ -120,6 +134,10 @@ async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path, idl
                               slug="upload-timeout") from None
             parser.write(chunk)
         parser.finalize()
+        if not state.ended:  # python-multipart's finalize() does not check this itself
+            raise Problem(400, "the multipart body ended before its closing boundary (--BOUNDARY--): it was "
+                               "cut short, so its last part may be incomplete; nothing was kept",
+                          slug="malformed-body")
         out.flush()
         os.fsync(out.fileno())
         out.close()
@@ -172,3 +190,4 @@ class _PartState:
     file_seen: bool = False
     received_filename: str = "upload"
     fields: dict[str, str] = field(default_factory=dict)
+    ended: bool = False  # the closing boundary was read
