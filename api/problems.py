@@ -17,6 +17,7 @@ from http import HTTPStatus
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs.errors import Conflict, NotFound, TooLarge
@@ -156,6 +157,17 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         return problem_response(request, exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(OperationalError)
+    async def _database(request: Request, exc: OperationalError):
+        # A lock wait past KD_DB_LOCK_TIMEOUT_MS in a route's own session (api.deps.in_session maps its
+        # steps the same way): the transaction was rolled back, so nothing changed and a retry is safe.
+        from api.deps import LOCK_NOT_AVAILABLE  # late: api.deps imports this module
+
+        if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+            return problem_response(request, 503, "the database is busy (a lock wait passed KD_DB_LOCK_TIMEOUT_MS); "
+                                    "nothing was changed, retry", slug="database-busy", headers={"Retry-After": "1"})
+        return await _unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

@@ -8,7 +8,8 @@ is decided here, once, as the device of the queue the job is routed to (`resourc
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from sqlalchemy.orm import Session
 
@@ -22,7 +23,7 @@ from kdcore.data import MAX_DATASET_BYTES, MAX_SAMPLES
 from kdcore.errors import KDError, SpecError
 from kdcore.spec import DistillSpec
 from kdcore.spec_checks import (DataInfo, builtin_info, check_state_dict_teacher, check_student,
-                                check_teacher_info)
+                                check_student_init, check_teacher_info)
 
 
 def resolve_spec(session: Session, *, tenant_id: str, body: JobCreate, store: ArtifactStore) -> dict[str, Any]:
@@ -30,7 +31,8 @@ def resolve_spec(session: Session, *, tenant_id: str, body: JobCreate, store: Ar
 
     The file fields are mapped by jobs.spec_files (one table for the API and the worker); while
     the spec is checked, kdcore's file references are the file ids themselves (nothing here reads
-    a file but a state-dict teacher's header, through its row)."""
+    a file but the safetensors headers of a state-dict teacher and of initial student weights,
+    through their rows)."""
     rows: dict[str, Any] = {}  # where ("teacher.file_id", "dataset.unlabeled_file_ids[0]") -> file row
 
     def own(field: FileField, where: str, file_id: str) -> str:
@@ -47,12 +49,46 @@ def resolve_spec(session: Session, *, tenant_id: str, body: JobCreate, store: Ar
                                                  batch_size=spec.hyperparameters.batch_size)
         check_augment_shape(spec.hyperparameters.augmentations, data.input_shape)
         _check_teacher(spec, rows["teacher.file_id"], data, store)
+        if "student.init_file_id" in rows:
+            with _stored(rows["student.init_file_id"], "student.init_file_id"):
+                path = str(store.local_path(rows["student.init_file_id"].storage_key))
+                check_student_init(path, spec.student.arch, spec.student.arch_params, data)
     except KDError as e:
         raise SpecError(e.message, field=spec_files.service_field(e.field)) from None
     hp = spec.hyperparameters
     if hp.device == "auto":  # decided here, once: the job's queue (resources.device) says where it runs
         hp.device = spec.resources.device
     return spec_files.to_service(spec.to_dict())
+
+
+def check_files_still_exist(session: Session, *, tenant_id: str, spec: dict[str, Any]) -> None:
+    """A SpecError naming the field when a file the resolved `spec` names was deleted since
+    `resolve_spec` read it. Call it after `quotas.take_job_slot` has locked the tenant, in the
+    transaction that inserts the job: `DELETE /v1/files/{id}` takes the same lock before it looks
+    for unfinished jobs naming the file, so either this sees the file gone (a 422, nothing stored)
+    or the delete sees the job once it is committed (a 409, the file kept)."""
+    named: list[tuple[str, str]] = []
+
+    def note(field: FileField, where: str, file_id: str) -> str:
+        named.append((where, file_id))
+        return file_id
+
+    spec_files.to_kdcore(spec, note)
+    existing = files_repo.existing_ids(session, tenant_id=tenant_id, file_ids=[i for _, i in named])
+    for where, file_id in named:
+        if file_id not in existing:
+            raise SpecError(f"no file {file_id!r}: it was deleted while this job was being submitted", field=where)
+
+
+@contextmanager
+def _stored(row, where: str) -> Iterator[None]:
+    """Around a read of a stored file's bytes: an object deleted meanwhile (its row was read before a
+    concurrent `DELETE /v1/files/{id}` committed) is a 422 naming the field, not a 500."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise SpecError(f"no file {row.id!r}: it was deleted while this job was being submitted",
+                        field=where) from None
 
 
 def _own_file(session: Session, tenant_id: str, file_id: str, field: str, purposes: tuple[str, ...]):
@@ -138,9 +174,10 @@ def _check_teacher(spec: DistillSpec, row, data: DataInfo, store: ArtifactStore)
             raise SpecError(f"the teacher's last layer has {info['num_classes']} outputs but the dataset has "
                             f"{data.num_classes} classes", field="teacher.file_id")
         # its header is read from a local copy (an S3 store's cached one; the directory store's file)
-        path = str(store.local_path(row.storage_key))
-        spec.teacher.arch_params = check_state_dict_teacher(path, spec.teacher.arch,
-                                                            spec.teacher.arch_params, data)
+        with _stored(row, "teacher.file_id"):
+            path = str(store.local_path(row.storage_key))
+            spec.teacher.arch_params = check_state_dict_teacher(path, spec.teacher.arch,
+                                                                spec.teacher.arch_params, data)
         return
     if spec.teacher.arch is not None or spec.teacher.arch_params:
         raise SpecError(f"only a safetensors state-dict teacher takes an architecture; this teacher is "

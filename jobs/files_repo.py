@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from jobs import quotas_repo
 from jobs.errors import FileInUse, NotFound
 from jobs.pagination import newest_first_page
 from jobs.tables import TERMINAL_STATUSES, File, Job, could_be_id, new_id
@@ -46,9 +47,22 @@ def list_files(session: Session, *, tenant_id: str, limit: int = 20, after: str 
     return newest_first_page(session, stmt, File, tenant_id=tenant_id, after=after, limit=limit)
 
 
+def existing_ids(session: Session, *, tenant_id: str, file_ids: list[str]) -> set[str]:
+    """Those of `file_ids` that are files of this tenant now."""
+    if not file_ids:
+        return set()
+    return set(session.scalars(select(File.id).where(File.tenant_id == tenant_id, File.id.in_(file_ids))))
+
+
 def delete(session: Session, *, tenant_id: str, file_id: str) -> File:
     """Delete the row and return it; the caller removes `storage_key` from the store after its
-    commit. FileInUse while a job that has not finished names the file anywhere in its spec."""
+    commit. FileInUse while a job that has not finished names the file anywhere in its spec.
+
+    The tenant's row is locked first (quotas_repo.lock_tenant), the lock `POST /v1/jobs` takes
+    before it re-checks its files and inserts the job: a submission racing this delete either
+    commits its job first, and this then sees it (FileInUse, the file kept), or finds the file
+    gone (a 422). Without the lock both could pass their check and commit (issue 16 item 9)."""
+    quotas_repo.lock_tenant(session, tenant_id=tenant_id)
     row = get(session, tenant_id=tenant_id, file_id=file_id)
     users = [job_id for job_id, spec in session.execute(
         select(Job.id, Job.spec).where(Job.tenant_id == tenant_id, Job.status.not_in(TERMINAL_STATUSES)))

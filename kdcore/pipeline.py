@@ -27,10 +27,10 @@ from kdcore.data import (ArrayDataset, Standardizer, keep_labels_per_class, load
 from kdcore.errors import DataError, SpecError, TeacherError
 from kdcore.evaluation import agreement, evaluate, mean_kl, measure_latency, predict_logits
 from kdcore.export import export_onnx, save_student
-from kdcore.formats import read_safetensors_header, sniff_format
+from kdcore.formats import sniff_format
 from kdcore.models import build_model, check_input_shape, count_params, estimate_macs, resolve_arch_params
 from kdcore.spec import DistillSpec
-from kdcore.spec_checks import DataInfo, check_student
+from kdcore.spec_checks import DataInfo, check_student, header_shapes, state_dict_mismatches, state_dict_shapes
 from kdcore.teacher_logit_cache import can_cache, compute_teacher_logits
 from kdcore.teachers import Teacher, inspect_teacher_file, load_teacher
 from kdcore.distributed import train_data_parallel
@@ -434,18 +434,14 @@ def _teacher_logits_for(teacher: Teacher, split: ArrayDataset, rows: torch.Tenso
 def _load_init_weights(model: torch.nn.Module, path: str) -> None:
     if sniff_format(path) != "safetensors":
         raise SpecError("initial student weights must be a safetensors state dict", field="student.init_path")
-    read_safetensors_header(path)
+    # keys and shapes from the header, before any tensor is loaded: the same check the service makes
+    # at submission (kdcore.spec_checks.check_student_init)
+    parts = state_dict_mismatches(state_dict_shapes(model), header_shapes(path), "the student")
+    if parts:
+        raise SpecError("initial weights do not fit the student: " + "; ".join(parts), field="student.init_path")
     from safetensors.torch import load_file
 
-    state = load_file(path)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        raise SpecError(f"initial weights do not fit the student: missing {missing[:5]}, unexpected "
-                        f"{unexpected[:5]}, wrong shapes {wrong[:5]}", field="student.init_path")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(load_file(path), strict=True)
 
 
 def _summarise(spec: DistillSpec, splits: Splits, teacher: Teacher, student: torch.nn.Module,

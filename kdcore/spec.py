@@ -21,6 +21,12 @@ from typing import Any, get_type_hints
 from kdcore.errors import SpecError
 
 # Limits a spec is checked against (named, so the README and the API can quote them).
+# T is kept where the T² factor does what the objective says (KD_MATH.md, facts 5 and 7). Below
+# MIN_TEMPERATURE the teacher's soft targets are one-hot in float32 for any logit gap over about 10
+# (exp(-gap / T) underflows), and the soft term's gradient, T·(Q - P) with the T² factor, falls under
+# a tenth of its scale at T = 1, silently re-weighting alpha; T -> 0 divides logits by ~0 (T = 1e-300:
+# inf, a NaN loss). Above MAX_TEMPERATURE the targets are uniform to within 1 % for logit gaps under 1.
+MIN_TEMPERATURE = 0.1
 MAX_TEMPERATURE = 100.0
 MAX_EPOCHS = 1000
 MAX_BATCH_SIZE = 65536
@@ -95,7 +101,7 @@ class DatasetSpec:
 @dataclass
 class Hyperparameters:
     temperature: float | list[float] = _field(4.0, help=(
-        f"softmax temperature T, > 0 and <= {MAX_TEMPERATURE:g} (default 4); a list of distinct values sweeps "
+        f"softmax temperature T, {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g} (default 4); a list of distinct values sweeps "
         "them (see alpha)"))
     alpha: float | list[float] = _field(0.3, help=(
         "weight of the hard-label cross-entropy, 0..1; 1 - alpha weights the teacher (default 0.3); a list of "
@@ -256,8 +262,8 @@ class DistillSpec:
         pipeline (kdcore.pipeline.check_spec) once the files are known."""
         hp = self.hyperparameters
         for name, ok, reason in (
-                ("temperature", lambda t: 0 < t <= MAX_TEMPERATURE and math.isfinite(t),
-                 f"must be > 0 and <= {MAX_TEMPERATURE:g}"),
+                ("temperature", lambda t: MIN_TEMPERATURE <= t <= MAX_TEMPERATURE,
+                 f"must be between {MIN_TEMPERATURE:g} (MIN_TEMPERATURE) and {MAX_TEMPERATURE:g} (MAX_TEMPERATURE)"),
                 ("alpha", lambda a: 0.0 <= a <= 1.0, "must be between 0 and 1")):
             value = getattr(hp, name)
             values = _as_list(value)

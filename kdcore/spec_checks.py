@@ -97,24 +97,60 @@ def check_state_dict_teacher(path: str, arch: str | None, arch_params: dict | No
     check_input_shape(arch, params, data.input_shape, field="teacher.arch")
     with torch.device("meta"):
         model = build_model(arch, params, input_shape=data.input_shape, num_classes=data.num_classes)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    header = {k: tuple(v["shape"]) for k, v in read_safetensors_header(path).items() if k != "__metadata__"}
-    missing = sorted(set(expected) - set(header))
-    unexpected = sorted(set(header) - set(expected))
-    wrong = [f"{k}: file {list(header[k])}, {arch} {list(expected[k])}"
-             for k in expected if k in header and header[k] != expected[k]]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:5]}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:5]}")
-        if wrong:
-            parts.append(f"shape mismatches {wrong[:5]}")
+    parts = state_dict_mismatches(state_dict_shapes(model), header_shapes(path), arch)
+    if parts:
         raise SpecError(f"the teacher file does not match {arch} {params} with input shape "
                         f"{list(data.input_shape)} and {data.num_classes} classes: " + "; ".join(parts),
                         field="teacher.arch_params")
     return params
+
+
+def check_student_init(path: str, arch: str, arch_params: dict | None, data: DataInfo, *,
+                       field: str = "student.init_path") -> None:
+    """Initial student weights (`student.init_path`) against the student they are loaded into, by
+    the file's safetensors header alone (keys and shapes; nothing but the header is read): the
+    check `run_distillation` makes before it loads them, done when the job is submitted. With no
+    class count known yet (`data.num_classes` 0: no labelled row and a teacher that does not say),
+    the output layer cannot be sized, so only the worker checks it. SpecError naming `field`."""
+    if data.num_classes <= 0:
+        return
+    params = resolve_arch_params(arch, arch_params, field="student.arch_params")
+    with torch.device("meta"):
+        model = build_model(arch, params, input_shape=data.input_shape, num_classes=data.num_classes)
+    parts = state_dict_mismatches(state_dict_shapes(model), header_shapes(path), arch)
+    if parts:
+        raise SpecError(f"the initial weights do not fit the student {arch} {params} with input shape "
+                        f"{list(data.input_shape)} and {data.num_classes} classes: " + "; ".join(parts),
+                        field=field)
+
+
+def state_dict_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """{key: shape} of a module's state dict (a module on the meta device will do)."""
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def header_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """{tensor name: shape} from a safetensors file's validated header (no tensor data is read)."""
+    return {k: tuple(v["shape"]) for k, v in read_safetensors_header(path).items() if k != "__metadata__"}
+
+
+def state_dict_mismatches(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]],
+                          arch: str) -> list[str]:
+    """What keeps a file's tensors (`found`) from loading strictly into a model (`expected`), as
+    readable parts: missing keys, unexpected keys, shape mismatches (the first 5 of each); [] when
+    they fit. Used at submission (headers) and by the pipeline before it loads initial weights."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = [f"{k}: file {list(found[k])}, {arch} {list(expected[k])}"
+             for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
+    parts = []
+    if missing:
+        parts.append(f"missing keys {missing[:5]}")
+    if unexpected:
+        parts.append(f"unexpected keys {unexpected[:5]}")
+    if wrong:
+        parts.append(f"shape mismatches {wrong[:5]}")
+    return parts
 
 
 def check_teacher_info(info: dict[str, Any], data: DataInfo) -> None:

@@ -18,7 +18,7 @@ from api.deps import (BriefTenantDep, PageAfter, PageLimit, SessionDep, Settings
 from api.idempotency import IdempotencyKeyDep, IdempotentRequest, fingerprint
 from api.problems import PROBLEM_SCHEMA, Problem
 from api.schemas.jobs import EventList, EventOut, JobCreate, JobList, JobOut, MetricList, MetricOut, Status
-from api.spec_resolution import resolve_spec
+from api.spec_resolution import check_files_still_exist, resolve_spec
 from jobs import files_repo, jobs_repo, lifecycle, workers_repo
 from jobs.artifact_store import ArtifactStore
 from jobs.errors import NotFound
@@ -53,7 +53,10 @@ def _create_job(request: Request, session: Session, tenant_id: str, body: JobCre
         return replay
     with idempotent.released_on_error():
         spec = resolve_spec(session, tenant_id=tenant_id, body=body, store=store)
-        quotas.take_job_slot(session, tenant_id=tenant_id, settings=settings)
+        quotas.take_job_slot(session, tenant_id=tenant_id, settings=settings)  # locks the tenant
+        # under that lock, which DELETE /v1/files/{id} takes too: a file deleted since resolve_spec
+        # read it is a 422 here, and a delete after this commit sees the job (409)
+        check_files_still_exist(session, tenant_id=tenant_id, spec=spec)
         row = jobs_repo.create(session, tenant_id=tenant_id, spec=spec, max_attempts=settings.max_attempts)
         out = JobOut.from_row(row).model_dump(mode="json")
         idempotent.finish(request_fingerprint, 201, out)

@@ -303,3 +303,38 @@ def test_a_validation_file_with_another_input_shape_names_the_field(files, tmp_p
         run_distillation(spec, out_dir=tmp_path / "out")
     assert info.value.field == "dataset.validation_path"
     assert str(info.value).startswith("dataset.validation_path: ")
+
+
+def test_initial_weights_are_checked_from_their_header_before_any_tensor_is_loaded(tmp_path, monkeypatch):
+    """The check the service makes at submission (kdcore.spec_checks.check_student_init) and the one
+    the pipeline makes before loading `student.init_path` are one function on header shapes."""
+    import safetensors.torch
+
+    from kdcore.errors import SpecError
+    from kdcore.pipeline import _load_init_weights
+    from kdcore.spec_checks import DataInfo, check_student_init
+
+    def saved(name, hidden):
+        torch.manual_seed(1)
+        model = build_model("mlp", {"hidden_sizes": hidden}, input_shape=(4,), num_classes=3)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / name))
+        return str(tmp_path / name), model
+
+    wider, _ = saved("wider.safetensors", [9])
+    fits, source = saved("fits.safetensors", [8])
+    data = DataInfo((4,), 3, 10)
+    with pytest.raises(SpecError, match="shape mismatches") as info:
+        check_student_init(wider, "mlp", {"hidden_sizes": [8]}, data)
+    assert info.value.field == "student.init_path"
+    check_student_init(fits, "mlp", {"hidden_sizes": [8]}, data)
+
+    loads = []
+    real_load = safetensors.torch.load_file
+    monkeypatch.setattr(safetensors.torch, "load_file", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    student = build_model("mlp", {"hidden_sizes": [8]}, input_shape=(4,), num_classes=3)
+    with pytest.raises(SpecError, match="shape mismatches") as info:
+        _load_init_weights(student, wider)
+    assert info.value.field == "student.init_path" and loads == []  # refused from the header alone
+    _load_init_weights(student, fits)
+    assert len(loads) == 1
+    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), source.state_dict().values()))

@@ -13,6 +13,7 @@ from kdcore.schedules import lr_at
 from kdcore.spec import (
     FIELD_HELP,
     MAX_TEMPERATURE,
+    MIN_TEMPERATURE,
     DatasetSpec,
     DistillSpec,
     Hyperparameters,
@@ -121,6 +122,26 @@ def test_given_values_are_kept_and_ints_become_floats_where_floats_are_expected(
 ])
 def test_bad_hyperparameters_raise_spec_error_naming_the_field(hyperparameters, field):
     assert _field_of(_spec(hyperparameters=hyperparameters)) == field
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 1e-30, 0.01, 0.0999, MAX_TEMPERATURE * 1.001, 1e300,
+                                         float("inf"), float("nan"), [4.0, 1e-300], [1e-300]])
+def test_a_temperature_outside_its_limits_is_refused_naming_both(temperature):
+    """T = 1e-300 divides the logits by ~0: z/T is inf, the loss NaN, the job diverged (issue 16
+    item 9). Below MIN_TEMPERATURE the soft targets are one-hot in float32 and T² shrinks the soft
+    gradient T·(Q - P) out of scale (KD_MATH.md facts 5 and 7); above MAX_TEMPERATURE they are uniform."""
+    with pytest.raises(SpecError) as info:
+        DistillSpec.from_dict(_spec(hyperparameters={"temperature": temperature}))
+    assert info.value.field == "hyperparameters.temperature"
+    finite = all(math.isfinite(t) for t in (temperature if isinstance(temperature, list) else [temperature]))
+    reason = f"between {MIN_TEMPERATURE:g} (MIN_TEMPERATURE) and {MAX_TEMPERATURE:g} (MAX_TEMPERATURE)"
+    assert (reason if finite else "must be finite") in str(info.value)
+
+
+@pytest.mark.parametrize("temperature", [MIN_TEMPERATURE, 0.5, 1, 4, 20, MAX_TEMPERATURE, [MIN_TEMPERATURE, MAX_TEMPERATURE]])
+def test_temperatures_within_the_limits_are_accepted(temperature):
+    hp = DistillSpec.from_dict(_spec(hyperparameters={"temperature": temperature})).hyperparameters
+    assert hp.temperature == temperature
 
 
 def test_range_errors_say_what_is_allowed():

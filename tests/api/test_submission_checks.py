@@ -1,0 +1,61 @@
+"""Specs that cannot run are 422s at submission, not failed jobs (issue 16 item 9): initial student
+weights that do not fit the student, a temperature outside its limits. Each answer is a problem+json
+naming the field, and nothing is stored."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from kdcore.models import build_model
+from tests.conftest import problem, upload
+
+
+@pytest.fixture
+def teacher_id(client, digits_teacher) -> str:
+    return upload(client, digits_teacher[0], "teacher").json()["id"]
+
+
+def job_body(teacher_id: str, **student) -> dict:
+    return {"teacher": {"file_id": teacher_id, "arch": "mlp", "arch_params": {"hidden_sizes": [128]}},
+            "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}, **student},
+            "dataset": {"builtin": "digits"}, "hyperparameters": {"epochs": 1}}
+
+
+def init_weights(path, hidden_sizes: list[int], num_classes: int = 10):
+    torch.manual_seed(0)
+    model = build_model("mlp", {"hidden_sizes": hidden_sizes}, input_shape=(64,), num_classes=num_classes)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def test_initial_weights_that_do_not_fit_the_student_are_a_422_at_submission(client, teacher_id, tmp_path):
+    """Checked from the file's safetensors header with the code the worker uses before it loads them
+    (kdcore.spec_checks.state_dict_mismatches); before, the job was queued and failed in the worker."""
+    fits = upload(client, init_weights(tmp_path / "fits.safetensors", [16]), "student_init").json()["id"]
+    wider = upload(client, init_weights(tmp_path / "wider.safetensors", [32]), "student_init").json()["id"]
+    classes = upload(client, init_weights(tmp_path / "classes.safetensors", [16], 3), "student_init").json()["id"]
+    deeper = upload(client, init_weights(tmp_path / "deeper.safetensors", [16, 16]), "student_init").json()["id"]
+
+    for file_id, reason in ((wider, "shape mismatches"), (classes, "shape mismatches"),
+                            (deeper, "unexpected keys")):
+        err = problem(client.post("/v1/jobs", json=job_body(teacher_id, init_file_id=file_id)), 422)
+        assert err["errors"][0]["field"] == "student.init_file_id", err
+        assert reason in err["detail"] and "do not fit the student" in err["detail"], err["detail"]
+    assert client.get("/v1/jobs").json()["data"] == []
+
+    created = client.post("/v1/jobs", json=job_body(teacher_id, init_file_id=fits))
+    assert created.status_code == 201, created.text
+    assert created.json()["spec"]["student"]["init_file_id"] == fits
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 0.05, 100.5, [4, 1e-300]])
+def test_a_temperature_outside_its_limits_is_a_422(client, teacher_id, temperature):
+    """T = 1e-300 was accepted and the job diverged (NaN loss, "lower the learning rate")."""
+    body = job_body(teacher_id)
+    body["hyperparameters"]["temperature"] = temperature
+    err = problem(client.post("/v1/jobs", json=body), 422)
+    assert err["errors"][0]["field"] == "hyperparameters.temperature"
+    assert "between 0.1 (MIN_TEMPERATURE) and 100 (MAX_TEMPERATURE)" in err["detail"]
+    assert client.get("/v1/jobs").json()["data"] == []
