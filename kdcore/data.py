@@ -227,6 +227,7 @@ def _read_npz(path: Path, max_samples: int) -> tuple[np.ndarray, np.ndarray | No
         raise _bad(f"array 'x' has dtype {x_dtype}; it must be a float or integer array")
     if len(x_shape) < 2:
         raise _bad(f"array 'x' has shape {list(x_shape)}; it needs at least 2 dimensions (N, features...)")
+    _check_features(x_shape)
     _check_count(x_shape[0], max_samples)
     if "y" not in headers:  # inputs only: every row unlabelled
         try:
@@ -326,6 +327,14 @@ def _check_no_nulls(column, name: str) -> None:
         raise _bad(f"column {name!r} has {column.null_count} missing values; first at row {first}")
 
 
+def _check_features(x_shape: tuple[int, ...]) -> None:
+    """Each sample must have at least one feature: an x of shape (N, 0) (or any 0 past N) has none,
+    and no model can learn from it."""
+    if math.prod(x_shape[1:]) == 0:
+        raise _bad(f"array 'x' has shape {list(x_shape)}: each sample has 0 features; a dataset needs at "
+                   "least one (a dimension after N is 0)")
+
+
 def _check_count(n: int, max_samples: int) -> None:
     if n > max_samples:
         raise _bad(f"{n} samples is over the limit of {max_samples}")
@@ -337,6 +346,7 @@ def _validated(x: np.ndarray, y: np.ndarray | None, num_classes: int | None) -> 
     n = int(y.shape[0])
     if n == 0:
         raise _bad("the dataset is empty (0 samples)")
+    _check_features(tuple(x.shape))
     with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, reported below
         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     finite = torch.isfinite(xt).reshape(n, -1)

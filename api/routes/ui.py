@@ -79,7 +79,12 @@ def job_page(job_id: str) -> HTMLResponse:
     jid = html.escape(job_id, quote=True)
     return _page("Job", f"<h1>Job <span id='job-id' data-job='{jid}'>{jid}</span></h1>"
                  "<p id='error' class='error'></p><dl id='job'></dl><progress id='progress' max='1' value='0'>"
-                 "</progress><p id='downloads'></p><iframe id='report' title='report'></iframe>")
+                 "</progress><p id='downloads'></p>"
+                 # The report (self-contained HTML: inline CSS, data: images, no script) is shown with
+                 # srcdoc, which without a sandbox would run as this origin, the tenant's key in reach
+                 # (sessionStorage). An empty sandbox allows nothing (no script, same origin, form,
+                 # popup, top navigation or download), and the report needs nothing.
+                 "<iframe id='report' title='report' sandbox=''></iframe>")
 
 
 @router.get("/static/{name}")

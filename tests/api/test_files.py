@@ -52,6 +52,19 @@ def test_invalid_content_is_422_and_nothing_is_kept(client, settings, tmp_path):
     assert list((settings.data_dir / "tmp").glob("*")) == []
 
 
+def test_a_dataset_without_features_is_a_422_and_nothing_is_kept(client, settings, tmp_path):
+    """x of shape (N, 0) (or any 0 after N): rows with nothing in them; accepted before (issue 16 item 10)."""
+    for x_shape in ((20, 0), (20, 4, 0)):
+        path = tmp_path / "no_features.npz"
+        np.savez(path, x=np.zeros(x_shape, np.float32), y=np.arange(20) % 2)
+        err = problem(upload(client, path, "dataset"), 422)
+        assert err["errors"][0]["field"] == "file" and "0 features" in err["detail"], err
+        assert str(list(x_shape)) in err["detail"]
+    assert client.get("/v1/files").json()["data"] == []
+    assert _stored_files(settings) == []
+    assert list((settings.data_dir / "tmp").glob("*")) == []
+
+
 def test_wrong_purpose_for_content_is_422(client, tmp_path):
     path = tmp_path / "data.npz"
     np.savez(path, x=np.random.rand(4, 2).astype(np.float32), y=np.array([0, 1, 0, 1]))

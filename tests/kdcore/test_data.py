@@ -160,6 +160,20 @@ def test_npz_data_errors(tmp_path, arrays, kwargs, reason):
     assert info.value.field == "file"
 
 
+@pytest.mark.parametrize("x_shape, with_y", [((12, 0), True), ((12, 0), False), ((12, 3, 0), True),
+                                            ((12, 0, 5), False)], ids=["n-by-0", "n-by-0-unlabelled", "n-3-0", "n-0-5"])
+def test_a_dataset_with_no_features_is_refused(tmp_path, x_shape, with_y):
+    """x of shape (N, 0) has rows but nothing in them; it was accepted (issue 16 item 10) and a job
+    on it could only fail later. Refused from the .npy header, naming the shape."""
+    y = np.arange(12) % 3
+    path = _npz(tmp_path, x=np.zeros(x_shape, np.float32), **({"y": y} if with_y else {}))
+    with pytest.raises(DataError, match=r"0 features") as info:
+        read_dataset_file(path)
+    assert info.value.field == "file" and str(list(x_shape)) in str(info.value)
+    with pytest.raises(DataError, match=r"0 features"):
+        inspect_dataset_file(path)
+
+
 def test_npz_header_declaring_a_huge_array_is_refused_before_reading(tmp_path):
     import io
     import zipfile

@@ -151,7 +151,9 @@ def test_dashboard_login_upload_submit_watch_report_download(live_api, browser, 
     assert re.fullmatch(r"\d+ labelled \+ 0 unlabelled rows, \d+ steps", page.text_content("dd.field-baseline-trained-on"))
     float(page.text_content("dd.field-student-accuracy"))
 
-    # the report, in its iframe (srcdoc): its known heading and this job's id
+    # the report, in its iframe (srcdoc, an empty sandbox: no script, opaque origin): its known heading
+    # and this job's id
+    assert page.get_attribute("#report", "sandbox") == ""
     frame = page.frame_locator("#report")
     frame.locator("h1").wait_for()
     assert frame.locator("h1").text_content() == "Distillation report"

@@ -57,3 +57,24 @@ def test_the_job_form_takes_unlabelled_inputs_labels_per_class_and_augmentations
     # the job page: rows and steps of both runs, agreement when the evaluation split has no labels
     for needle in ("r.evaluated_on", "run.agreement", "run.steps", "Baseline trained on"):
         assert needle in script
+
+
+def test_the_report_frame_is_sandboxed(client):
+    """The job page shows the report with <iframe srcdoc>, which without a sandbox runs as the
+    dashboard's origin, with the tenant's key in sessionStorage (issue 16 item 10). The frame carries
+    an empty sandbox (no token: no script, same origin, form, popup, navigation or download), the
+    script never loosens it, and the report needs nothing it forbids."""
+    from jobs.report import render_report
+    from tests.worker.test_report import hand_made
+
+    page = client.get("/ui/jobs/job_123").text
+    frames = re.findall(r"<iframe\b[^>]*>", page)
+    assert len(frames) == 1 and "id='report'" in frames[0], frames
+    sandbox = re.search(r"\bsandbox='([^']*)'", frames[0])
+    assert sandbox is not None, frames[0]
+    assert sandbox.group(1).split() == [], sandbox.group(1)
+    script = client.get("/ui/static/app.js").text
+    assert ".srcdoc" in script and "sandbox" not in script  # it fills the frame, never touches its sandbox
+    report = render_report(*hand_made()).lower()
+    for needs in ("<script", "<form", "<a ", "target=", "javascript:"):
+        assert needs not in report, needs
