@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from contextlib import asynccontextmanager
 
 from pathlib import Path
@@ -13,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from swagger_ui_bundle import swagger_ui_path
 
-from api import problems, sse
+from api import housekeeping, problems, sse
 from api.body_limit import BodyLimitMiddleware
 from api.enqueue import Enqueuer
 from api.routes import files, health, jobs, ui
@@ -52,8 +54,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 api_keys.ensure_key(session, tenant_name="default",
                                     plain_key=settings.bootstrap_api_key.get_secret_value())
                 session.commit()
-        yield
-        app.state.engine.dispose()
+        # what crashed API processes left (upload temp files, stored objects without a row): now and
+        # periodically (api/housekeeping.py)
+        sweeper = asyncio.create_task(housekeeping.keep_clean(settings, app.state.store))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            app.state.engine.dispose()
 
     # /docs is served with Swagger UI's assets from the app itself (the swagger-ui-bundle package),
     # not from a CDN: it works on a machine without internet. ReDoc has no packaged bundle, so

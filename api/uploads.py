@@ -9,15 +9,24 @@ its last path component, without control characters, at most MAX_FILENAME_CHARS 
 
 A body must end with its closing boundary (`--BOUNDARY--`): one cut short is a 400, not a shorter
 file. The boundary itself is at most MAX_BOUNDARY_LENGTH characters (python-multipart's own cap).
+
+The temporary file `{KD_DATA_DIR}/tmp/upload-*.part` is held under an exclusive flock(2) from before
+it has that name until it is removed (`ReceivedUpload.discard`). The kernel drops the lock when its
+process dies, however it dies (kill -9 included), so `sweep_abandoned_uploads` tells the files of
+dead uploads from live ones without guessing from ages or pids, whichever API process wrote them
+(KD_API_WORKERS > 1, or several hosts sharing the data directory).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import anyio
 from fastapi import Request
@@ -29,15 +38,25 @@ MAX_FORM_FIELD_BYTES = 64 * 1024  # non-file fields (purpose) are tiny; refuse a
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # boundaries and part headers on top of the file itself
 ALLOWED_FORM_FIELDS = frozenset({"purpose"})  # besides `file`
 MAX_FILENAME_CHARS = 255  # the files.filename column
+TEMP_PREFIX, TEMP_SUFFIX = "upload-", ".part"  # {data_dir}/tmp/upload-*.part, locked while in use
+STAGING_PREFIX = ".new-upload-"  # a temp file for the microseconds before it is locked and renamed
+STAGING_STALE_SECONDS = 60.0  # a staging file this old belongs to a process that died in between
 
 
 @dataclass
 class ReceivedUpload:
-    path: Path  # temporary file; the caller moves it into the store or deletes it
+    path: Path  # temporary file; the caller moves it into the store, then calls discard()
     filename: str
     bytes: int
     sha256: str
     fields: dict[str, str] = field(default_factory=dict)
+    lock: BinaryIO | None = field(default=None, repr=False)  # the open temp file, holding its flock
+
+    def discard(self) -> None:
+        """Remove the temporary file, then give up its lock (in that order: no sweeper ever finds it
+        unlocked while this process lives)."""
+        _discard(self.path, self.lock)
+        self.lock = None
 
 
 async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path, idle_timeout: float = 30.0,
@@ -45,7 +64,7 @@ async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path, idl
     """Parse a multipart/form-data body with one `file` part and form fields among `allowed_fields`;
     413 past max_bytes, 400 if malformed (a boundary over MAX_BOUNDARY_LENGTH characters, a body
     without its closing boundary), 422 for a second file or a field not allowed, 408 when no bytes
-    arrive for `idle_timeout` seconds."""
+    arrive for `idle_timeout` seconds. The caller calls `discard()` on the result once done with it."""
     content_type, params = parse_options_header(request.headers.get("content-type"))
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         raise Problem(415, "send multipart/form-data with a `file` part and a `purpose` field",
@@ -117,9 +136,7 @@ async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path, idl
         })
     except Exception:
         raise Problem(400, "the multipart boundary cannot be parsed", slug="malformed-body") from None
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, prefix="upload-", suffix=".part")
-    out = os.fdopen(fd, "wb")
+    tmp_path, out = _locked_temp_file(tmp_dir)
     try:
         chunks = request.stream().__aiter__()
         while True:
@@ -140,23 +157,88 @@ async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path, idl
                           slug="malformed-body")
         out.flush()
         os.fsync(out.fileno())
-        out.close()
     except Problem:
-        out.close()
-        os.unlink(tmp_name)
+        _discard(tmp_path, out)
         raise
     except Exception:
-        out.close()
-        os.unlink(tmp_name)
+        _discard(tmp_path, out)
         raise Problem(400, "the multipart body is malformed", slug="malformed-body") from None
     except BaseException:  # cancelled (the server stops): nothing is kept either
-        out.close()
-        os.unlink(tmp_name)
+        _discard(tmp_path, out)
         raise
     if not state.file_seen:
-        os.unlink(tmp_name)
+        _discard(tmp_path, out)
         raise Problem(422, "a `file` part is required", slug="invalid-field", field="file")
-    return ReceivedUpload(Path(tmp_name), state.received_filename, state.size, digest.hexdigest(), state.fields)
+    return ReceivedUpload(tmp_path, state.received_filename, state.size, digest.hexdigest(), state.fields,
+                          lock=out)
+
+
+def _locked_temp_file(tmp_dir: Path) -> tuple[Path, BinaryIO]:
+    """A new `upload-*.part` in tmp_dir, open for writing and under this process's exclusive flock.
+    It is created under a staging name, locked, then renamed: a file named `upload-*.part` whose
+    lock can be taken is never one being written (see sweep_abandoned_uploads)."""
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, staging = tempfile.mkstemp(dir=tmp_dir, prefix=STAGING_PREFIX, suffix=TEMP_SUFFIX)
+    out = os.fdopen(fd, "wb")
+    try:
+        fcntl.flock(out.fileno(), fcntl.LOCK_EX)
+        path = tmp_dir / (TEMP_PREFIX + Path(staging).name.removeprefix(STAGING_PREFIX))
+        os.rename(staging, path)
+    except BaseException:
+        _discard(Path(staging), out)
+        raise
+    return path, out
+
+
+def _discard(path: Path, lock: BinaryIO | None) -> None:
+    path.unlink(missing_ok=True)  # first: a sweeper may take the lock the moment it is given up
+    if lock is not None:
+        lock.close()
+
+
+def sweep_abandoned_uploads(tmp_dir: Path) -> list[Path]:
+    """Remove the temporary files of uploads whose process died (kill -9, OOM, power loss) and
+    return them. Safe while other API processes upload into the same directory: a file whose flock
+    this call can take has no live owner, and a staging file older than STAGING_STALE_SECONDS was
+    left between its creation and its rename."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(tmp_dir))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.name.startswith(STAGING_PREFIX):
+            try:
+                stale = time.time() - entry.stat(follow_symlinks=False).st_mtime > STAGING_STALE_SECONDS
+            except FileNotFoundError:
+                continue
+            if stale:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+            continue
+        if not (entry.name.startswith(TEMP_PREFIX) and entry.name.endswith(TEMP_SUFFIX)) \
+                or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:  # gone meanwhile, or not a plain file
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live upload holds it
+            try:
+                same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                continue  # its owner removed it meanwhile
+            if same:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def clean_filename(raw: str) -> str:

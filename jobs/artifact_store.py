@@ -15,6 +15,8 @@ climb out of the root ("..") or name a hidden or temporary file (those start wit
 
 Writes are atomic: bytes go to a temporary file in the destination's directory, hashed on the way,
 fsynced, then renamed over the key. A reader sees the old object or the new one, never half of one.
+A process killed mid-write leaves its temporary behind (`.tmp-*.part` here, an unfinished multipart
+upload on S3); `remove_stale_temporaries` removes those not written to since a cutoff.
 """
 
 from __future__ import annotations
@@ -95,6 +97,13 @@ class ArtifactStore(Protocol):
 
     def list_keys(self, prefix: str) -> list[str]:
         """Keys under the folder `prefix`, sorted."""
+
+    def list_older_than(self, prefix: str, cutoff: float) -> list[str]:
+        """Keys under the folder `prefix` last written before `cutoff` (seconds since the epoch), sorted."""
+
+    def remove_stale_temporaries(self, cutoff: float) -> list[str]:
+        """Remove what interrupted writes left (never an object under a key) that was last written
+        before `cutoff` (seconds since the epoch); return what was removed."""
 
     def ping(self) -> None:
         """Raise when the store cannot be used (for /readyz): a directory that cannot be created or
@@ -179,6 +188,31 @@ class LocalArtifactStore:
             return []
         return sorted(str(p.relative_to(self.root)).replace(os.sep, "/") for p in top.rglob("*")
                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(top).parts))
+
+    def list_older_than(self, prefix: str, cutoff: float) -> list[str]:
+        out = []
+        for key in self.list_keys(prefix):
+            try:
+                if self._path(key).stat().st_mtime < cutoff:  # os.replace keeps the written file's mtime
+                    out.append(key)
+            except FileNotFoundError:  # deleted meanwhile
+                pass
+        return out
+
+    def remove_stale_temporaries(self, cutoff: float) -> list[str]:
+        removed = []
+        for directory, _, names in os.walk(self.root):
+            for name in names:
+                if not (name.startswith(".tmp-") and name.endswith(".part")):
+                    continue
+                path = Path(directory, name)
+                try:
+                    if path.stat().st_mtime < cutoff:  # a live write touches it with every chunk
+                        path.unlink()
+                        removed.append(str(path.relative_to(self.root)).replace(os.sep, "/"))
+                except FileNotFoundError:  # renamed or removed by its writer meanwhile
+                    pass
+        return removed
 
 
 def _read_chunks(f: BinaryIO, start: int, end: int | None) -> Iterator[bytes]:

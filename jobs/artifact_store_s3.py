@@ -23,6 +23,7 @@ An object `key` lives at `{prefix}/{key}` in the bucket.
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -111,8 +112,10 @@ class S3ArtifactStore:
             return self.write_stream(key, iter(lambda: src.read(CHUNK_BYTES), b""))
 
     def _temporary_name(self) -> str:
+        """`.uploads/{start time}-{random}`: its age is read from its name, whatever clock (or fake)
+        the server's `Initiated` follows (remove_stale_temporaries)."""
         base = f"{self.prefix}/{UPLOADS}" if self.prefix else UPLOADS
-        return f"{base}/{uuid.uuid4().hex}"
+        return f"{base}/{int(time.time())}-{uuid.uuid4().hex}"
 
     # --- reading ----------------------------------------------------------------------------------
     def open(self, key: str) -> BinaryIO:
@@ -163,6 +166,37 @@ class S3ArtifactStore:
             keys += [item["Key"][cut:] for item in page.get("Contents", [])]
         return sorted(keys)
 
+    def list_older_than(self, prefix: str, cutoff: float) -> list[str]:
+        start = self._name(prefix) + "/"
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        keys = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
+            keys += [item["Key"][cut:] for item in page.get("Contents", [])
+                     if item["LastModified"].timestamp() < cutoff]  # an object's time is when it appeared
+        return sorted(keys)
+
+    def remove_stale_temporaries(self, cutoff: float) -> list[str]:
+        """Multipart uploads under `.uploads/` begun before `cutoff` and never completed (their
+        invisible parts are stored and billed until aborted), and temporary objects there (a process
+        killed between completing an upload and copying it to its key)."""
+        base = (f"{self.prefix}/{UPLOADS}" if self.prefix else UPLOADS) + "/"
+        removed = []
+        for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=base):
+            for upload in page.get("Uploads", []):
+                if _started(upload["Key"], upload["Initiated"].timestamp()) < cutoff:
+                    try:
+                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                           UploadId=upload["UploadId"])
+                        removed.append(f"upload:{upload['Key']}")
+                    except ClientError:  # completed or aborted by its writer meanwhile
+                        pass
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
+            for item in page.get("Contents", []):
+                if max(_started(item["Key"], 0.0), item["LastModified"].timestamp()) < cutoff:
+                    self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
+                    removed.append(item["Key"])
+        return removed
+
     def ping(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)
 
@@ -207,6 +241,13 @@ class _Multipart:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.name, UploadId=self.upload_id)
         except ClientError:  # already completed (the copy failed): the temporary object is deleted instead
             self.client.delete_object(Bucket=self.bucket, Key=self.name)
+
+
+def _started(name: str, otherwise: float) -> float:
+    """When the temporary `name` was begun, from its name (`_temporary_name`); `otherwise` for a
+    name without one (written by an older version)."""
+    stamp = name.rsplit("/", 1)[-1].split("-", 1)[0]
+    return float(stamp) if "-" in name.rsplit("/", 1)[-1] and stamp.isdigit() else otherwise
 
 
 def _chunks(body) -> Iterator[bytes]:

@@ -80,12 +80,18 @@ async def upload_file(request: Request, tenant: BriefTenantDep, store: StoreDep,
             storage_key = f"files/{tenant_id}/{file_id}"
             await run_in_threadpool(store.put_file, storage_key, upload.path)
         finally:
-            upload.path.unlink(missing_ok=True)
+            upload.discard()
 
         def create(session) -> dict:
             idempotent.session = session
             # again, under the tenant's lock: this one decides (rolled back at once if it refuses)
             quotas.check_stored_bytes(session, tenant_id=tenant_id, settings=settings, adding=upload.bytes, lock=True)
+            # under the same lock the sweep of unrecorded objects takes (jobs/orphans.py): the object is
+            # either still there now, and kept once this row is committed, or already removed
+            if not store.exists(storage_key):
+                raise Problem(503, "the uploaded file was removed from the store before it could be recorded "
+                                   "(the request took longer than KD_IDEMPOTENCY_IN_FLIGHT_SECONDS); nothing was "
+                                   "kept, send it again", slug="upload-expired", headers={"Retry-After": "1"})
             row = files_repo.create(session, tenant_id=tenant_id, file_id=file_id, purpose=purpose, format=fmt,
                                     filename=upload.filename, bytes=upload.bytes, sha256=upload.sha256,
                                     storage_key=storage_key, info=info)
