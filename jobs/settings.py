@@ -95,6 +95,22 @@ class Settings(BaseSettings):
     # transaction left idle this long is ended by the server (no bug can hold a lock for good).
     db_lock_timeout_ms: int = Field(default=10_000, ge=0)
     db_idle_in_transaction_timeout_ms: int = Field(default=60_000, ge=0)
+    # A user's ONNX graph runs only in a child process with these limits (kdcore/onnx_sandbox.py).
+    # The API's upload check (load the graph, one probe run when the class count is symbolic):
+    onnx_check_memory_bytes: int = Field(default=4 * GIB, gt=0)  # the child's address space
+    onnx_check_timeout_seconds: float = Field(default=30, gt=0)
+    # Uploads inspected at once per API process (ONNX checks and dataset/weight scans alike); one
+    # more waits up to file_check_wait_seconds for a turn, then is a 503 with Retry-After.
+    max_concurrent_file_checks: int = Field(default=2, ge=1)
+    file_check_wait_seconds: float = Field(default=60, gt=0)
+    # The worker's ONNX teacher: address space (not applied with CUDA), one batch of up to 1024
+    # rows, onnxruntime threads (None: as many as PyTorch uses).
+    teacher_memory_bytes: int = Field(default=16 * GIB, gt=0)
+    teacher_batch_timeout_seconds: float = Field(default=600, gt=0)
+    teacher_threads: int | None = Field(default=None, ge=1)
+    # Every job's wall-clock limit, from its first start (resumed attempts included): past it the
+    # job stops at the next step boundary (or its ONNX teacher is killed) and fails `time_limit`.
+    job_time_limit_seconds: float = Field(default=24 * 3600, gt=0)
     bootstrap_api_key: SecretStr | None = None  # ensured at start-up for tenant "default"
     lease_seconds: int = Field(default=60, gt=0)
     heartbeat_seconds: float = Field(default=5, gt=0)

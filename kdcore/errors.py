@@ -35,3 +35,9 @@ class TeacherError(KDError):
 
 class CheckpointError(KDError):
     """A checkpoint that is missing, truncated or fails its checksum."""
+
+
+class Stopped(Exception):
+    """The caller's `should_stop()` said so (cancellation, a lost lease, a time limit): raised out of
+    training at a step boundary and out of a running ONNX teacher (its process is killed). Not a
+    KDError: nothing is wrong with the spec."""

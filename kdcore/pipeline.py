@@ -15,7 +15,7 @@ import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -32,7 +32,8 @@ from kdcore.models import build_model, check_input_shape, count_params, estimate
 from kdcore.spec import DistillSpec
 from kdcore.spec_checks import DataInfo, check_student, header_shapes, state_dict_mismatches, state_dict_shapes
 from kdcore.teacher_logit_cache import can_cache, compute_teacher_logits
-from kdcore.teachers import Teacher, inspect_teacher_file, load_teacher
+from kdcore.onnx_sandbox import GraphLimits
+from kdcore.teachers import Teacher, close_teacher, inspect_teacher_file, load_teacher
 from kdcore.distributed import train_data_parallel
 from kdcore.trainer import Callbacks, EpochMetrics, StepInfo, TrainResult, resolve_device
 
@@ -149,9 +150,31 @@ def check_models(spec: DistillSpec, *, input_shape: tuple[int, ...], num_classes
 
 def run_distillation(spec: DistillSpec, *, out_dir: Path, checkpoint_dir: Path | None = None,
                      callbacks: PipelineCallbacks | None = None, export_onnx_file: bool = True,
-                     extra_metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the whole job and return the summary (also written to out_dir/summary.json)."""
-    cb = callbacks or PipelineCallbacks()
+                     extra_metadata: dict[str, Any] | None = None,
+                     teacher_limits: GraphLimits = GraphLimits()) -> dict[str, Any]:
+    """Run the whole job and return the summary (also written to out_dir/summary.json).
+
+    An ONNX teacher runs in a child process with `teacher_limits` (kdcore/onnx_sandbox.py) that
+    polls `callbacks.should_stop`; the child ends with the run, however it ends."""
+    opened: list[Teacher] = []
+    try:
+        return _distill(spec, out_dir=out_dir, checkpoint_dir=checkpoint_dir,
+                        cb=callbacks or PipelineCallbacks(), export_onnx_file=export_onnx_file,
+                        extra_metadata=extra_metadata, teacher_limits=teacher_limits, opened=opened)
+    finally:
+        for teacher in opened:
+            close_teacher(teacher)
+
+
+def _distill(spec: DistillSpec, *, out_dir: Path, checkpoint_dir: Path | None, cb: PipelineCallbacks,
+             export_onnx_file: bool, extra_metadata: dict[str, Any] | None, teacher_limits: GraphLimits,
+             opened: list[Teacher]) -> dict[str, Any]:
+    def open_teacher(**kwargs) -> Teacher:
+        teacher = load_teacher(spec.teacher.path, arch=spec.teacher.arch, arch_params=spec.teacher.arch_params,
+                               limits=teacher_limits, should_stop=cb.should_stop, **kwargs)
+        opened.append(teacher)
+        return teacher
+
     hp = spec.hyperparameters
     # "auto" follows resources.device when that asks for CUDA (and fails without one).
     device = resolve_device("cuda" if hp.device == "auto" and spec.resources.device == "cuda" else hp.device)
@@ -169,15 +192,15 @@ def run_distillation(spec: DistillSpec, *, out_dir: Path, checkpoint_dir: Path |
     check_models(spec, input_shape=input_shape, num_classes=num_classes)
     augment.check_input_shape(hp.augmentations, input_shape)
     if splits.train.num_labeled == 0:  # no labelled training row: the teacher says how many classes
-        labels_seen, num_classes = num_classes, _teacher_classes(spec.teacher.path, spec, input_shape)
+        labels_seen, num_classes = num_classes, _teacher_classes(spec.teacher.path, open_teacher, input_shape,
+                                                                 teacher_limits)
         if labels_seen > num_classes:
             raise DataError(f"has labels up to {labels_seen - 1} but the teacher predicts {num_classes} classes",
                             field="dataset.test_path" if splits.test is not None else "dataset.validation_path")
         for part in (splits.train, splits.val, splits.test):
             if part is not None:
                 part.num_classes = num_classes
-    teacher = load_teacher(spec.teacher.path, arch=spec.teacher.arch, arch_params=spec.teacher.arch_params,
-                           input_shape=input_shape, num_classes=num_classes, device=str(device))
+    teacher = open_teacher(input_shape=input_shape, num_classes=num_classes, device=str(device))
     _check_teacher(teacher, splits, num_classes)
     if splits.standardizer is not None:
         teacher = _RawInputTeacher(teacher, splits.standardizer)
@@ -295,13 +318,14 @@ def _run_record(run: TrainResult) -> dict[str, Any]:
             "stopped_early": run.stopped_early, "restored_best": run.restored_best}
 
 
-def _teacher_classes(path: str, spec: DistillSpec, input_shape: tuple[int, ...]) -> int:
+def _teacher_classes(path: str, open_teacher: Callable[..., Teacher], input_shape: tuple[int, ...],
+                     limits: GraphLimits) -> int:
     """The teacher's output count, for data with no label to count classes from."""
-    guess = inspect_teacher_file(path).get("num_classes")
+    guess = inspect_teacher_file(path, limits=limits).get("num_classes")
     if guess:
         return int(guess)
-    probe = load_teacher(path, arch=spec.teacher.arch, arch_params=spec.teacher.arch_params,
-                         input_shape=input_shape, num_classes=None, device="cpu")
+    probe = open_teacher(input_shape=input_shape, num_classes=None, device="cpu")
+    close_teacher(probe)
     return int(probe.num_classes)
 
 
@@ -456,7 +480,11 @@ def _summarise(spec: DistillSpec, splits: Splits, teacher: Teacher, student: tor
     student_latency = measure_latency(student.cpu(), input_shape)
     teacher_latency = None
     if teacher.input_shape is not None:
-        teacher_latency = measure_latency(lambda batch: teacher.logits(batch), input_shape)
+        if hasattr(teacher, "measure_latency"):  # an ONNX teacher: timed in its own process
+            batch = torch.randn((64, *input_shape), generator=torch.Generator().manual_seed(0))
+            teacher_latency = teacher.measure_latency(batch.numpy())
+        else:
+            teacher_latency = measure_latency(lambda batch: teacher.logits(batch), input_shape)
     student_acc = student_eval["student_accuracy"]
     result: dict[str, Any] = {
         "evaluated_on": splits.eval_name,

@@ -17,13 +17,14 @@ import os
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from kdcore.errors import FormatError, KDError, TeacherError
+from kdcore.onnx_sandbox import GraphLimits, GraphProcess
 from kdcore.formats import (
     accepted_message,
     check_format,
@@ -147,39 +148,42 @@ def _natural_key(name: str) -> list:
 
 class OnnxTeacher:
     """An ONNX graph with one float input (batch first) and one (batch, classes) output, run by
-    onnxruntime on CPU (or CUDA when requested and available). The graph is loaded from bytes,
-    so it cannot reach files next to it."""
+    onnxruntime on CPU (or CUDA when requested and available) in a child process with `limits`
+    (kdcore/onnx_sandbox.py: a graph is a program, and never runs in the caller's process).
+    `should_stop` is polled while the graph works: when it turns true the child is killed and
+    `Stopped` raised. The graph is loaded from bytes, so it cannot reach files next to it.
+    `close()` ends the child (it also ends with this object)."""
 
     needs_indices = False
 
     def __init__(self, path: str | os.PathLike, *, input_shape: Sequence[int] | None = None,
                  num_classes: int | None = None, device: str | torch.device = "cpu",
-                 chunk_size: int = CHUNK_SIZE, require_num_classes: bool = True):
-        import onnxruntime as ort  # late: only ONNX teachers need it
-
+                 chunk_size: int = CHUNK_SIZE, require_num_classes: bool = True,
+                 limits: GraphLimits = GraphLimits(), should_stop: Callable[[], bool] | None = None):
         model = read_onnx_model(path)
         self.deterministic = not any(node.op_type in _ONNX_RANDOM_OPS for node in model.graph.node)
         # Weights stored in the graph (what the service's compression ratio compares).
         self.parameters = sum(math.prod(init.dims) for init in model.graph.initializer)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
+        del model
+        self.graph = GraphProcess(path, providers=_onnx_providers(device), limits=limits, should_stop=should_stop)
         try:
-            self.session = ort.InferenceSession(Path(path).read_bytes(), options,
-                                                providers=_onnx_providers(device, ort))
-        except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
-            raise TeacherError(f"onnxruntime cannot load the graph: {exc}", field=FIELD) from None
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+            self._describe(input_shape, num_classes, chunk_size, require_num_classes)
+        except BaseException:
+            self.graph.close()
+            raise
+
+    def _describe(self, input_shape, num_classes, chunk_size, require_num_classes) -> None:
+        inputs, outputs = self.graph.inputs, self.graph.outputs
         if len(inputs) != 1 or len(outputs) != 1:
             raise TeacherError(f"the ONNX graph must have one input and one output, it has inputs "
-                               f"{[i.name for i in inputs]} and outputs {[o.name for o in outputs]}", field=FIELD)
+                               f"{[i['name'] for i in inputs]} and outputs {[o['name'] for o in outputs]}", field=FIELD)
         inp, out = inputs[0], outputs[0]
-        if inp.type not in _ONNX_FLOAT_TYPES or out.type not in _ONNX_FLOAT_TYPES:
-            raise TeacherError(f"the ONNX input and output must be float tensors, got {inp.type} -> {out.type}",
+        if inp["type"] not in _ONNX_FLOAT_TYPES or out["type"] not in _ONNX_FLOAT_TYPES:
+            raise TeacherError(f"the ONNX input and output must be float tensors, got {inp['type']} -> {out['type']}",
                                field=FIELD)
-        self.input_name, self.output_name = inp.name, out.name
-        self.input_dtype = _ONNX_FLOAT_TYPES[inp.type]
-        self.onnx_input_shape = [_dim(d) for d in inp.shape]
-        self.onnx_output_shape = [_dim(d) for d in out.shape]
+        self.input_dtype = _ONNX_FLOAT_TYPES[inp["type"]]
+        self.onnx_input_shape = list(inp["shape"])
+        self.onnx_output_shape = list(out["shape"])
         if len(self.onnx_input_shape) < 2:
             raise TeacherError(f"the ONNX input has shape {self.onnx_input_shape}; expected (batch, ...)",
                                field=FIELD)
@@ -222,15 +226,28 @@ class OnnxTeacher:
             n = chunk.shape[0]
             if self.fixed_batch and n < self.fixed_batch:  # pad the last chunk to the graph's batch
                 chunk = np.concatenate([chunk, np.zeros((self.fixed_batch - n, *chunk.shape[1:]), chunk.dtype)])
-            try:
-                (result,) = self.session.run([self.output_name], {self.input_name: chunk})
-            except Exception as exc:  # onnxruntime's own error types
-                raise TeacherError(f"onnxruntime failed on a batch of shape {list(chunk.shape)}: {exc}",
-                                   field=FIELD) from None
-            parts.append(np.asarray(result)[:n])
+            result = self.graph.run(chunk)
+            if result.dtype.kind != "f" or result.ndim != 2 or result.shape[0] != chunk.shape[0]:
+                raise TeacherError(f"the ONNX graph returned {result.dtype} values of shape {list(result.shape)} "
+                                   f"for a batch of {chunk.shape[0]}; expected floats of shape (batch, classes)",
+                                   field=FIELD)
+            parts.append(result[:n])
         if not parts:
             return np.zeros((0, getattr(self, "num_classes", 0)), dtype=np.float32)
         return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        self.graph.close()
+
+    def measure_latency(self, batch: np.ndarray) -> float:
+        """Median seconds of one forward pass over `batch`, timed in the child (no pipe, no copies),
+        so it compares with a student's `measure_latency` in this process."""
+        if self.fixed_batch and batch.shape[0] != self.fixed_batch:
+            batch = np.resize(batch, (self.fixed_batch, *batch.shape[1:]))
+        return self.graph.time(batch.astype(self.input_dtype, copy=False))
+
+    def __getstate__(self):
+        raise TypeError("an ONNX teacher runs in its own process and cannot be copied or pickled")
 
     def logits(self, x: Tensor, indices: Tensor | None = None) -> Tensor:
         out = torch.from_numpy(self._run(x.detach().to("cpu", torch.float32).numpy()))
@@ -238,7 +255,9 @@ class OnnxTeacher:
         return out.to(x.device)
 
 
-def _onnx_providers(device: str | torch.device, ort) -> list:
+def _onnx_providers(device: str | torch.device) -> list:
+    import onnxruntime as ort  # late: only ONNX teachers need it (it runs no graph here)
+
     device = torch.device(device)
     if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
@@ -339,13 +358,16 @@ def is_logits_header(header: Mapping[str, Any]) -> bool:
 def load_teacher(path: str | os.PathLike, *, arch: str | None = None, arch_params: dict | None = None,
                  input_shape: Sequence[int] | None = None, num_classes: int | None = None,
                  num_samples: int | None = None, purpose: str = "teacher",
-                 device: str | torch.device = "cpu") -> Teacher:
-    """The teacher a file holds, by content: ONNX -> OnnxTeacher; .npz, or safetensors with one
-    tensor `logits` -> LogitsTeacher (checked against num_samples when given); any other
-    safetensors -> ModuleTeacher, which needs `arch` (and `input_shape`)."""
+                 device: str | torch.device = "cpu", limits: GraphLimits = GraphLimits(),
+                 should_stop: Callable[[], bool] | None = None) -> Teacher:
+    """The teacher a file holds, by content: ONNX -> OnnxTeacher (run in a child process with
+    `limits`, polling `should_stop`); .npz, or safetensors with one tensor `logits` ->
+    LogitsTeacher (checked against num_samples when given); any other safetensors ->
+    ModuleTeacher, which needs `arch` (and `input_shape`). Call `close_teacher` when done."""
     fmt = check_format(path, purpose)
     if fmt == "onnx":
-        return OnnxTeacher(path, input_shape=input_shape, num_classes=num_classes, device=device)
+        return OnnxTeacher(path, input_shape=input_shape, num_classes=num_classes, device=device, limits=limits,
+                           should_stop=should_stop)
     if fmt == "npz":
         return LogitsTeacher.from_file(path, num_samples=num_samples, num_classes=num_classes, device=device)
     header = read_safetensors_header(path)
@@ -360,7 +382,15 @@ def load_teacher(path: str | os.PathLike, *, arch: str | None = None, arch_param
                                           num_classes=num_classes, device=device)
 
 
-def inspect_teacher_file(path: str | os.PathLike, *, purpose: str = "teacher") -> dict[str, Any]:
+def close_teacher(teacher: Teacher) -> None:
+    """End what a teacher holds outside this process (an ONNX teacher's child); others hold nothing."""
+    close = getattr(teacher, "close", None)
+    if close is not None:
+        close()
+
+
+def inspect_teacher_file(path: str | os.PathLike, *, purpose: str = "teacher",
+                         limits: GraphLimits = GraphLimits()) -> dict[str, Any]:
     """Upload-time validation without an architecture. Returns format, kind ("state_dict", "onnx"
     or "logits"), parameters (total tensor elements, buffers included; ONNX: initializer
     elements), num_classes (state dict: best effort, see `guess_num_classes`), input_shape (ONNX
@@ -372,7 +402,7 @@ def inspect_teacher_file(path: str | os.PathLike, *, purpose: str = "teacher") -
         teacher = LogitsTeacher.from_file(path)
         return _report(fmt, "logits", None, teacher.num_classes, None, teacher.num_samples, 1)
     if fmt == "onnx":
-        return _inspect_onnx(path)
+        return _inspect_onnx(path, limits)
     header = read_safetensors_header(path)
     names = safetensors_tensor_names(header)
     if not names:
@@ -383,12 +413,14 @@ def inspect_teacher_file(path: str | os.PathLike, *, purpose: str = "teacher") -
     return _report(fmt, "state_dict", parameters, guessed[0] if guessed else None, None, None, len(names))
 
 
-def _inspect_onnx(path: str | os.PathLike) -> dict[str, Any]:
+def _inspect_onnx(path: str | os.PathLike, limits: GraphLimits) -> dict[str, Any]:
     import onnx
     from onnx import numpy_helper
 
-    # onnxruntime loads it here, so a graph it cannot run is refused at upload, not in a job.
-    teacher = OnnxTeacher(path, require_num_classes=False)
+    # onnxruntime loads it (in a child with `limits`), so a graph it cannot run is refused at
+    # upload, not in a job; one probe run tells a symbolic class count.
+    teacher = OnnxTeacher(path, require_num_classes=False, limits=limits)
+    teacher.close()
     model = read_onnx_model(path)
     parameters = 0
     for tensor in model.graph.initializer:

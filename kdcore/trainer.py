@@ -19,15 +19,12 @@ from kdcore.augment import augment, targets as hard_targets
 from kdcore.checkpoint import CheckpointInfo, load_latest_checkpoint, save_checkpoint
 from kdcore.data import UNLABELED, ArrayDataset, IndexBatcher
 from kdcore.distributed import DataParallel
+from kdcore.errors import Stopped
 from kdcore.evaluation import predict_logits
 from kdcore.losses import hard_term, kd_loss
 from kdcore.schedules import lr_at
 from kdcore.spec import Hyperparameters
 from kdcore.teachers import Teacher
-
-
-class Stopped(Exception):
-    """Raised out of `train` when `Callbacks.should_stop()` said so (cancellation, lost lease)."""
 
 
 @dataclass

@@ -37,7 +37,9 @@ from jobs.artifact_store import ArtifactStore, make_store
 from jobs.db import make_engine, make_sessionmaker
 from jobs.errors import LeaseLost, NotFound
 from jobs.settings import Settings, settings as process_settings
+from jobs.tables import utcnow
 from kdcore.errors import KDError
+from kdcore.onnx_sandbox import GraphLimits
 from kdcore.pipeline import ONNX_FILE, STUDENT_FILE, SUMMARY_FILE, METRICS_FILE, PipelineCallbacks, run_distillation
 from kdcore.spec import DistillSpec
 from kdcore.trainer import Stopped
@@ -50,6 +52,11 @@ ARTIFACTS = {STUDENT_FILE: "student_safetensors", ONNX_FILE: "student_onnx",
 # Share of the progress bar each phase owns (training and baseline split what is left).
 SETUP_SHARE, FINISH_SHARE = 0.05, 0.05
 EPOCH_KEY = ("run", "epoch")  # epoch and checkpoint events: one per (run, epoch), whichever attempt
+# A job past its wall-clock limit stops at the next step boundary, or its ONNX teacher's child is
+# killed. Work that never asks should_stop (a stuck library call) is failed by the heartbeat thread
+# this long after the limit: the job ends for the user, its lease stops being renewed, and every
+# later write of the stuck attempt is fenced out.
+STUCK_GRACE_SECONDS = 60.0
 
 _sessionmakers: dict[str, sessionmaker[Session]] = {}
 
@@ -100,6 +107,9 @@ class JobRun(PipelineCallbacks):
         self.run_epochs: int | None = None  # epochs of the run in progress, once known (EpochMetrics.epochs)
         self.current_run = "student"  # the trainer's run the next checkpoint belongs to
         self.checkpoints: CheckpointMirror | None = None
+        # the job's wall-clock limit, on this process's monotonic clock (set once the row is read)
+        self.deadline: float | None = None
+        self.timed_out = threading.Event()
 
     # --- the attempt --------------------------------------------------------------------------
     def run(self) -> str:
@@ -113,16 +123,22 @@ class JobRun(PipelineCallbacks):
             # Nothing is read from the store in place: inputs and checkpoints are copied into this
             # attempt's directory, so a worker shares no disk with the API or other workers.
             spec = self._load_spec(work / "inputs")
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                self.timed_out.set()
+                raise Stopped("the job's wall-clock limit had passed before this attempt started")
             self.baseline, self.epochs = spec.baseline, spec.hyperparameters.epochs
             self.on_event("claimed", f"attempt {self.attempt} started on {worker_name()}", {"attempt": self.attempt})
             self.checkpoints = CheckpointMirror(self.store, prefix=f"jobs/{self.job_id}/checkpoints",
                                                 local_dir=work / "checkpoints")
             self.checkpoints.pull()
             summary = run_distillation(spec, out_dir=work / "out", callbacks=self,
-                                       checkpoint_dir=work / "checkpoints", extra_metadata={"job_id": self.job_id})
+                                       checkpoint_dir=work / "checkpoints", extra_metadata={"job_id": self.job_id},
+                                       teacher_limits=self._teacher_limits())
             self._publish(work / "out", summary)
             return "succeeded"
         except (Stopped, LeaseLost):
+            if self.timed_out.is_set() and not self.lease_lost.is_set():
+                return self._fail("time_limit", self._time_limit_message())
             return self._stopped()
         except KDError as e:
             return self._fail("invalid_input", str(e))
@@ -144,6 +160,9 @@ class JobRun(PipelineCallbacks):
         # its table locks) for the whole job.
         with self.sessions() as s:
             job = jobs_repo.load_for_worker(s, job_id=self.job_id)
+            # counted from the job's first start: a resumed attempt does not get a fresh limit
+            elapsed = (utcnow() - job.started_at).total_seconds() if job.started_at is not None else 0.0
+            self.deadline = time.monotonic() + self.cfg.job_time_limit_seconds - max(elapsed, 0.0)
 
             def path_of(field, where: str, file_id: str) -> str:
                 try:
@@ -199,6 +218,19 @@ class JobRun(PipelineCallbacks):
             s.commit()
         return "cancelled" if done else "lease_lost"
 
+    def _teacher_limits(self) -> GraphLimits:
+        import torch
+
+        return GraphLimits(memory_bytes=self.cfg.teacher_memory_bytes, load_seconds=self.cfg.teacher_batch_timeout_seconds,
+                           batch_seconds=self.cfg.teacher_batch_timeout_seconds,
+                           threads=self.cfg.teacher_threads or torch.get_num_threads())
+
+    def _time_limit_message(self) -> str:
+        limit = self.cfg.job_time_limit_seconds
+        return (f"the job ran past its wall-clock limit of {limit:g} s (KD_JOB_TIME_LIMIT_SECONDS), counted from "
+                f"its first start; it was stopped in phase {self.phase}. Ask for fewer epochs or a smaller "
+                "student, or have the operator raise the limit")
+
     def _fail(self, code: str, message: str) -> str:
         with self.sessions() as s:
             done = lifecycle.fail(s, job_id=self.job_id, attempt=self.attempt, code=code, message=message)
@@ -220,6 +252,25 @@ class JobRun(PipelineCallbacks):
                 return
             if beat.cancel_requested:
                 self.cancel_requested.set()
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                self.timed_out.set()  # should_stop says so from now on
+                if time.monotonic() > self.deadline + STUCK_GRACE_SECONDS:
+                    self._fail_stuck()
+                    return
+
+    def _fail_stuck(self) -> None:
+        """The attempt did not stop within STUCK_GRACE_SECONDS of its limit: end the job from here.
+        The stuck thread's later writes are fenced out (the job is no longer running)."""
+        log.error("job %s attempt %d: still running %.0f s past its time limit; failing it", self.job_id,
+                  self.attempt, STUCK_GRACE_SECONDS)
+        try:
+            with self.sessions() as s:
+                lifecycle.fail(s, job_id=self.job_id, attempt=self.attempt, code="time_limit",
+                               message=self._time_limit_message() + " (it did not stop within "
+                               f"{STUCK_GRACE_SECONDS:g} s; the worker may need a restart)")
+                s.commit()
+        finally:
+            self.lease_lost.set()
 
     def _fenced(self, ok: bool) -> None:
         if not ok:
@@ -234,7 +285,9 @@ class JobRun(PipelineCallbacks):
 
     # --- pipeline callbacks ---------------------------------------------------------------------
     def should_stop(self) -> bool:
-        return self.lease_lost.is_set() or self.cancel_requested.is_set()
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.timed_out.set()
+        return self.lease_lost.is_set() or self.cancel_requested.is_set() or self.timed_out.is_set()
 
     def on_phase(self, phase: str) -> None:
         self.phase = phase

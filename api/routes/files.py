@@ -13,7 +13,7 @@ from api import quotas
 from api.downloads import stored_download
 from api.deps import (BriefTenantDep, PageAfter, PageLimit, SessionDep, SettingsDep, StoreDep, TenantDep,
                       in_session)
-from api.file_inspection import inspect_upload
+from api.file_inspection import inspect_upload_bounded
 from api.idempotency import IdempotencyKeyDep, IdempotentRequest, fingerprint
 from api.problems import PROBLEM_SCHEMA, Problem
 from api.schemas.files import FileList, FileOut, Purpose
@@ -75,7 +75,7 @@ async def upload_file(request: Request, tenant: BriefTenantDep, store: StoreDep,
                 raise Problem(422, f"must be one of {', '.join(p.value for p in Purpose)}", field="purpose")
             await in_session(request, lambda session: quotas.check_stored_bytes(
                 session, tenant_id=tenant_id, settings=settings, adding=upload.bytes))
-            fmt, info = await run_in_threadpool(inspect_upload, upload.path, purpose)
+            fmt, info = await inspect_upload_bounded(request.app, upload.path, purpose, settings)
             file_id = files_repo.new_file_id()
             storage_key = f"files/{tenant_id}/{file_id}"
             await run_in_threadpool(store.put_file, storage_key, upload.path)

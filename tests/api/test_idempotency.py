@@ -12,6 +12,7 @@ import pytest
 import redis
 from sqlalchemy import func, select, update
 
+from api import file_inspection
 from api.routes import files as files_route
 from api.routes import jobs as jobs_route
 from jobs import idempotency_repo, tenants_repo
@@ -306,16 +307,16 @@ def test_an_upload_whose_key_is_in_flight_is_409_before_its_body_is_read(client,
 
 def test_an_upload_claims_its_key_while_it_is_inspected(client, digits_teacher, monkeypatch):
     seen = {}
-    original = files_route.inspect_upload
+    original = file_inspection.inspect_upload
 
-    def slow_inspect(path, purpose):
+    def slow_inspect(path, purpose, limits):
         if "rows" not in seen:  # the first request only
             seen["rows"] = [(r.key, r.status) for r in key_rows(client)]
             if seen["rows"] == [(KEY, IN_FLIGHT)]:
                 seen["concurrent"] = upload(client, digits_teacher[0], "teacher", headers={"Idempotency-Key": KEY})
-        return original(path, purpose)
+        return original(path, purpose, limits)
 
-    monkeypatch.setattr(files_route, "inspect_upload", slow_inspect)
+    monkeypatch.setattr(file_inspection, "inspect_upload", slow_inspect)
     first = upload(client, digits_teacher[0], "teacher", headers={"Idempotency-Key": KEY})
     assert first.status_code == 201
     assert seen["rows"] == [(KEY, IN_FLIGHT)]

@@ -9,6 +9,7 @@ import threading
 import numpy as np
 import pytest
 
+from api import file_inspection
 from api.routes import files as files_route
 from jobs import lifecycle, quotas_repo, tenants_repo
 from jobs.migrate import upgrade
@@ -189,15 +190,15 @@ def test_the_decisive_check_runs_after_inspection_so_a_concurrent_upload_cannot_
         client, settings, tmp_path, monkeypatch):
     first, second = dataset(tmp_path, "a.npz", 2000), dataset(tmp_path, "b.npz", 2000)
     seen = {}
-    original = files_route.inspect_upload
+    original = file_inspection.inspect_upload
 
-    def slow_inspect(path, purpose):
+    def slow_inspect(path, purpose, limits):
         if not seen:  # while the first upload is inspected (it passed the early check), another lands
             seen["other"] = None
             seen["other"] = upload(client, second, "dataset")
-        return original(path, purpose)
+        return original(path, purpose, limits)
 
-    monkeypatch.setattr(files_route, "inspect_upload", slow_inspect)
+    monkeypatch.setattr(file_inspection, "inspect_upload", slow_inspect)
     resp = upload(client, first, "dataset")
     assert seen["other"].status_code == 201
     refused(resp, "stored bytes quota", BYTE_QUOTA, seen["other"].json()["bytes"], "3600")
