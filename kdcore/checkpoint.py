@@ -116,19 +116,23 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return sorted(found, key=_epoch_of)
 
 
-def capture_rng_state(*, cuda: bool = False) -> dict[str, Any]:
-    """The RNG states a bit-exact resume needs, as tensors (weights_only-loadable)."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if cuda:
-        state["cuda"] = torch.cuda.get_rng_state_all()
+def capture_rng_state(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The RNG states a bit-exact resume needs, as tensors (weights_only-loadable): `rng_cpu`,
+    and `rng_cuda` for a CUDA `device` (the keys of the trainer's checkpoints)."""
+    device = torch.device(device)
+    state: dict[str, Any] = {"rng_cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["rng_cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of `capture_rng_state` (after loading with any map_location)."""
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+def restore_rng_state(state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+    """Inverse of `capture_rng_state`, after loading with any map_location (RNG states must be
+    CPU byte tensors again)."""
+    device = torch.device(device)
+    torch.set_rng_state(state["rng_cpu"].cpu())
+    if device.type == "cuda" and "rng_cuda" in state:
+        torch.cuda.set_rng_state(state["rng_cuda"].cpu(), device)
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ the one that reports progress, metrics and events and writes checkpoints. Ranks 
 (`spawn`, never `fork`: no CUDA state is copied into a child) and run the same loop with no
 callbacks. Backend: NCCL on CUDA (rank r on cuda:r), gloo on CPU.
 
-What each rank does (trainer.train with `distributed=`):
+What each rank does (trainer.train with `rank=`, a kdcore.ranks.Rank):
 - every global batch (the spec's batch_size, in the order IndexBatcher gives) is split into
   `processes` contiguous shards, rank r taking shard r, so the same samples make up each step as
   in a single-process run;
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import socket
-from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
@@ -41,43 +40,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from kdcore.errors import SpecError
+from kdcore.ranks import Rank
+from kdcore.trainer import train
 
 # A rank that waits longer than this at a collective (a peer died or hangs) fails the run.
 COLLECTIVE_TIMEOUT_SECONDS = 300
 JOIN_TIMEOUT_SECONDS = 60  # how long rank 0 waits for the other ranks to exit after training
-
-
-@dataclass(frozen=True)
-class DataParallel:
-    """This process's place in a data-parallel run (what `train(distributed=...)` takes)."""
-
-    rank: int
-    world_size: int
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def shard(self, idx: torch.Tensor) -> torch.Tensor:
-        """This rank's contiguous part of a global batch (sizes differ by at most one)."""
-        return idx.tensor_split(self.world_size)[self.rank]
-
-    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t
-
-    def any(self, flag: bool, device: torch.device) -> bool:
-        """True on every rank when any rank says True."""
-        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
-
-    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-        from torch.nn.parallel import DistributedDataParallel
-
-        if device.type == "cuda":
-            return DistributedDataParallel(model, device_ids=[device.index])
-        return DistributedDataParallel(model)
 
 
 def backend_for(device: torch.device) -> str:
@@ -87,8 +55,6 @@ def backend_for(device: torch.device) -> str:
 def train_data_parallel(model: torch.nn.Module, *, processes: int, device: torch.device, **train_kwargs):
     """`trainer.train(model, device=device, **train_kwargs)` run by `processes` ranks; returns
     rank 0's TrainResult, and `model` (rank 0's) ends trained, as with `train`."""
-    from kdcore.trainer import train
-
     if processes < 2:
         return train(model, device=device, **train_kwargs)
     if train_kwargs.get("live_teacher") is not None:
@@ -120,7 +86,7 @@ def train_data_parallel(model: torch.nn.Module, *, processes: int, device: torch
                                 timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_SECONDS))
         torch.set_num_threads(rank_threads)
         try:
-            result = train(model, device=device, distributed=DataParallel(0, processes), **train_kwargs)
+            result = train(model, device=device, rank=Rank(0, processes), **train_kwargs)
             # Ordered teardown: every rank has left its last collective, and the other ranks have torn
             # down their groups and exited, before rank 0 (whose process hosts the rendezvous store)
             # destroys its own. Tearing down at once killed a rank now and then mid-teardown
@@ -144,8 +110,6 @@ def train_data_parallel(model: torch.nn.Module, *, processes: int, device: torch
 
 def _rank_main(rank: int, world_size: int, init_method: str, backend: str, device_type: str,
                model: torch.nn.Module, train_kwargs: dict, threads: int) -> None:
-    from kdcore.trainer import train
-
     torch.set_num_threads(threads)
     device = torch.device("cuda", rank) if device_type == "cuda" else torch.device("cpu")
     if device.type == "cuda":
@@ -153,7 +117,7 @@ def _rank_main(rank: int, world_size: int, init_method: str, backend: str, devic
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
                             timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_SECONDS))
     try:
-        train(model, device=device, distributed=DataParallel(rank, world_size), **train_kwargs)
+        train(model, device=device, rank=Rank(rank, world_size), **train_kwargs)
         _barrier(device)  # see train_data_parallel: teardown in order
     finally:
         dist.destroy_process_group()

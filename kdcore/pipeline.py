@@ -179,7 +179,7 @@ def _distill(spec: DistillSpec, *, out_dir: Path, checkpoint_dir: Path | None, c
     # "auto" follows resources.device when that asks for CUDA (and fails without one).
     device = resolve_device("cuda" if hp.device == "auto" and spec.resources.device == "cuda" else hp.device)
 
-    def train(model, **kwargs) -> TrainResult:  # trainer.train, data-parallel when resources ask for it
+    def train_run(model, **kwargs) -> TrainResult:  # trainer.train, data-parallel when resources ask for it
         return train_data_parallel(model, processes=spec.resources.processes, **kwargs)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -240,7 +240,7 @@ def _distill(spec: DistillSpec, *, out_dir: Path, checkpoint_dir: Path | None, c
                             num_classes=num_classes)
         if spec.student.init_path is not None:
             _load_init_weights(model, spec.student.init_path)
-        run = train(model, train_set=splits.train, val_set=splits.val, hp=point_hp, run="student",
+        run = train_run(model, train_set=splits.train, val_set=splits.val, hp=point_hp, run="student",
                     teacher_train_logits=train_logits, live_teacher=None if cacheable else teacher,
                     teacher_val_logits=val_logits, callbacks=callbacks, device=device,
                     checkpoint_dir=ckpt, point=point, points=points)
@@ -267,7 +267,7 @@ def _distill(spec: DistillSpec, *, out_dir: Path, checkpoint_dir: Path | None, c
         torch.manual_seed(hp.seed)  # same initial weights as the distilled student
         baseline = build_model(spec.student.arch, spec.student.arch_params, input_shape=input_shape,
                                num_classes=num_classes)
-        baseline_run = train(baseline, train_set=splits.train.labeled_only(), val_set=splits.val, hp=chosen_hp,
+        baseline_run = train_run(baseline, train_set=splits.train.labeled_only(), val_set=splits.val, hp=chosen_hp,
                              run="baseline", teacher_val_logits=val_logits, callbacks=cb, device=device,
                              checkpoint_dir=None if checkpoint_dir is None else checkpoint_dir / "baseline",
                              max_steps=planned_steps(splits.train.num_samples, hp))

@@ -16,12 +16,13 @@ from pathlib import Path
 import torch
 
 from kdcore.augment import augment, targets as hard_targets
-from kdcore.checkpoint import CheckpointInfo, load_latest_checkpoint, save_checkpoint
+from kdcore.checkpoint import (CheckpointInfo, capture_rng_state, load_latest_checkpoint, restore_rng_state,
+                               save_checkpoint)
 from kdcore.data import UNLABELED, ArrayDataset, IndexBatcher
-from kdcore.distributed import DataParallel
 from kdcore.errors import Stopped
 from kdcore.evaluation import predict_logits
 from kdcore.losses import hard_term, kd_loss
+from kdcore.ranks import Rank
 from kdcore.schedules import lr_at
 from kdcore.spec import Hyperparameters
 from kdcore.teachers import Teacher
@@ -125,7 +126,7 @@ def train(
     device: torch.device | None = None,
     point: int | None = None,
     points: int | None = None,
-    distributed: DataParallel | None = None,
+    rank: Rank | None = None,
     max_steps: int | None = None,
 ) -> TrainResult:
     """Train `model` in place.
@@ -141,8 +142,8 @@ def train(
     checkpoint, so a resumed run decides exactly as an uninterrupted one. `point`/`points` mark a
     sweep point in the StepInfo and EpochMetrics reported.
 
-    `distributed` makes this process one rank of a data-parallel run (kdcore.distributed, which
-    launches the ranks): it trains on its shard of every global batch through DDP, the reported
+    `rank` makes this process one rank of a data-parallel run (kdcore.distributed launches the
+    ranks): it trains on its shard of every global batch through DDP, the reported
     numbers are those of the global batch, and only rank 0 writes checkpoints.
 
     Rows labelled UNLABELED count in the soft term only (kdcore.losses); the training accuracy is
@@ -173,31 +174,9 @@ def train(
     # so that runs (and resumes) are bit-reproducible.
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
 
-    start_epoch, step = 0, 0
-    history: list[EpochMetrics] = []
-    best_acc: float | None = None
-    best_epoch: int | None = None
-    bad_epochs = 0  # epochs since the last improvement
-    best_state: dict | None = None
-    if checkpoint_dir is not None:
-        state, info, skipped = load_latest_checkpoint(checkpoint_dir, map_location=device)
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            # RNG states must be CPU byte tensors; map_location moved them to `device`.
-            torch.set_rng_state(state["rng_cpu"].cpu())
-            if device.type == "cuda" and "rng_cuda" in state:
-                torch.cuda.set_rng_state(state["rng_cuda"].cpu(), device)
-            start_epoch, step = int(state["epoch"]), int(state["step"])
-            # metrics.jsonl must list the epochs trained before the interruption as well
-            history = [EpochMetrics(**m) for m in state.get("history", [])]
-            early = state.get("early") or {}
-            best_acc, best_epoch = early.get("best_accuracy"), early.get("best_epoch")
-            bad_epochs = int(early.get("bad_epochs", 0))
-            best_state = state.get("best_model")
-        if state is not None or skipped:
-            callbacks.on_resume(run=run, epoch=start_epoch, skipped=skipped)
-    dp = distributed
+    progress = _resume(checkpoint_dir, model, optimizer, device, callbacks, run)
+    start_epoch, step = progress.epoch, progress.step
+    dp = rank
     # DDP after the resume: wrapping broadcasts rank 0's weights, and its gradient hooks average
     # the ranks' gradients in backward. Validation and checkpoints use the bare module.
     net = model if dp is None else dp.wrap(model, device)
@@ -206,9 +185,9 @@ def train(
     patience = hp.early_stopping_patience
 
     def stop_now() -> bool:
-        return patience is not None and bad_epochs >= patience
+        return patience is not None and progress.bad_epochs >= patience
 
-    result = TrainResult(run=run, epochs_run=0, resumed_from_epoch=start_epoch, history=history)
+    result = TrainResult(run=run, epochs_run=0, resumed_from_epoch=start_epoch, history=progress.history)
     for epoch in range(start_epoch, epochs):
         if stop_now():  # a resumed run that had already stopped early
             break
@@ -294,48 +273,102 @@ def train(
                     f"{run}: the loss became {batch[0].item() / n} at epoch {epoch + 1}, step {step}; "
                     "lower the learning rate or set grad_clip_norm")
 
-        val_logits = predict_logits(model, val_set.x, device=device)
-        val_pred = val_logits.argmax(1).cpu()
+        val_accuracy, val_agreement = _validate(model, val_set, teacher_val_logits, device)
         metrics = EpochMetrics(
             run=run, epoch=epoch + 1, epochs=epochs,
             train_loss=sums[0].item() / seen, train_hard=sums[1].item() / seen,
             train_soft=sums[2].item() / seen,
             train_accuracy=sums[3].item() / sums[4].item() if sums[4].item() else None,
-            val_accuracy=(None if not bool(val_labeled.any()) else
-                          (val_pred == val_set.y)[val_labeled].float().mean().item()),
-            val_agreement=(None if teacher_val_logits is None else
-                           (val_pred == teacher_val_logits.cpu().argmax(1)).float().mean().item()),
+            val_accuracy=val_accuracy, val_agreement=val_agreement,
             lr=lr, seconds=time.perf_counter() - started, point=point,
         )
-        score = metrics.val_accuracy if metrics.val_accuracy is not None else metrics.val_agreement
-        if best_acc is None or score > best_acc:
-            best_acc, best_epoch, bad_epochs = score, epoch + 1, 0
-            if hp.restore_best:
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        else:
-            bad_epochs += 1
+        progress.score(metrics, model, keep_best=hp.restore_best)
         result.history.append(metrics)
         result.epochs_run += 1
         callbacks.on_epoch_end(metrics)
 
         if writes_checkpoints:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "epoch": epoch + 1, "step": step, "rng_cpu": torch.get_rng_state(),
-                     "history": [m.to_dict() for m in result.history],
-                     "early": {"best_accuracy": best_acc, "best_epoch": best_epoch, "bad_epochs": bad_epochs}}
-            if hp.restore_best:
-                state["best_model"] = best_state
-            if device.type == "cuda":
-                state["rng_cuda"] = torch.cuda.get_rng_state(device)
-            callbacks.on_checkpoint(save_checkpoint(checkpoint_dir, epoch=epoch + 1, state=state))
-    result.best_epoch, result.best_val_accuracy = best_epoch, best_acc
+            progress.epoch, progress.step = epoch + 1, step
+            callbacks.on_checkpoint(save_checkpoint(checkpoint_dir, epoch=epoch + 1,
+                                                    state=progress.checkpoint(model, optimizer, device)))
+    result.best_epoch, result.best_val_accuracy = progress.best_epoch, progress.best_score
     result.steps = step
     result.stopped_early = stop_now() and len(result.history) < epochs
-    if hp.restore_best and best_state is not None:
-        model.load_state_dict(copy.deepcopy(best_state))
+    if hp.restore_best and progress.best_state is not None:
+        model.load_state_dict(copy.deepcopy(progress.best_state))
         result.restored_best = True
     model.eval()
     return result
+
+
+@dataclass
+class _Progress:
+    """What a checkpoint carries besides weights and optimizer: where the run is, the epochs it
+    reported, and the early-stopping bookkeeping (best score and epoch, epochs without improvement,
+    the best weights), so a resumed run decides exactly as an uninterrupted one."""
+
+    epoch: int = 0
+    step: int = 0
+    history: list[EpochMetrics] = field(default_factory=list)
+    best_score: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    best_state: dict | None = None
+
+    def score(self, m: EpochMetrics, model: torch.nn.Module, *, keep_best: bool) -> None:
+        """An epoch scores by validation accuracy, or agreement with the teacher without labels."""
+        score = m.val_accuracy if m.val_accuracy is not None else m.val_agreement
+        if self.best_score is None or score > self.best_score:
+            self.best_score, self.best_epoch, self.bad_epochs = score, m.epoch, 0
+            if keep_best:
+                self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+
+    def checkpoint(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> dict:
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "epoch": self.epoch, "step": self.step, **capture_rng_state(device),
+                 "history": [m.to_dict() for m in self.history],
+                 "early": {"best_accuracy": self.best_score, "best_epoch": self.best_epoch,
+                           "bad_epochs": self.bad_epochs}}
+        if self.best_state is not None:
+            state["best_model"] = self.best_state
+        return state
+
+
+def _resume(checkpoint_dir: Path | None, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            device: torch.device, callbacks: Callbacks, run: str) -> _Progress:
+    """The newest valid checkpoint's weights, optimizer and RNG state loaded into this run, and its
+    progress; a fresh _Progress without one. Damaged checkpoints skipped are reported."""
+    if checkpoint_dir is None:
+        return _Progress()
+    state, _, skipped = load_latest_checkpoint(checkpoint_dir, map_location=device)
+    progress = _Progress()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        restore_rng_state(state, device)
+        early = state.get("early") or {}
+        # metrics.jsonl must list the epochs trained before the interruption as well
+        progress = _Progress(epoch=int(state["epoch"]), step=int(state["step"]),
+                             history=[EpochMetrics(**m) for m in state.get("history", [])],
+                             best_score=early.get("best_accuracy"), best_epoch=early.get("best_epoch"),
+                             bad_epochs=int(early.get("bad_epochs", 0)), best_state=state.get("best_model"))
+    if state is not None or skipped:
+        callbacks.on_resume(run=run, epoch=progress.epoch, skipped=skipped)
+    return progress
+
+
+def _validate(model: torch.nn.Module, val_set: ArrayDataset, teacher_val_logits: torch.Tensor | None,
+              device: torch.device) -> tuple[float | None, float | None]:
+    """(accuracy on the labelled validation rows, agreement with the teacher on all of them); None
+    where there is no labelled row, or no teacher logits."""
+    pred = predict_logits(model, val_set.x, device=device).argmax(1).cpu()
+    labeled = val_set.labeled
+    accuracy = None if not bool(labeled.any()) else (pred == val_set.y)[labeled].float().mean().item()
+    agreement = (None if teacher_val_logits is None else
+                 (pred == teacher_val_logits.cpu().argmax(1)).float().mean().item())
+    return accuracy, agreement
 
 
 def _make_optimizer(model: torch.nn.Module, hp: Hyperparameters) -> torch.optim.Optimizer:

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from kdcore.data import load_builtin
-from kdcore.distributed import DataParallel, train_data_parallel
+from kdcore.distributed import train_data_parallel
+from kdcore.ranks import Rank
 from kdcore.models import build_model
 from kdcore.spec import Hyperparameters
 from kdcore.trainer import Callbacks, Stopped, train
@@ -148,9 +149,9 @@ def test_rank_zeros_stop_request_stops_every_rank(problem):
 
 def test_shards_cover_a_global_batch_exactly_once():
     idx = torch.arange(17)
-    parts = [DataParallel(r, 3).shard(idx) for r in range(3)]
+    parts = [Rank(r, 3).shard(idx) for r in range(3)]
     assert torch.equal(torch.cat(parts), idx) and [len(p) for p in parts] == [6, 6, 5]
-    assert [len(DataParallel(r, 2).shard(torch.arange(1))) for r in range(2)] == [1, 0]
+    assert [len(Rank(r, 2).shard(torch.arange(1))) for r in range(2)] == [1, 0]
 
 
 @pytest.mark.gpu
