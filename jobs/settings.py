@@ -3,42 +3,9 @@
     from jobs.settings import settings      # the process-wide instance
     from jobs.settings import Settings      # tests build their own: Settings(data_dir=tmp_path)
 
-Defaults (the embedded mode: nothing to install, everything under `data_dir`):
-
-| variable                   | default                                   |
-|----------------------------|-------------------------------------------|
-| KD_MODE                    | "embedded" (or "production")              |
-| KD_DATA_DIR                | var                                       |
-| KD_DATABASE_URL            | sqlite:///{data_dir}/kd.sqlite3           |
-| KD_BROKER_URL              | sqla+sqlite:///{data_dir}/broker.sqlite3  |
-| KD_ARTIFACT_DIR            | {data_dir}/artifacts (the directory store; only when KD_ARTIFACT_URL is unset) |
-| KD_ARTIFACT_URL            | unset (the directory store); s3://bucket[/prefix]: the S3-compatible store, which workers on other machines share |
-| KD_S3_ENDPOINT_URL         | unset (AWS S3); http(s)://host:port of MinIO, Ceph RGW, ... |
-| KD_S3_ACCESS_KEY_ID        | unset (boto3's own credential chain: AWS_* variables, instance profile) |
-| KD_S3_SECRET_ACCESS_KEY    | unset; set together with KD_S3_ACCESS_KEY_ID |
-| KD_S3_REGION               | us-east-1                                 |
-| KD_S3_ADDRESSING_STYLE     | auto ("path" for MinIO and most self-hosted servers, or "virtual") |
-| KD_S3_PART_BYTES           | 8388608 (8 MiB multipart part; at least 5 MiB, S3's minimum; the most an upload holds in memory) |
-| KD_ARTIFACT_CACHE_DIR      | {data_dir}/cache/artifacts (verified local copies of S3 objects that need a path) |
-| KD_MAX_UPLOAD_BYTES        | 1073741824 (1 GiB)                        |
-| KD_BOOTSTRAP_API_KEY       | unset (no key is created at start-up)     |
-| KD_LEASE_SECONDS           | 60                                        |
-| KD_HEARTBEAT_SECONDS       | 5                                         |
-| KD_MAX_ATTEMPTS            | 3                                         |
-| KD_REAPER_INTERVAL         | 30 (seconds)                              |
-| KD_QUEUED_REQUEUE_AFTER    | 60 (seconds a queued job may wait unclaimed before it is enqueued again) |
-| KD_BROKER_VISIBILITY_TIMEOUT | 3600 (seconds Redis waits for an unacknowledged job message before delivering it again) |
-| KD_API_HOST                | 127.0.0.1                                 |
-| KD_API_PORT                | 8000                                      |
-| KD_API_WORKERS             | 1                                         |
-| KD_WORKER_CONCURRENCY      | 1                                         |
-| KD_WORKER_QUEUES           | unset (every queue the machine can serve: kd.cpu, and kd.cuda.1..G with G CUDA devices); a comma-separated subset |
-| KD_WORKER_HEARTBEAT_SECONDS | 10 (how often a worker refreshes its row in `workers`) |
-| KD_WORKER_STALE_SECONDS    | 30 (a worker unseen for longer is not live: its queues count as unserved) |
-| KD_IDEMPOTENCY_TTL_SECONDS | 86400 (seconds a finished request's Idempotency-Key is kept and replayed) |
-| KD_IDEMPOTENCY_IN_FLIGHT_SECONDS | 3600 (seconds before a key held by a request that never finished, e.g. the API died, may be taken over) |
-| KD_QUOTA_STORED_BYTES      | 10737418240 (10 GiB of uploaded files per tenant) |
-| KD_QUOTA_CONCURRENT_JOBS   | 4 (unfinished jobs per tenant: queued, running or cancelling) |
+Every variable, its default and meaning is in README.md's Configuration table (one place; the
+field comments below say only what the code needs). The defaults are the embedded mode: nothing
+to install, everything under `data_dir`.
 
 KD_ARTIFACT_URL is checked at construction (ValueError): scheme s3, a valid bucket name, a prefix of
 key segments; so is KD_S3_ENDPOINT_URL (http or https), and an access key id without its secret
@@ -121,7 +88,6 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
     api_workers: int = Field(default=1, ge=1)
-    worker_concurrency: int = Field(default=1, ge=1)
     worker_queues: str | None = None  # comma-separated; None: every queue this machine can serve (jobs/routing.py)
     worker_heartbeat_seconds: float = Field(default=10, gt=0)
     worker_stale_seconds: float = Field(default=30, gt=0)

@@ -158,11 +158,11 @@ def download_student(job_id: str, request: Request, session: SessionDep, tenant:
         raise Problem(409, f"the job is {job.status}; the student can be downloaded once it has succeeded",
                       slug="conflict")
     kind, filename = STUDENT_ARTIFACTS[format]
-    artifact = next((a for a in jobs_repo.artifacts(session, tenant_id=tenant.id, job_id=job.id)
-                     if a.kind == kind), None)
-    if artifact is None:
+    try:
+        artifact = jobs_repo.get_artifact(session, tenant_id=tenant.id, job_id=job.id, kind=kind)
+    except NotFound:
         raise Problem(404, f"this job has no {format} student (the ONNX export may have failed: see its "
-                           "events)", slug="not-found")
+                           "events)", slug="not-found") from None
     return stored_download(request, store, key=artifact.storage_key, size=artifact.bytes, sha256=artifact.sha256,
                            filename=f"{job.id}-{filename}")
 
