@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     database_url: str | None = None  # None: sqlite:///{data_dir}/kd.sqlite3
     broker_url: str | None = None  # None: sqla+sqlite:///{data_dir}/broker.sqlite3
     artifact_dir: Path | None = None  # None: {data_dir}/artifacts
-    artifact_url: str | None = None  # s3://bucket/prefix: the S3 store (jobs/artifact_store_s3.py)
+    artifact_url: str | None = None  # s3://bucket/prefix: the S3 store (jobs/artifact_store/s3.py)
     s3_endpoint_url: str | None = None  # None: AWS S3
     s3_access_key_id: str | None = None  # None: boto3's credential chain
     s3_secret_access_key: SecretStr | None = None

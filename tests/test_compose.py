@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from jobs.artifact_store import make_store
-from jobs.artifact_store_s3 import S3ArtifactStore
+from jobs.artifact_store.s3 import S3ArtifactStore
 from jobs.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ import os
 import pytest
 
 from jobs.artifact_store import ChecksumMismatch, LocalArtifactStore, StoredObject, make_store
-from jobs.artifact_store_s3 import MIN_PART_BYTES, S3ArtifactStore
+from jobs.artifact_store.s3 import MIN_PART_BYTES, S3ArtifactStore
 from jobs.errors import TooLarge
 from jobs.settings import Settings
 from tests.conftest import s3_client

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from jobs.artifact_store import LocalArtifactStore, make_store
-from jobs.artifact_store_s3 import MIN_PART_BYTES
+from jobs.artifact_store.s3 import MIN_PART_BYTES
 from kdcore.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
 from tests.conftest import s3_client
 from tests.jobs.test_artifact_store import settings_for

@@ -33,7 +33,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from jobs.artifact_store import CHUNK_BYTES, ChecksumMismatch, StoredObject, validate_key, write_verified
+from jobs.artifact_store.base import CHUNK_BYTES, ChecksumMismatch, StoredObject, validate_key, write_verified
 from jobs.errors import TooLarge
 
 if TYPE_CHECKING:
