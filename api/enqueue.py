@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from jobs.routing import CPU_QUEUE
-
-RUN_JOB_TASK = "kd.run_job"
+from jobs.routing import CPU_QUEUE, RUN_JOB_TASK
 
 
 class Enqueuer:

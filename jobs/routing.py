@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 CPU_QUEUE = "kd.cpu"
+RUN_JOB_TASK = "kd.run_job"  # the one task: its message is a job id (API enqueuer, worker, reaper)
 CUDA_QUEUE_PREFIX = "kd.cuda."
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from jobs import lifecycle, workers_repo
 from jobs.db import make_engine, make_sessionmaker
-from jobs.routing import queue_for
+from jobs.routing import RUN_JOB_TASK, queue_for
 from jobs.settings import Settings, settings as process_settings
 from jobs.tables import QUEUED, Job
 
@@ -59,7 +59,7 @@ def start_reaper_thread(cfg: Settings | None = None) -> threading.Event:
     from worker.celery_app import app
 
     def send(job_id: str, queue: str) -> None:
-        app.send_task("kd.run_job", args=[job_id], queue=queue)
+        app.send_task(RUN_JOB_TASK, args=[job_id], queue=queue)
 
     def loop() -> None:
         while not stop.wait(cfg.reaper_interval):

@@ -8,12 +8,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from kdcore.formats import ACCEPTED_FORMATS
 
-class Purpose(str, Enum):
-    teacher = "teacher"
-    dataset = "dataset"
-    teacher_logits = "teacher_logits"
-    student_init = "student_init"
+
+# The upload purposes are kdcore's (kdcore/formats.py ACCEPTED_FORMATS): one list, here as an enum.
+Purpose = Enum("Purpose", {name: name for name in ACCEPTED_FORMATS}, type=str)
 
 
 class FileOut(BaseModel):
