@@ -140,6 +140,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(KDError)
     async def _kd(request: Request, exc: KDError):
+        found = getattr(exc, "errors", None)
+        if found and len(found) > 1:  # every field that failed (DistillSpec.validate), in spec order
+            errors = [{"field": f, "reason": r} for f, r in found]
+            detail = "; ".join(f"{f}: {r}" if f else r for f, r in found[:5])
+            return problem_response(request, 422, detail, slug="invalid-field", errors=errors)
         return field_error(request, exc.field, exc.message)
 
     @app.exception_handler(NotFound)

@@ -53,8 +53,9 @@ def resolve_spec(session: Session, *, tenant_id: str, body: JobCreate, store: Ar
             with _stored(rows["student.init_file_id"], "student.init_file_id"):
                 path = str(store.local_path(rows["student.init_file_id"].storage_key))
                 check_student_init(path, spec.student.arch, spec.student.arch_params, data)
-    except KDError as e:
-        raise SpecError(e.message, field=spec_files.service_field(e.field)) from None
+    except KDError as e:  # kdcore's field names -> the service's (every one, when several failed)
+        found = [(spec_files.service_field(f), m) for f, m in getattr(e, "errors", None) or []]
+        raise SpecError(e.message, field=spec_files.service_field(e.field), errors=found or None) from None
     hp = spec.hyperparameters
     if hp.device == "auto":  # decided here, once: the job's queue (resources.device) says where it runs
         hp.device = spec.resources.device

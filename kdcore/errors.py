@@ -18,7 +18,13 @@ class KDError(Exception):
 
 
 class SpecError(KDError):
-    """A job spec or architecture parameters that cannot run."""
+    """A job spec or architecture parameters that cannot run. `errors`, when several fields fail
+    at once (DistillSpec.validate), lists every (field, message), the first being this error's own."""
+
+    def __init__(self, message: str, *, field: str | None = None,
+                 errors: list[tuple[str | None, str]] | None = None):
+        super().__init__(message, field=field)
+        self.errors = list(errors) if errors else None
 
 
 class FormatError(KDError):

@@ -14,6 +14,8 @@ mapping is one table, jobs/spec_files.py.
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, get_type_hints
@@ -258,8 +260,10 @@ class DistillSpec:
         self.baseline = False
 
     def validate(self) -> None:
-        """Checks that need no file: ranges and choices. Shapes and classes are checked by the
-        pipeline (kdcore.pipeline.check_spec) once the files are known."""
+        """Checks that need no file: ranges and choices. Every failing field is reported at once:
+        SpecError names the first, its `errors` lists all (field, reason) pairs. Shapes and classes
+        are checked by the pipeline (kdcore.pipeline.check_spec) once the files are known."""
+        errors = _Errors()
         hp = self.hyperparameters
         for name, ok, reason in (
                 ("temperature", lambda t: MIN_TEMPERATURE <= t <= MAX_TEMPERATURE,
@@ -268,77 +272,110 @@ class DistillSpec:
             value = getattr(hp, name)
             values = _as_list(value)
             if isinstance(value, list) and not values:
-                raise SpecError("must be a number or a non-empty list of numbers", field=f"hyperparameters.{name}")
-            for v in values:
-                if not ok(v):
-                    raise SpecError(reason if not isinstance(value, list) else f"{reason} (item {v:g})",
-                                    field=f"hyperparameters.{name}")
-            if len(set(values)) != len(values):
-                raise SpecError("the list must not repeat a value", field=f"hyperparameters.{name}")
+                errors.add("must be a number or a non-empty list of numbers", field=f"hyperparameters.{name}")
+            bad = [v for v in values if not ok(v)]
+            if bad:
+                errors.add(reason if not isinstance(value, list) else f"{reason} (item {bad[0]:g})",
+                           field=f"hyperparameters.{name}")
+            elif len(set(values)) != len(values):
+                errors.add("the list must not repeat a value", field=f"hyperparameters.{name}")
         if not 1 <= hp.epochs <= MAX_EPOCHS:
-            raise SpecError(f"must be between 1 and {MAX_EPOCHS}", field="hyperparameters.epochs")
+            errors.add(f"must be between 1 and {MAX_EPOCHS}", field="hyperparameters.epochs")
         points = len(hp.grid())
-        if points > MAX_SWEEP_POINTS:
-            raise SpecError(f"the sweep has {points} (temperature, alpha) points, over the limit of "
-                            f"{MAX_SWEEP_POINTS} (MAX_SWEEP_POINTS)", field="hyperparameters")
-        if points * hp.epochs > MAX_SWEEP_EPOCHS:
-            raise SpecError(f"the sweep needs {points} points × {hp.epochs} epochs = {points * hp.epochs} "
-                            f"epochs, over the limit of {MAX_SWEEP_EPOCHS} (MAX_SWEEP_EPOCHS)",
-                            field="hyperparameters")
+        if not 1 <= hp.epochs <= MAX_EPOCHS:
+            pass  # the sweep's epoch budget is judged on a valid epoch count only
+        elif points > MAX_SWEEP_POINTS:
+            errors.add(f"the sweep has {points} (temperature, alpha) points, over the limit of "
+                       f"{MAX_SWEEP_POINTS} (MAX_SWEEP_POINTS)", field="hyperparameters")
+        elif points * hp.epochs > MAX_SWEEP_EPOCHS:
+            errors.add(f"the sweep needs {points} points × {hp.epochs} epochs = {points * hp.epochs} "
+                       f"epochs, over the limit of {MAX_SWEEP_EPOCHS} (MAX_SWEEP_EPOCHS)",
+                       field="hyperparameters")
         if hp.early_stopping_patience is not None and hp.early_stopping_patience < 1:
-            raise SpecError("must be >= 1 or null", field="hyperparameters.early_stopping_patience")
+            errors.add("must be >= 1 or null", field="hyperparameters.early_stopping_patience")
         if not 1 <= hp.batch_size <= MAX_BATCH_SIZE:
-            raise SpecError(f"must be between 1 and {MAX_BATCH_SIZE}", field="hyperparameters.batch_size")
+            errors.add(f"must be between 1 and {MAX_BATCH_SIZE}", field="hyperparameters.batch_size")
         if not (0 < hp.learning_rate <= 10) or not math.isfinite(hp.learning_rate):
-            raise SpecError("must be > 0 and <= 10", field="hyperparameters.learning_rate")
+            errors.add("must be > 0 and <= 10", field="hyperparameters.learning_rate")
         if not 0 <= hp.weight_decay <= 1:
-            raise SpecError("must be between 0 and 1", field="hyperparameters.weight_decay")
+            errors.add("must be between 0 and 1", field="hyperparameters.weight_decay")
         if not 0 <= hp.momentum < 1:
-            raise SpecError("must be >= 0 and < 1", field="hyperparameters.momentum")
+            errors.add("must be >= 0 and < 1", field="hyperparameters.momentum")
         if hp.step_size < 1:
-            raise SpecError("must be >= 1", field="hyperparameters.step_size")
+            errors.add("must be >= 1", field="hyperparameters.step_size")
         if not 0 < hp.gamma <= 1:
-            raise SpecError("must be > 0 and <= 1", field="hyperparameters.gamma")
+            errors.add("must be > 0 and <= 1", field="hyperparameters.gamma")
         if hp.grad_clip_norm is not None and not hp.grad_clip_norm > 0:
-            raise SpecError("must be > 0 or null", field="hyperparameters.grad_clip_norm")
+            errors.add("must be > 0 or null", field="hyperparameters.grad_clip_norm")
         if not 0 <= hp.noise_std <= 10:
-            raise SpecError("must be between 0 and 10", field="hyperparameters.noise_std")
+            errors.add("must be between 0 and 10", field="hyperparameters.noise_std")
         if hp.seed < 0 or hp.seed >= 2**63:
-            raise SpecError("must be a non-negative 64-bit integer", field="hyperparameters.seed")
-        _check_augment(hp.augment)
+            errors.add("must be a non-negative 64-bit integer", field="hyperparameters.seed")
+        with errors.collect():
+            _check_augment(hp.augment)
         if not 1 <= hp.shift_max <= MAX_SHIFT:
-            raise SpecError(f"must be between 1 and {MAX_SHIFT}", field="hyperparameters.shift_max")
+            errors.add(f"must be between 1 and {MAX_SHIFT}", field="hyperparameters.shift_max")
         if not 0 < hp.mixup_alpha <= 10:
-            raise SpecError("must be > 0 and <= 10", field="hyperparameters.mixup_alpha")
+            errors.add("must be > 0 and <= 10", field="hyperparameters.mixup_alpha")
         for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES)):
             if getattr(hp, name) not in choices:
-                raise SpecError(f"must be one of {', '.join(choices)}", field=f"hyperparameters.{name}")
+                errors.add(f"must be one of {', '.join(choices)}", field=f"hyperparameters.{name}")
         from kdcore.losses import LOSSES  # late import: losses imports torch
 
-        LOSSES.get(hp.loss, field="hyperparameters.loss")
+        with errors.collect():
+            LOSSES.get(hp.loss, field="hyperparameters.loss")
         ds = self.dataset
         if (ds.builtin is None) == (ds.train_path is None):
-            raise SpecError("give either builtin or train_path (exactly one)", field="dataset")
+            errors.add("give either builtin or train_path (exactly one)", field="dataset")
         if ds.builtin is not None and (ds.validation_path or ds.test_path):
-            raise SpecError("a builtin dataset brings its own splits", field="dataset.builtin")
+            errors.add("a builtin dataset brings its own splits", field="dataset.builtin")
         if ds.labels_per_class is not None and ds.labels_per_class < 1:
-            raise SpecError("must be >= 1 or null", field="dataset.labels_per_class")
+            errors.add("must be >= 1 or null", field="dataset.labels_per_class")
         if len(ds.unlabeled_paths) > MAX_UNLABELED_FILES:
-            raise SpecError(f"at most {MAX_UNLABELED_FILES} files (MAX_UNLABELED_FILES)",
-                            field="dataset.unlabeled_paths")
+            errors.add(f"at most {MAX_UNLABELED_FILES} files (MAX_UNLABELED_FILES)",
+                       field="dataset.unlabeled_paths")
         if not 0 < ds.validation_fraction < 1:
-            raise SpecError("must be between 0 and 1 (exclusive)", field="dataset.validation_fraction")
+            errors.add("must be between 0 and 1 (exclusive)", field="dataset.validation_fraction")
         if self.teacher.path is None:
-            raise SpecError("a teacher file is required", field="teacher.path")
+            errors.add("a teacher file is required", field="teacher.path")
         res = self.resources
-        res.resolve()
-        if hp.device != "auto" and hp.device != res.device:
-            raise SpecError(f"is {hp.device} but resources.device is {res.device}; say the same or use auto",
-                            field="hyperparameters.device")
-        if res.processes > 1 and hp.augmentations:
+        with errors.collect():
+            res.resolve()
+        if errors.has("resources"):
+            pass  # the device and process checks below need resolved resources
+        elif hp.device != "auto" and hp.device != res.device:
+            errors.add(f"is {hp.device} but resources.device is {res.device}; say the same or use auto",
+                       field="hyperparameters.device")
+        elif res.processes > 1 and hp.augmentations:
             # The processes share cached teacher logits; a live teacher would run in every one.
-            raise SpecError("data-parallel training (resources.processes > 1) needs cached teacher logits: "
-                            "use augment none", field="resources.processes")
+            errors.add("data-parallel training (resources.processes > 1) needs cached teacher logits: "
+                       "use augment none", field="resources.processes")
+        errors.raise_if_any()
+
+
+class _Errors:
+    """What `validate` found, in spec order: raised together as one SpecError (its `errors`)."""
+
+    def __init__(self):
+        self.found: list[tuple[str | None, str]] = []
+
+    def add(self, message: str, *, field: str | None = None) -> None:
+        self.found.append((field, message))
+
+    def has(self, prefix: str) -> bool:
+        return any(f is not None and (f == prefix or f.startswith(prefix + ".")) for f, _ in self.found)
+
+    @contextlib.contextmanager
+    def collect(self):
+        try:
+            yield
+        except SpecError as e:
+            self.found.extend(e.errors or [(e.field, e.message)])
+
+    def raise_if_any(self) -> None:
+        if self.found:
+            field, message = self.found[0]
+            raise SpecError(message, field=field, errors=self.found)
 
 
 def _check_augment(augment: str | list[str]) -> None:

@@ -158,3 +158,16 @@ def test_other_tenants_job_is_the_same_404_as_unknown(client, teacher_id, other_
     problem(unknown, 404)
     assert theirs.json()["detail"].replace(job["id"], "X") == unknown.json()["detail"].replace("job_unknown", "X")
     assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+
+
+def test_every_invalid_field_is_in_one_422(client, digits_teacher):
+    """A spec with several bad values is answered once with all of them, not one per round trip."""
+    fid = upload(client, digits_teacher[0], "teacher").json()["id"]
+    resp = client.post("/v1/jobs", json={"teacher": {"file_id": fid, **digits_teacher[1]},
+                                         "hyperparameters": {"alpha": 2.0, "epochs": 0, "batch_size": 0,
+                                                             "temperature": 0.01}})
+    err = problem(resp, 422)
+    assert {e["field"] for e in err["errors"]} == {"hyperparameters.alpha", "hyperparameters.epochs",
+                                                   "hyperparameters.batch_size", "hyperparameters.temperature"}
+    assert all(e["reason"] for e in err["errors"])
+    assert client.get("/v1/jobs").json()["data"] == []

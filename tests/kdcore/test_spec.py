@@ -260,3 +260,24 @@ def test_a_spec_that_says_cuda_only_in_hyperparameters_asks_for_a_gpu():
 ])
 def test_bad_resources_name_the_field(resources, hyper, field):
     assert _field_of(_spec(resources=resources, hyperparameters=hyper)) == field
+
+
+# ---- every failing field at once ----
+
+def test_every_failing_field_is_reported_at_once_in_spec_order():
+    with pytest.raises(SpecError) as info:
+        DistillSpec.from_dict(_spec(hyperparameters={"alpha": 2.0, "epochs": 0, "batch_size": 0,
+                                                     "optimizer": "lbfgs", "augment": ["rotate"]},
+                                    dataset={"builtin": "digits", "validation_fraction": 1.5},
+                                    resources={"device": "tpu"}))
+    fields_found = [f for f, _ in info.value.errors]
+    assert fields_found == ["hyperparameters.alpha", "hyperparameters.epochs", "hyperparameters.batch_size",
+                            "hyperparameters.augment", "hyperparameters.optimizer",
+                            "dataset.validation_fraction", "resources.device"]
+    assert info.value.field == "hyperparameters.alpha"  # the first is the error's own
+
+
+def test_one_failing_field_is_one_error():
+    with pytest.raises(SpecError) as info:
+        DistillSpec.from_dict(_spec(hyperparameters={"epochs": 0}))
+    assert info.value.errors == [("hyperparameters.epochs", info.value.message)]
