@@ -135,6 +135,71 @@ def load_spec_file(path: Path | None) -> dict[str, Any]:
     return spec
 
 
+# kdcore's local file fields (a spec for `python -m kdcore run`, like examples/*.json) and the
+# service's id field each becomes once the CLI has uploaded the file, with the upload's purpose.
+# The same table as jobs/spec_files.py FILE_FIELDS (tests/client/test_cli.py keeps them equal);
+# the client does not import the service's packages.
+LOCAL_FILE_FIELDS = (
+    ("teacher.path", "teacher.file_id", "teacher"),
+    ("student.init_path", "student.init_file_id", "student_init"),
+    ("dataset.train_path", "dataset.train_file_id", "dataset"),
+    ("dataset.validation_path", "dataset.validation_file_id", "dataset"),
+    ("dataset.test_path", "dataset.test_file_id", "dataset"),
+    ("dataset.unlabeled_paths", "dataset.unlabeled_file_ids", "dataset"),
+)
+
+
+def local_files_of(spec: dict[str, Any], spec_dir: Path) -> list[tuple[str, str, str, Path]]:
+    """(kdcore field, service field, purpose, path) of each local file a spec names; a relative
+    path is looked up from the current directory, then from the spec file's. A path that is not a
+    file is a usage error naming the field."""
+    found = []
+    for kd_field, api_field, purpose in LOCAL_FILE_FIELDS:
+        section, name = kd_field.split(".")
+        sect = spec.get(section)
+        if not isinstance(sect, dict) or sect.get(name) is None:
+            continue
+        if sect.get(api_field.split(".")[1]) is not None:  # a flag named an uploaded file: it wins
+            sect.pop(name)
+            continue
+        value = sect[name]
+        for i, raw in enumerate(value if isinstance(value, list) else [value]):
+            where = f"{kd_field}[{i}]" if isinstance(value, list) else kd_field
+            path = Path(str(raw)).expanduser()
+            if not path.is_absolute() and not path.is_file():
+                path = spec_dir / path
+            if not path.is_file():
+                raise typer.BadParameter(f"{where}: {raw!r} is not a file (looked in the current directory and "
+                                         f"next to the spec)", param_hint="--spec")
+            found.append((kd_field, api_field, purpose, path))
+    return found
+
+
+def upload_local_files(client: Client, spec: dict[str, Any], files: list[tuple[str, str, str, Path]],
+                       err: Console) -> dict[str, Any]:
+    """A copy of `spec` with each local file uploaded and named by its id instead (files named
+    twice are uploaded once)."""
+    spec = copy.deepcopy(spec)
+    ids: dict[tuple[Path, str], str] = {}
+    for kd_field, api_field, purpose, path in files:
+        key = (path.resolve(), purpose)
+        if key not in ids:
+            f = client.upload_file(path, purpose)
+            ids[key] = f.id
+            err.print(f"uploaded {path} -> {_describe_file(f)}", markup=False)
+        section, name = kd_field.split(".")
+        api_name = api_field.split(".")[1]
+        sect = spec[section]
+        if api_name.endswith("_ids"):
+            sect.setdefault(api_name, []).append(ids[key])
+        else:
+            sect[api_name] = ids[key]
+    for kd_field, _, _, _ in files:
+        section, name = kd_field.split(".")
+        spec[section].pop(name, None)
+    return spec
+
+
 def build_spec(base: dict[str, Any] | None = None, *, teacher_file: str | None = None,
                teacher_arch: str | None = None, teacher_params: dict | None = None, student: str | None = None,
                student_arch: str | None = None, student_params: dict | None = None,
@@ -331,6 +396,15 @@ def result_table(result: dict[str, Any]) -> Table:
     if student.get("accuracy") is None and student.get("agreement") is not None:
         table.caption += (f"; the {result.get('evaluated_on') or 'evaluation'} split has no labels: agreement "
                           "with the teacher is the score")
+    comparison = result.get("comparison")
+    if isinstance(comparison, dict) and comparison.get("verdict"):  # absent from results stored before it
+        table.caption += (f"\nstudent vs baseline: {comparison['verdict']} (p = {_fmt(comparison.get('p_value'), '.3g')}; "
+                          f"McNemar's exact test at alpha {_fmt(comparison.get('alpha'), 'g')}: "
+                          f"{_fmt(comparison.get('student_only_right'))} rows only the student got right, "
+                          f"{_fmt(comparison.get('baseline_only_right'))} only the baseline)")
+    for warning in result.get("warnings") or []:
+        if isinstance(warning, dict) and warning.get("message"):
+            table.caption += f"\nwarning: {warning['message']}"
     table.caption_justify = "left"
     return table
 
@@ -474,7 +548,8 @@ def watch_job(state: State, job_id: str, *, poll: float = 1.0) -> Job:
                     if event.type == "epoch" and event.data:
                         seen["epoch"] = event.data
                     stamp = event.created_at.astimezone().strftime("%H:%M:%S") if event.created_at else ""
-                    bar.console.print(f"{stamp} {event.message}", markup=False)
+                    level = "" if event.level == "info" else f"{event.level.upper()}: "
+                    bar.console.print(f"{stamp} {level}{event.message}", markup=False)
                 running = job.status == "running" and job.progress.phase
                 bar.update(task, completed=job.progress.fraction,
                            description=job.progress.phase if running else job.status,
@@ -721,7 +796,8 @@ def jobs_create(
         dry_run: Annotated[bool, typer.Option("--dry-run", help="print the spec instead of submitting it")] = False,
         json_out: JsonFlag = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the id")] = False) -> None:
-    """Submit a job from flags and/or a spec file (flags override the file)."""
+    """Submit a job from flags and/or a spec file (flags override the file). Local files a spec
+    names (`teacher.path`, `dataset.train_path`, ... as in examples/*.json) are uploaded first."""
     state = _state(ctx)
     hyper = {HYPER_FLAGS[k]: v for k, v in locals().items() if k in HYPER_FLAGS}
     spec = build_spec(load_spec_file(spec_file), teacher_file=teacher_file, teacher_arch=teacher_arch,
@@ -733,9 +809,16 @@ def jobs_create(
                       metadata=_json_option(metadata, "--metadata"),
                       resources={"device": resources_device, "gpus": gpus, "processes": processes},
                       unlabeled_files=unlabeled_file, labels_per_class=labels_per_class)
+    # A spec written for kdcore (examples/*.json) names local files: upload them, name them by id.
+    local = local_files_of(spec, spec_file.parent if spec_file is not None else Path("."))
     if dry_run:
+        if local:
+            state.err.print("would upload: " + ", ".join(f"{p} ({purpose}) as {api}" for _, api, purpose, p in local),
+                            markup=False)
         _json_dump(state.out, spec)
         return
+    if local:
+        spec = upload_local_files(state.client, spec, local, state.err)
     job = state.client.create_job(spec)
     if json_out:
         _json_dump(state.out, job.raw)
@@ -811,8 +894,9 @@ def jobs_events(ctx: typer.Context, job_id: str,
         _json_dump(state.out, [e.__dict__ for e in events])
         return
     for e in events:
-        state.out.print(f"{e.id:>4} {e.created_at:%Y-%m-%d %H:%M:%S} {e.type:<12} {e.message}"
-                        if e.created_at else f"{e.id:>4} {e.type:<12} {e.message}", markup=False)
+        message = e.message if e.level == "info" else f"{e.level.upper()}: {e.message}"
+        state.out.print(f"{e.id:>4} {e.created_at:%Y-%m-%d %H:%M:%S} {e.type:<12} {message}"
+                        if e.created_at else f"{e.id:>4} {e.type:<12} {message}", markup=False)
 
 
 @jobs_app.command("metrics")

@@ -7,6 +7,7 @@ import importlib
 import json
 import tomllib
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -332,3 +333,53 @@ def test_unlabelled_flags_against_the_api(kd_cli, digits_teacher, tmp_path):
     got = kd_cli("jobs", "get", json.loads(created.stdout)["id"])
     assert got.exit_code == 0 and file_id in got.stdout and "10 per class" in got.stdout
     assert "noise" in got.stdout and "mixup (alpha 0.3)" in got.stdout
+
+
+# --- a spec written for kdcore (local paths, as examples/*.json) ------------------------------------
+
+def test_jobs_create_uploads_the_local_files_a_kdcore_spec_names(kd_cli, digits_teacher, tmp_path, monkeypatch):
+    """`kd jobs create --spec examples/...json` used to be refused (the service names files by id):
+    the CLI uploads each local file (relative to the current directory, else to the spec) and
+    sends the ids; a file named twice is uploaded once."""
+    path, arch = digits_teacher
+    from kdcore.data import load_builtin
+
+    digits = load_builtin("digits")
+    np.savez(tmp_path / "train.npz", x=digits["train"].x.numpy(), y=digits["train"].y.numpy())
+    np.savez(tmp_path / "extra.npz", x=digits["test"].x.numpy()[:50])
+    (tmp_path / "teacher.safetensors").write_bytes(path.read_bytes())
+    spec = {"teacher": {"path": "teacher.safetensors", **arch},  # relative to the spec file
+            "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}},
+            "dataset": {"train_path": str(tmp_path / "train.npz"),
+                        "unlabeled_paths": ["extra.npz", "extra.npz"]},
+            "hyperparameters": {"epochs": 1, "device": "cpu"}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    monkeypatch.chdir("/")
+
+    dry = kd_cli("jobs", "create", "--spec", str(tmp_path / "spec.json"), "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "would upload" in dry.stderr and kd_cli("files", "list", "--json").stdout.count('"id"') == 0
+
+    created = kd_cli("jobs", "create", "--spec", str(tmp_path / "spec.json"), "--json")
+    assert created.exit_code == 0, created.output
+    job = json.loads(created.stdout)
+    files = {f["id"]: f for f in json.loads(kd_cli("files", "list", "--json").stdout)}
+    assert len(files) == 3  # teacher, train, extra (once)
+    assert files[job["spec"]["teacher"]["file_id"]]["purpose"] == "teacher"
+    assert files[job["spec"]["dataset"]["train_file_id"]]["purpose"] == "dataset"
+    extra = job["spec"]["dataset"]["unlabeled_file_ids"]
+    assert len(extra) == 2 and extra[0] == extra[1] and files[extra[0]]["num_labeled"] == 0
+    assert "path" not in job["spec"]["teacher"] and "train_path" not in job["spec"]["dataset"]
+
+
+def test_a_missing_local_file_is_a_usage_error_naming_the_field(kd_cli, tmp_path):
+    (tmp_path / "spec.json").write_text(json.dumps({"teacher": {"path": "nope.onnx"}}))
+    result = kd_cli("jobs", "create", "--spec", str(tmp_path / "spec.json"))
+    assert result.exit_code == 2 and "teacher.path" in result.output and "nope.onnx" in result.output
+
+
+def test_the_clients_file_table_is_the_services():
+    from jobs.spec_files import FILE_FIELDS
+
+    assert [(kd, api) for kd, api, _ in cli.LOCAL_FILE_FIELDS] == [(f.kd, f.api) for f in FILE_FIELDS]
+    assert all(purpose in f.purposes for (_, _, purpose), f in zip(cli.LOCAL_FILE_FIELDS, FILE_FIELDS))
