@@ -76,23 +76,21 @@ class GraphProcess:
         self.outputs: list[dict[str, Any]] = description["outputs"]
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        buffer = io.BytesIO()
-        np.save(buffer, np.ascontiguousarray(x), allow_pickle=False)
-        self._send(b"R", buffer.getvalue())
-        kind, payload = self._receive(self.limits.batch_seconds, f"a batch of shape {list(x.shape)}")
-        if kind == b"E":
-            raise TeacherError(payload.decode("utf-8", "replace"), field=FIELD)
-        return np.load(io.BytesIO(payload), allow_pickle=False)
+        return np.load(io.BytesIO(self._ask(b"R", x, f"a batch of shape {list(x.shape)}")), allow_pickle=False)
 
     def time(self, x: np.ndarray) -> float:
         """Median seconds of one run on `x`, timed inside the child (the pipe is not counted)."""
+        return float(json.loads(self._ask(b"T", x, f"timing a batch of shape {list(x.shape)}")))
+
+    def _ask(self, kind: bytes, x: np.ndarray, what: str) -> bytes:
+        """Send `x` as a `kind` request; the answer's payload, or the child's error as a TeacherError."""
         buffer = io.BytesIO()
         np.save(buffer, np.ascontiguousarray(x), allow_pickle=False)
-        self._send(b"T", buffer.getvalue())
-        kind, payload = self._receive(self.limits.batch_seconds, f"timing a batch of shape {list(x.shape)}")
-        if kind == b"E":
+        self._send(kind, buffer.getvalue())
+        answer, payload = self._receive(self.limits.batch_seconds, what)
+        if answer == b"E":
             raise TeacherError(payload.decode("utf-8", "replace"), field=FIELD)
-        return float(json.loads(payload))
+        return payload
 
     def close(self) -> None:
         self._finalizer()
