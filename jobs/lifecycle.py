@@ -53,7 +53,10 @@ from jobs.tables import (
     ACTIVE_STATUSES,
     CANCELLED,
     CANCELLING,
+    ERROR,
+    EVENT_LEVELS,
     FAILED,
+    INFO,
     JOB_STATUSES,
     METRIC_RUNS,
     QUEUED,
@@ -86,21 +89,28 @@ def _update(session: Session, *where, returning=(Job.id,), **values):
 
 
 def _append_event(session: Session, *, job_id: str, attempt: int, type: str, message: str,
-                  data: dict[str, Any] | None, now: datetime) -> int:
+                  data: dict[str, Any] | None, now: datetime, level: str = INFO) -> int:
     """Insert the job's next event. seq = max(seq) + 1 in the same statement; the caller has
     already updated (so locked) the job row, which serialises writers of one job, and
     unique(job_id, seq) would refuse a duplicate if anything slipped through."""
+    _check_level(level)
     next_seq = (select(func.coalesce(func.max(JobEvent.seq), 0) + 1)
                 .where(JobEvent.job_id == job_id).scalar_subquery())
-    stmt = insert(JobEvent).values(job_id=job_id, seq=next_seq, attempt=attempt, type=type,
+    stmt = insert(JobEvent).values(job_id=job_id, seq=next_seq, attempt=attempt, type=type, level=level,
                                    message=message, data=data, created_at=now).returning(JobEvent.seq)
     return session.execute(stmt).scalar_one()
 
 
+def _check_level(level: str) -> None:
+    if level not in EVENT_LEVELS:
+        raise ValueError(f"level must be one of {', '.join(EVENT_LEVELS)}, not {level!r}")
+
+
 def _status_event(session: Session, *, job_id: str, attempt: int, status: str, message: str,
                   now: datetime, **data: Any) -> None:
+    """A status change; `failed` is an error, every other status information."""
     _append_event(session, job_id=job_id, attempt=attempt, type="status", message=message,
-                  data={"status": status, **data}, now=now)
+                  data={"status": status, **data}, now=now, level=ERROR if status == FAILED else INFO)
 
 
 def _fence(session: Session, *, job_id: str, attempt: int, now: datetime, returning=(Job.id,), **values):
@@ -189,6 +199,14 @@ def heartbeat(session: Session, *, job_id: str, attempt: int, lease_seconds: flo
     return HeartbeatResult(alive=True, cancel_requested=bool(row.cancel_requested))
 
 
+def cancel_requested(session: Session, *, job_id: str, attempt: int) -> bool:
+    """Whether the tenant asked attempt `attempt` of the job to stop: one primary-key read, no
+    write and no lock, cheap enough for the worker to ask twice a second between heartbeats."""
+    flag = session.scalar(select(Job.cancel_requested).where(Job.id == job_id, Job.attempt == attempt,
+                                                               Job.status.in_(ACTIVE_STATUSES)))
+    return bool(flag)
+
+
 # --- fenced writes by the owning worker -------------------------------------------------------------
 
 def set_progress(session: Session, *, job_id: str, attempt: int, progress: dict[str, Any],
@@ -199,17 +217,20 @@ def set_progress(session: Session, *, job_id: str, attempt: int, progress: dict[
 
 
 def add_event(session: Session, *, job_id: str, attempt: int, type: str, message: str,
-              data: dict[str, Any] | None = None, now: datetime | None = None) -> int | None:
-    """Append an event; its seq (1, 2, 3… per job), or None when the lease is lost."""
+              data: dict[str, Any] | None = None, now: datetime | None = None, level: str = INFO) -> int | None:
+    """Append an event (`level` info, warning or error); its seq (1, 2, 3… per job), or None when
+    the lease is lost."""
+    _check_level(level)
     now = now or utcnow()
     if _fence(session, job_id=job_id, attempt=attempt, now=now) is None:
         return None
     return _append_event(session, job_id=job_id, attempt=attempt, type=type, message=message,
-                         data=data, now=now)
+                         data=data, now=now, level=level)
 
 
 def add_event_once(session: Session, *, job_id: str, attempt: int, type: str, message: str,
-                   data: dict[str, Any], key: tuple[str, ...], now: datetime | None = None) -> int | None:
+                   data: dict[str, Any], key: tuple[str, ...], now: datetime | None = None,
+                   level: str = INFO) -> int | None:
     """Append an event unless the job already has one of this `type` whose data agree with `data`
     on every field named in `key` (str, int or bool values), whichever attempt wrote it.
 
@@ -219,6 +240,7 @@ def add_event_once(session: Session, *, job_id: str, attempt: int, type: str, me
     checkpoint was damaged). Returns the new event's seq, 0 when such an event was already there
     (nothing written), None when the lease is lost. The check runs under the job row's lock taken
     by the fence, so two writers of one job cannot both find the event missing."""
+    _check_level(level)
     now = now or utcnow()
     if _fence(session, job_id=job_id, attempt=attempt, now=now) is None:
         return None
@@ -236,7 +258,7 @@ def add_event_once(session: Session, *, job_id: str, attempt: int, type: str, me
     if session.scalar(select(JobEvent.seq).where(*same).limit(1)) is not None:
         return 0
     return _append_event(session, job_id=job_id, attempt=attempt, type=type, message=message,
-                         data=data, now=now)
+                         data=data, now=now, level=level)
 
 
 def add_metric(session: Session, *, job_id: str, attempt: int, run: str, epoch: int,
@@ -309,8 +331,8 @@ def finish_cancelled(session: Session, *, job_id: str, attempt: int, now: dateti
 
 def request_cancel(session: Session, *, tenant_id: str, job_id: str, now: datetime | None = None) -> str:
     """Ask for the job to stop; returns its new status. queued -> cancelled at once; running ->
-    cancelling (the worker sees it at its next heartbeat); cancelling stays. A finished job is a
-    Conflict; an unknown job, or another tenant's, is NotFound."""
+    cancelling (the worker reads the flag within half a second: `cancel_requested`); cancelling
+    stays. A finished job is a Conflict; an unknown job, or another tenant's, is NotFound."""
     now = now or utcnow()
     if not could_be_id(job_id):
         raise NotFound(f"no job {job_id!r}")

@@ -34,6 +34,8 @@ th,td{border-bottom:1px solid #ddd;padding:.35rem .5rem;text-align:right}
 th:first-child,td:first-child{text-align:left}thead th{background:#fafafa}
 .plots img{max-width:100%;display:block;margin:1rem 0}pre{background:#f7f7f7;padding:.8rem;
 overflow:auto;font-size:.85rem}.note{color:#666;font-size:.85rem}
+.warnings{padding:.6rem 1rem;background:#fff8e1;border-left:4px solid #c77700;margin:1rem 0}
+.warnings p{margin:.3rem 0}
 """
 DASH = "\u2014"
 
@@ -84,8 +86,27 @@ def _plain(value: Any) -> str:
     return DASH if v is None else f"{v:g}"
 
 
+def p_value(value: Any) -> str:
+    """A p-value with three significant digits: 0.0312, 0.41, 1, 2.3e-07."""
+    v = _num(value)
+    return DASH if v is None else f"{v:.3g}"
+
+
+def _significance(comparison: dict[str, Any]) -> str:
+    """What McNemar's exact test says about the rows where only one of the two models is right."""
+    b, c = comparison.get("student_only_right"), comparison.get("baseline_only_right")
+    rows = (b or 0) + (c or 0) if isinstance(b, int) and isinstance(c, int) else None
+    alpha = _num(comparison.get("alpha")) or 0.05
+    sign = "<" if comparison.get("verdict") != "not distinguishable" else "\u2265"
+    return (f"McNemar's exact test on the {_int(rows)} rows where only one of them is right, {_int(b)} only the "
+            f"student and {_int(c)} only the baseline: p = {p_value(comparison.get('p_value'))} {sign} "
+            f"\u03b1 = {alpha:g}")
+
+
 def verdict(result: dict[str, Any]) -> str:
-    """One sentence (plain text, not escaped): did distillation beat the baseline, by how much."""
+    """One sentence (plain text, not escaped): did distillation beat the baseline, by how much, and
+    whether the difference is more than chance (result.comparison, McNemar's exact test; a result
+    stored before that existed gets the sentence without it)."""
     split = result.get("evaluated_on") or "evaluation"
     student = result.get("student") or {}
     baseline = result.get("baseline")
@@ -107,6 +128,19 @@ def verdict(result: dict[str, Any]) -> str:
                  f"rows, the baseline from the {base_rows['labeled']:,} labelled rows, "
                  f"{_int(baseline.get('steps'))} optimizer steps each")
     both += ")"
+    comparison = result.get("comparison")
+    if isinstance(comparison, dict) and comparison.get("verdict") in ("better", "worse", "not distinguishable"):
+        test = _significance(comparison)
+        if comparison["verdict"] == "not distinguishable":
+            diff = (f"the student was {points:.2f} percentage points {'above' if gain > 0 else 'below'} the baseline "
+                    f"{both}, a difference chance alone can explain" if gain else f"the student tied with the baseline {both}")
+            return (f"Distillation and the baseline are not distinguishable (p = {p_value(comparison.get('p_value'))}) "
+                    f"on the {split} split: {diff} ({test}).")
+        if comparison["verdict"] == "better":
+            return (f"Distillation beat the baseline by {points:.2f} percentage points on the {split} split {both}; "
+                    f"the difference is significant ({test}).")
+        return (f"Distillation did not beat the baseline: the student was {points:.2f} percentage points "
+                f"below it on the {split} split {both}; the difference is significant ({test}).")
     if gain > 0:
         return f"Distillation beat the baseline by {points:.2f} percentage points on the {split} split {both}."
     if gain < 0:
@@ -279,6 +313,15 @@ def _sweep_section(result: dict[str, Any]) -> list[str]:
     return out
 
 
+def _warnings_section(result: dict[str, Any]) -> list[str]:
+    """result.warnings (a run near chance, a loss that diverged) in a box under the verdict."""
+    warnings = [w for w in result.get("warnings") or [] if isinstance(w, dict) and w.get("message")]
+    if not warnings:
+        return []
+    return ['<div class="warnings" id="warnings">',
+            *(f"<p><strong>Warning:</strong> {_e(w['message'])}.</p>" for w in warnings), "</div>"]
+
+
 def render_report(job: dict[str, Any], metrics: list[dict[str, Any]]) -> str:
     """The report page of a job (as JobOut JSON) and its metric rows."""
     result = job.get("result") or {}
@@ -305,6 +348,7 @@ def render_report(job: dict[str, Any], metrics: list[dict[str, Any]]) -> str:
         f"<h1>Distillation report</h1><p class=\"sub\">job <code>{_e(job.get('id', ''))}</code> \u00b7 "
         f"{_e(job.get('status', ''))} \u00b7 finished {_e(job.get('finished_at') or DASH)}</p>",
         f'<p class="verdict" id="verdict">{_e(verdict(result))}</p>',
+        *_warnings_section(result),
         f"<h2>Models (accuracy on the {_e(split)} split, {_e(_int(result.get('num_eval_samples')))} samples)</h2>",
         _table(job, result),
         '<p class="note">Compression and speed-up are relative to the teacher (parameters, CPU latency of one '

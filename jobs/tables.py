@@ -35,6 +35,8 @@ JOB_STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLING, CANCELLED)
 ACTIVE_STATUSES = (RUNNING, CANCELLING)  # a worker holds a lease
 TERMINAL_STATUSES = (SUCCEEDED, FAILED, CANCELLED)
 METRIC_RUNS = ("student", "baseline")
+INFO, WARNING, ERROR = "info", "warning", "error"
+EVENT_LEVELS = (INFO, WARNING, ERROR)  # every event has one (revision 0004)
 IN_FLIGHT, DONE = "in_flight", "done"
 IDEMPOTENCY_STATUSES = (IN_FLIGHT, DONE)
 
@@ -161,7 +163,10 @@ class JobEvent(Base):
     """The job's log, ordered by `seq` (1, 2, 3… per job, no gaps); SSE uses seq as the event id."""
 
     __tablename__ = "job_events"
-    __table_args__ = (UniqueConstraint("job_id", "seq"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "seq"),
+        CheckConstraint(f"level IN ({', '.join(repr(v) for v in EVENT_LEVELS)})", name="level"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True,
                                     autoincrement=True)
@@ -169,6 +174,8 @@ class JobEvent(Base):
     seq: Mapped[int]
     attempt: Mapped[int]
     type: Mapped[str] = mapped_column(String(64))  # "status", "log", "warning", "checkpoint", …
+    # info, warning (a suspect result, a damaged checkpoint skipped) or error (the job failed)
+    level: Mapped[str] = mapped_column(String(16), default=INFO, server_default=INFO)
     message: Mapped[str] = mapped_column(Text)
     data: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

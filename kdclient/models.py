@@ -124,7 +124,8 @@ class Job:
 
 @dataclass(frozen=True)
 class Event:
-    """One entry of a job's event log; `id` is its sequence number within the job."""
+    """One entry of a job's event log; `id` is its sequence number within the job, `level` info,
+    warning or error (info from a server that does not send one)."""
 
     id: int
     type: str
@@ -132,11 +133,13 @@ class Event:
     data: dict[str, Any] | None
     attempt: int
     created_at: datetime | None
+    level: str = "info"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Event":
         return cls(id=d["id"], type=d.get("type", ""), message=d.get("message", ""), data=d.get("data"),
-                   attempt=d.get("attempt", 0), created_at=_time(d.get("created_at")))
+                   attempt=d.get("attempt", 0), created_at=_time(d.get("created_at")),
+                   level=d.get("level") or "info")
 
 
 @dataclass(frozen=True)

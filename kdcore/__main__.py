@@ -98,8 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"student  accuracy {_pct(s['accuracy'])}  params {s['parameters']}  agreement {_pct(s['agreement'])}")
     if b is not None:
         gain = summary.get("distillation_gain")
+        comparison = summary.get("comparison")  # McNemar's exact test on the rows only one gets right
         print(f"baseline accuracy {_pct(b['accuracy'])}"
-              + ("" if gain is None else f"  (student − baseline: {100 * gain:+.1f} points)"))
+              + ("" if gain is None else f"  (student − baseline: {100 * gain:+.1f} points"
+                 + ("" if comparison is None else f"; {comparison['verdict']}, p = {comparison['p_value']:.3g}")
+                 + ")"))
+    for warning in summary.get("warnings") or []:
+        print(f"warning: {warning['message']}")
     print(f"wrote {args.out / 'student.safetensors'} and {args.out / 'summary.json'}")
     return 0
 

@@ -122,11 +122,14 @@ class EvalReport:
 
 def evaluate(*, student: nn.Module | LogitsFn, teacher_logits: Tensor | None = None, x: Tensor, y: Tensor,
              teacher_model: nn.Module | LogitsFn | None = None, batch_size: int = 1024,
-             device: str | torch.device | None = None) -> dict[str, Any]:
+             device: str | torch.device | None = None, student_logits: Tensor | None = None) -> dict[str, Any]:
     """Student and teacher on one labelled split, as an `EvalReport` dict. Teacher logits are
     used as given; without them they come from `teacher_model`; with neither (precomputed logits
-    that do not cover this split) the teacher fields are None."""
-    student_logits = predict_logits(student, x, batch_size=batch_size, device=device)
+    that do not cover this split) the teacher fields are None. `student_logits`, when given, are
+    the student's predictions for `x` already made (the student is not run again)."""
+    if student_logits is None:
+        student_logits = predict_logits(student, x, batch_size=batch_size, device=device)
+    student_logits = student_logits.detach().float().cpu()
     if teacher_logits is None and teacher_model is not None:
         teacher_logits = predict_logits(teacher_model, x, batch_size=batch_size)
     if teacher_logits is not None:

@@ -36,8 +36,12 @@ from kdcore.onnx_sandbox import GraphLimits
 from kdcore.teachers import Teacher, close_teacher, inspect_teacher_file, load_teacher
 from kdcore.distributed import train_data_parallel
 from kdcore.trainer import Callbacks, EpochMetrics, StepInfo, TrainResult, resolve_device
+from kdcore.verdict import paired_comparison, quality_warnings
 
 PHASES = ("loading", "caching_teacher", "training", "baseline", "evaluating", "exporting")
+# Events that are not plain information (the service stores a level with every event; the rest,
+# and its own status events other than `failed`, are "info"). `warning`: one of result["warnings"].
+EVENT_LEVELS = {"warning": "warning", "onnx_export_failed": "warning"}
 STUDENT_FILE = "student.safetensors"
 ONNX_FILE = "student.onnx"
 SUMMARY_FILE = "summary.json"
@@ -281,6 +285,11 @@ def _distill(spec: DistillSpec, *, out_dir: Path, checkpoint_dir: Path | None, c
     if baseline_run is not None:
         summary["baseline"].update(_run_record(baseline_run), train_rows={"labeled": labeled, "unlabeled": 0})
     summary["sweep"] = sweep
+    # near chance or a runaway loss: in the result and as warning events (kdcore/verdict.py)
+    summary["warnings"] = quality_warnings(summary, num_classes=num_classes, losses={
+        run: [m.train_loss for m in h] for run, h in (("student", history), ("baseline", baseline_history)) if h})
+    for warning in summary["warnings"]:
+        cb.on_event("warning", warning["message"], warning)
     summary["seconds"] = round(time.perf_counter() - started, 3)
 
     cb.on_phase("exporting")
@@ -522,23 +531,31 @@ def _summarise(spec: DistillSpec, splits: Splits, teacher: Teacher, student: tor
                               "mean_kl": base_eval.get("mean_kl"), "ece": base_eval.get("student_ece")}
         if student_acc is not None and base_eval["student_accuracy"] is not None:
             result["distillation_gain"] = student_acc - base_eval["student_accuracy"]
+            # the same labelled rows, so a paired test: McNemar's exact test on the rows one gets right
+            result["comparison"] = paired_comparison(student_eval["correct"], base_eval["correct"])
     return result
 
 
 def _evaluate(model: torch.nn.Module, eval_logits: torch.Tensor | None, data: ArrayDataset) -> dict[str, Any]:
     """`evaluate` on the labelled rows (accuracy, calibration) and, with teacher logits, agreement
-    and KL with the teacher on every row. Accuracies are None when no evaluation row is labelled."""
+    and KL with the teacher on every row. Accuracies are None when no evaluation row is labelled.
+    `correct` is the model's per-row correctness on the labelled rows (None without any), from the
+    same predictions as its accuracy, for the paired comparison with the baseline."""
+    logits = predict_logits(model, data.x)  # once: every number below comes from these predictions
     labeled = data.labeled
     if bool(labeled.all()):
-        return evaluate(student=model, teacher_logits=eval_logits, x=data.x, y=data.y)
-    report: dict[str, Any] = {"student_accuracy": None, "student_ece": None, "teacher_accuracy": None,
-                              "teacher_ece": None, "agreement": None, "mean_kl": None}
+        report = evaluate(student=model, student_logits=logits, teacher_logits=eval_logits, x=data.x, y=data.y)
+        report["correct"] = logits.argmax(1) == data.y
+        return report
+    report = {"student_accuracy": None, "student_ece": None, "teacher_accuracy": None,
+              "teacher_ece": None, "agreement": None, "mean_kl": None, "correct": None}
     if bool(labeled.any()):
         rows = labeled.nonzero().flatten()
-        part = evaluate(student=model, teacher_logits=None if eval_logits is None else eval_logits[rows],
+        part = evaluate(student=model, student_logits=logits[rows],
+                        teacher_logits=None if eval_logits is None else eval_logits[rows],
                         x=data.x[rows], y=data.y[rows])
         report.update({k: part[k] for k in ("student_accuracy", "student_ece", "teacher_accuracy", "teacher_ece")})
+        report["correct"] = logits[rows].argmax(1) == data.y[rows]
     if eval_logits is not None:
-        logits = predict_logits(model, data.x)
         report["agreement"], report["mean_kl"] = agreement(logits, eval_logits), mean_kl(eval_logits, logits)
     return report

@@ -2,8 +2,10 @@
 
 Every write after the claim carries this worker's attempt number: when one changes nothing, the
 lease was lost (another worker re-claimed the job) and this worker stops at once. A heartbeat
-thread extends the lease and reads the cancellation flag; the trainer asks `should_stop` at every
-step, so cancellation takes effect at the next step boundary and the last checkpoint is kept.
+thread extends the lease every KD_HEARTBEAT_SECONDS and, between beats, reads the cancellation flag
+every CANCEL_POLL_SECONDS (one primary-key read); the trainer asks `should_stop` at every step, so
+cancellation takes effect at the first step boundary after that read (about a second after the
+request) and the last checkpoint is kept.
 
 Attempts of one job can overlap (a stalled worker wakes after its job was re-claimed), so what is
 not fenced by the database is kept apart per attempt: the scratch directory
@@ -40,7 +42,8 @@ from jobs.settings import Settings, settings as process_settings
 from jobs.tables import utcnow
 from kdcore.errors import KDError
 from kdcore.onnx_sandbox import GraphLimits
-from kdcore.pipeline import ONNX_FILE, STUDENT_FILE, SUMMARY_FILE, METRICS_FILE, PipelineCallbacks, run_distillation
+from kdcore.pipeline import (EVENT_LEVELS, ONNX_FILE, STUDENT_FILE, SUMMARY_FILE, METRICS_FILE, PipelineCallbacks,
+                             run_distillation)
 from kdcore.spec import DistillSpec
 from kdcore.trainer import Stopped
 from worker.checkpoint_mirror import CheckpointMirror
@@ -57,6 +60,10 @@ EPOCH_KEY = ("run", "epoch")  # epoch and checkpoint events: one per (run, epoch
 # this long after the limit: the job ends for the user, its lease stops being renewed, and every
 # later write of the stuck attempt is fenced out.
 STUCK_GRACE_SECONDS = 60.0
+# How often the heartbeat thread reads the job's cancel flag between its beats: a cancel reaches
+# should_stop within this (plus one database read), not within KD_HEARTBEAT_SECONDS. A read of one
+# row by primary key, never a query per training step.
+CANCEL_POLL_SECONDS = 0.5
 
 _sessionmakers: dict[str, sessionmaker[Session]] = {}
 
@@ -238,20 +245,33 @@ class JobRun(PipelineCallbacks):
         return "failed" if done else "lease_lost"
 
     def _heartbeat_loop(self) -> None:
-        while not self.stop_heartbeat.wait(self.cfg.heartbeat_seconds):
-            try:
-                with self.sessions() as s:
-                    beat = lifecycle.heartbeat(s, job_id=self.job_id, attempt=self.attempt,
-                                               lease_seconds=self.cfg.lease_seconds)
-                    s.commit()
-            except Exception:  # a database blip: try again next beat; the lease has slack
-                log.exception("job %s: heartbeat failed", self.job_id)
-                continue
-            if not beat.alive:
-                self.lease_lost.set()
-                return
-            if beat.cancel_requested:
-                self.cancel_requested.set()
+        """A beat (lease renewal, which also reports the cancel flag) every KD_HEARTBEAT_SECONDS;
+        between beats, a read of the cancel flag every CANCEL_POLL_SECONDS; at every tick, the
+        job's time limit."""
+        next_beat = time.monotonic() + self.cfg.heartbeat_seconds
+        while not self.stop_heartbeat.wait(max(0.0, min(CANCEL_POLL_SECONDS, next_beat - time.monotonic()))):
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + self.cfg.heartbeat_seconds
+                try:
+                    with self.sessions() as s:
+                        beat = lifecycle.heartbeat(s, job_id=self.job_id, attempt=self.attempt,
+                                                   lease_seconds=self.cfg.lease_seconds)
+                        s.commit()
+                except Exception:  # a database blip: try again next beat; the lease has slack
+                    log.exception("job %s: heartbeat failed", self.job_id)
+                    continue
+                if not beat.alive:
+                    self.lease_lost.set()
+                    return
+                if beat.cancel_requested:
+                    self.cancel_requested.set()
+            elif not self.cancel_requested.is_set():
+                try:
+                    with self.sessions() as s:
+                        if lifecycle.cancel_requested(s, job_id=self.job_id, attempt=self.attempt):
+                            self.cancel_requested.set()
+                except Exception:  # the next beat reports the flag (and logs a failing database)
+                    log.debug("job %s: cancel poll failed", self.job_id, exc_info=True)
             if self.deadline is not None and time.monotonic() > self.deadline:
                 self.timed_out.set()  # should_stop says so from now on
                 if time.monotonic() > self.deadline + STUCK_GRACE_SECONDS:
@@ -295,7 +315,8 @@ class JobRun(PipelineCallbacks):
         self._progress(force=True)
 
     def on_event(self, type: str, message: str, data: dict | None = None) -> None:
-        self._write(lifecycle.add_event, type=type, message=message, data=data)
+        self._write(lifecycle.add_event, type=type, message=message, data=data,
+                    level=EVENT_LEVELS.get(type, "info"))
         if type == "sweep_checkpoint" and self.checkpoints is not None:  # a sweep point's checkpoint
             self.checkpoints.push()
 
@@ -337,7 +358,7 @@ class JobRun(PipelineCallbacks):
     def on_resume(self, *, run: str, epoch: int, skipped) -> None:
         self.current_run = run
         for path, reason in skipped:
-            self._write(lifecycle.add_event, type="checkpoint_skipped",
+            self._write(lifecycle.add_event, type="checkpoint_skipped", level="warning",
                         message=f"{run}: checkpoint {Path(path).name} is damaged ({reason}); using an older one",
                         data={"run": run, "path": Path(path).name, "reason": reason})
         self._write(lifecycle.add_event, type="resumed", message=f"{run}: resumed after epoch {epoch}",
@@ -406,8 +427,19 @@ def _outcome_line(summary: dict[str, Any]) -> str:
     if b is not None:
         line += f", baseline {_score(b)}"
         if summary.get("distillation_gain") is not None:
-            line += f" ({100 * summary['distillation_gain']:+.1f} points)"
+            line += f" ({100 * summary['distillation_gain']:+.1f} points"
+            comparison = summary.get("comparison")
+            if comparison:  # McNemar's exact test on the rows where exactly one of them is right
+                line += f"; {comparison['verdict']}, p = {_p(comparison['p_value'])}"
+            line += ")"
+    if summary.get("warnings"):
+        line += f"; {len(summary['warnings'])} warning{'s' if len(summary['warnings']) != 1 else ''}"
     return line
+
+
+def _p(value: float) -> str:
+    """A p-value as the report and the CLI print it, three significant digits: 0.0312, 0.41, 1, 2.3e-07."""
+    return f"{value:.3g}"
 
 
 def _score(run: dict[str, Any]) -> str:

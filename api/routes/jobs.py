@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
 
 from api import quotas, sse
@@ -140,11 +140,48 @@ async def list_events(job_id: str, request: Request, tenant: BriefTenantDep,
         raise
 
 
-@router.get("/{job_id}/metrics", response_model=MetricList)
-def list_metrics(job_id: str, session: SessionDep, tenant: TenantDep) -> MetricList:
-    """One row per epoch and run (student, baseline)."""
+# The CSV's columns after run and epoch, in the trainer's order (kdcore.trainer.EpochMetrics); a value
+# key not listed here (a newer worker's) follows them, sorted by name.
+METRIC_CSV_COLUMNS = ("epochs", "train_loss", "train_hard", "train_soft", "train_accuracy", "val_accuracy",
+                      "val_agreement", "lr", "seconds", "point")
+
+
+@router.get("/{job_id}/metrics", response_model=MetricList, responses={
+    200: {"description": "the rows as JSON, or with `format=csv` as CSV: a header row (run, epoch, then the "
+                         "values' names), one row per (run, epoch); an empty cell is a value the epoch does not have",
+          "content": {"text/csv": {"schema": {"type": "string"}}}},
+    422: PROBLEM_SCHEMA})
+def list_metrics(job_id: str, session: SessionDep, tenant: TenantDep,
+                 format: Annotated[Literal["json", "csv"], Query(
+                     description="json (default) or csv, one row per (run, epoch) with a header row")] = "json"):
+    """One row per epoch and run (student, baseline), as JSON or CSV."""
     rows = jobs_repo.metrics(session, tenant_id=tenant.id, job_id=job_id)
+    if format == "csv":
+        return Response(_metrics_csv(rows), media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="{job_id}-metrics.csv"'})
     return MetricList(data=[MetricOut(run=r.run, epoch=r.epoch, values=r.values) for r in rows])
+
+
+def _metrics_csv(rows) -> str:
+    """Metric rows as CSV (RFC 4180, CRLF line ends): run, epoch, then every value column; None is an
+    empty cell, a nested value compact JSON."""
+    import csv
+    import io
+    import json
+
+    def cell(value):
+        if value is None:
+            return ""
+        return json.dumps(value, separators=(",", ":")) if isinstance(value, (dict, list)) else value
+
+    seen = {key for r in rows for key in (r.values or {}) if key not in ("run", "epoch")}
+    columns = [c for c in METRIC_CSV_COLUMNS if c in seen or not rows] + sorted(seen - set(METRIC_CSV_COLUMNS))
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["run", "epoch", *columns])
+    for r in rows:
+        writer.writerow([r.run, r.epoch, *(cell((r.values or {}).get(c)) for c in columns)])
+    return out.getvalue()
 
 
 @router.get("/{job_id}/student", response_class=StreamingResponse, responses={

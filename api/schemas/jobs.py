@@ -17,7 +17,7 @@ import math
 from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, Strict, StrictBool, StrictInt,
                       WithJsonSchema, create_model)
@@ -188,7 +188,10 @@ class JobOut(BaseModel):
     error: JobError | None = None
     result: dict[str, Any] | None = Field(
         None, description="teacher, student and baseline metrics on the evaluation split; agreement, "
-                          "compression, speedup, distillation_gain")
+                          "compression, speedup, distillation_gain; comparison (student vs baseline on the same "
+                          "rows: student_only_right, baseline_only_right, p_value of McNemar's exact test, verdict "
+                          "better, worse or not distinguishable at alpha 0.05); warnings (a list of {code: "
+                          "near_chance or diverged, model, message, ...})")
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -218,6 +221,10 @@ class JobList(BaseModel):
 class EventOut(BaseModel):
     id: int = Field(description="sequence number within the job; pass as `after` to continue")
     type: str
+    level: Literal["info", "warning", "error"] = Field(
+        "info", description="info; warning for what the user should look at (a result near chance or a loss that "
+                            "diverged, one per item of result.warnings; a failed ONNX export; a damaged checkpoint "
+                            "skipped); error for the job's failure")
     message: str
     data: dict[str, Any] | None = None
     attempt: int
@@ -225,8 +232,8 @@ class EventOut(BaseModel):
 
     @classmethod
     def from_row(cls, row) -> "EventOut":
-        return cls(id=row.seq, type=row.type, message=row.message, data=row.data, attempt=row.attempt,
-                   created_at=row.created_at)
+        return cls(id=row.seq, type=row.type, level=getattr(row, "level", None) or "info", message=row.message,
+                   data=row.data, attempt=row.attempt, created_at=row.created_at)
 
 
 class EventList(BaseModel):

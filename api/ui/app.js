@@ -67,8 +67,15 @@ async function jobPage() {
       if (run.steps != null) parts.push(run.steps + " steps");
       return parts.join(", ");
     };
+    // result.comparison: McNemar's exact test on the rows only one of student and baseline gets right
+    // (absent from results stored before it); result.warnings: near chance, a loss that diverged
+    const c = r.comparison;
+    const versus = c && c.verdict ? c.verdict + " (p = " + Number(c.p_value).toPrecision(3).replace(/\.?0+$/, "") + "; " +
+      c.student_only_right + " rows only the student got right, " + c.baseline_only_right + " only the baseline)" : null;
     rows.push(["Evaluated on", r.evaluated_on], ["Student accuracy", score(r.student)], ["Baseline accuracy", score(r.baseline)],
+      ["Student vs baseline", versus],
       ["Student trained on", rowsOf(r.student)], ["Baseline trained on", rowsOf(r.baseline)]);
+    for (const w of r.warnings || []) if (w && w.message) rows.push(["Warning", w.message]);
     for (const [k, v] of rows) { if (v == null || v === "") continue;
       const dt = document.createElement("dt"); dt.textContent = k; const dd = document.createElement("dd"); dd.textContent = String(v);
       dd.className = "field-" + k.toLowerCase().replace(/ /g, "-"); dl.append(dt, dd); }

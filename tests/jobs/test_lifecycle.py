@@ -331,3 +331,39 @@ def test_an_epoch_event_is_written_once_whichever_attempt_reports_it(session, ma
     with pytest.raises(TypeError):
         lifecycle.add_event_once(session, job_id=job.id, attempt=2, type="epoch", message="x",
                                  data={"run": "student", "epoch": 1.5}, key=("run", "epoch"))
+
+
+def test_the_cancel_flag_is_read_without_a_write_for_the_attempt_that_owns_the_job(session, make_job, tenant):
+    job = make_job()
+    assert lifecycle.cancel_requested(session, job_id=job.id, attempt=0) is False  # queued: no worker asks
+    lifecycle.claim(session, job_id=job.id, lease_seconds=LEASE, worker="w")
+    session.commit()
+    updated = fresh(session, job.id).updated_at
+    assert lifecycle.cancel_requested(session, job_id=job.id, attempt=1) is False
+    assert lifecycle.request_cancel(session, tenant_id=tenant.id, job_id=job.id) == "cancelling"
+    session.commit()
+    assert lifecycle.cancel_requested(session, job_id=job.id, attempt=1) is True
+    assert lifecycle.cancel_requested(session, job_id=job.id, attempt=2) is False  # not that attempt's job
+    session.commit()
+    row = fresh(session, job.id)
+    assert row.updated_at > updated and row.status == "cancelling"  # the request wrote; the reads did not
+    lease = row.lease_until
+    lifecycle.cancel_requested(session, job_id=job.id, attempt=1)
+    session.commit()
+    assert fresh(session, job.id).lease_until == lease  # a read, not a heartbeat
+
+
+def test_every_event_has_a_level_and_a_failure_is_an_error(session, make_job):
+    job = make_job()
+    lifecycle.claim(session, job_id=job.id, lease_seconds=LEASE, worker="w")
+    lifecycle.add_event(session, job_id=job.id, attempt=1, type="log", message="plain")
+    lifecycle.add_event(session, job_id=job.id, attempt=1, type="warning", message="near chance", level="warning")
+    assert lifecycle.add_event_once(session, job_id=job.id, attempt=1, type="checkpoint", message="c",
+                                    data={"run": "student", "epoch": 1}, key=("run", "epoch"), level="warning") == 4
+    with pytest.raises(ValueError, match="level"):
+        lifecycle.add_event(session, job_id=job.id, attempt=1, type="log", message="x", level="debug")
+    lifecycle.fail(session, job_id=job.id, attempt=1, code="diverged", message="nan")
+    session.commit()
+    events = jobs_repo.events(session, tenant_id=job.tenant_id, job_id=job.id)
+    assert [(e.type, e.level) for e in events] == [("status", "info"), ("log", "info"), ("warning", "warning"),
+                                                   ("checkpoint", "warning"), ("status", "error")]

@@ -6,7 +6,9 @@ from datetime import timedelta
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+import pytest
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from jobs.db import make_engine
 from jobs.migrate import downgrade, upgrade
@@ -73,5 +75,33 @@ def test_0003_adds_workers_and_downgrades_to_0002(empty_database_url):
         downgrade(empty_database_url, "0002_idempotency_keys")
         with engine.connect() as conn:
             assert set(inspect(conn).get_table_names()) == TABLES_0002 | {"alembic_version"}
+    finally:
+        engine.dispose()
+
+
+def test_0004_gives_every_event_a_level_old_ones_info_and_downgrades_to_0003(empty_database_url):
+    upgrade(empty_database_url, "0003_workers")
+    engine = make_engine(empty_database_url)
+    now = utcnow().replace(tzinfo=None)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('ten_a', 'a', :now)"), {"now": now})
+            conn.execute(text("INSERT INTO jobs (id, tenant_id, status, spec, progress, attempt, max_attempts, "
+                              "cancel_requested, created_at, updated_at) VALUES ('job_a', 'ten_a', 'running', "
+                              "'{}', '{}', 1, 3, false, :now, :now)"), {"now": now})
+            conn.execute(text("INSERT INTO job_events (job_id, seq, attempt, type, message, created_at) "
+                              "VALUES ('job_a', 1, 1, 'status', 'old', :now)"), {"now": now})
+        upgrade(empty_database_url)
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT level FROM job_events")).scalars().all() == ["info"]
+            conn.execute(text("INSERT INTO job_events (job_id, seq, attempt, type, level, message, created_at) "
+                              "VALUES ('job_a', 2, 1, 'warning', 'warning', 'new', :now)"), {"now": now})
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(text("INSERT INTO job_events (job_id, seq, attempt, type, level, message, created_at) "
+                              "VALUES ('job_a', 3, 1, 'log', 'debug', 'no such level', :now)"), {"now": now})
+        downgrade(empty_database_url, "0003_workers")
+        with engine.connect() as conn:
+            assert "level" not in {c["name"] for c in inspect(conn).get_columns("job_events")}
+            assert conn.execute(text("SELECT message FROM job_events ORDER BY seq")).scalars().all() == ["old", "new"]
     finally:
         engine.dispose()

@@ -52,6 +52,7 @@ def test_a_run_writes_the_artifacts_and_prints_the_accuracies(tmp_path):
     assert lines[0].startswith("teacher  accuracy ") and f"{100 * summary['teacher']['accuracy']:.1f}%" in lines[0]
     assert lines[1].startswith("student  accuracy ") and f"{100 * summary['student']['accuracy']:.1f}%" in lines[1]
     assert lines[2].startswith("baseline accuracy ") and "points" in lines[2]
+    assert f"; {summary['comparison']['verdict']}, p = " in lines[2]  # the paired test of the same rows
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # 1 epoch each, student and baseline
     # Piped, not a terminal: plain lines (epochs, events) but no progress-bar redraws.
     assert "\033[" not in proc.stdout + proc.stderr and "\r" not in proc.stdout + proc.stderr

@@ -160,3 +160,40 @@ def test_a_job_without_labels_is_judged_by_agreement_and_both_runs_say_what_they
     page = render_report(job, metrics)
     assert "<td>50 labelled + 1,244 unlabelled</td>" in page and "<td>50 labelled + 0 unlabelled</td>" in page
     assert "<th>trained on</th>" in page
+
+
+def test_the_verdict_says_not_distinguishable_with_the_p_value_when_the_paired_test_says_so():
+    job, metrics = hand_made()  # +3.33 points: 12 more rows right of 360
+    job["result"]["comparison"] = {"test": "mcnemar_exact", "alpha": 0.05, "rows": 360, "student_only_right": 20,
+                                   "baseline_only_right": 8, "p_value": 0.03569, "verdict": "better"}
+    sentence = html.unescape(SENTENCE.search(render_report(job, metrics)).group(1))
+    assert sentence.startswith("Distillation beat the baseline by 3.33 percentage points on the test split")
+    assert ("the difference is significant (McNemar's exact test on the 28 rows where only one of them is right, "
+            "20 only the student and 8 only the baseline: p = 0.0357 < \u03b1 = 0.05)") in sentence
+    job["result"]["comparison"].update(student_only_right=30, baseline_only_right=18, p_value=0.1114,
+                                       verdict="not distinguishable")
+    sentence = html.unescape(SENTENCE.search(render_report(job, metrics)).group(1))
+    assert sentence.startswith("Distillation and the baseline are not distinguishable (p = 0.111) on the test "
+                               "split: the student was 3.33 percentage points above the baseline")
+    assert "p = 0.111 \u2265 \u03b1 = 0.05" in sentence and "beat" not in sentence
+    job["result"]["baseline"]["accuracy"], job["result"]["distillation_gain"] = 0.9722, 0.9444 - 0.9722
+    job["result"]["comparison"].update(student_only_right=0, baseline_only_right=10, p_value=0.001953125,
+                                       verdict="worse")
+    assert verdict(job["result"]).startswith("Distillation did not beat the baseline: the student was 2.78")
+    assert "significant" in verdict(job["result"]) and "p = 0.00195 <" in verdict(job["result"])
+
+
+def test_the_report_shows_the_results_warnings_and_a_stored_result_without_them_renders_as_before():
+    job, metrics = hand_made()
+    before = render_report(job, metrics)
+    assert 'id="warnings"' not in before and "Warning" not in before
+    job["result"]["warnings"] = [
+        {"code": "near_chance", "model": "student", "message": "the student's accuracy on the test split, 11.0 %, "
+                                                               "is near chance (10.0 % for 10 classes) <b>"},
+        {"code": "diverged", "model": "baseline", "message": "the baseline's training loss diverged"}]
+    page = render_report(job, metrics)
+    box = re.search(r'<div class="warnings" id="warnings">(.*?)</div>', page, re.S).group(1)
+    assert box.count("<strong>Warning:</strong>") == 2
+    assert "11.0 %, is near chance" in box and "&lt;b&gt;" in box and "<b>" not in box
+    assert "the baseline&#x27;s training loss diverged" in box
+    assert page.index('id="verdict"') < page.index('id="warnings"')
