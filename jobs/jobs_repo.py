@@ -46,6 +46,15 @@ def load_for_worker(session: Session, *, job_id: str) -> Job:
     return job
 
 
+def status_and_spec(session: Session, *, job_ids: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """{job id: (status, spec)} for the reaper, which routes each job it enqueues again by its spec.
+    By id alone, like `load_for_worker`: never with ids that came from a tenant's request."""
+    if not job_ids:
+        return {}
+    rows = session.execute(select(Job.id, Job.status, Job.spec).where(Job.id.in_(job_ids))).all()
+    return {row.id: (row.status, row.spec) for row in rows}
+
+
 def list_jobs(session: Session, *, tenant_id: str, limit: int = 20, after: str | None = None,
               status: str | None = None) -> tuple[list[Job], bool]:
     """Newest first; `after` is the last id of the previous page. Returns (rows, has_more)."""

@@ -11,7 +11,8 @@ from celery import signals
 
 from jobs.settings import settings
 from worker.celery_app import app
-from worker.presence import Presence, detect, worker_name
+from worker import context
+from worker.presence import Presence, detect
 from worker.reaper import start_reaper_thread
 
 log = logging.getLogger("worker")
@@ -22,7 +23,7 @@ _presence: Presence | None = None
 def _on_ready(**_):
     if _presence is not None:
         _presence.start()
-    start_reaper_thread()
+    start_reaper_thread(context.current())
 
 
 @signals.worker_shutdown.connect
@@ -55,8 +56,9 @@ def main() -> None:
         log.error("%s", e)
         sys.exit(2)
     warm_up()
-    name = worker_name()
-    _presence = Presence(settings, caps, name)
+    ctx = context.install(context.WorkerContext.build(settings))  # engine, store, name: once per process
+    name = ctx.name
+    _presence = Presence(ctx, caps)
     log.info("serving queues %s (device=%s, gpus=%d)", ",".join(caps.queues), caps.device, caps.gpus)
     app.worker_main(["worker", "--loglevel=INFO", "--pool=solo", "--concurrency=1", "-Q", ",".join(caps.queues),
                      f"--hostname={name}", "--without-gossip", "--without-mingle", "--without-heartbeat"])

@@ -16,9 +16,9 @@ import threading
 from dataclasses import dataclass
 
 from jobs import workers_repo
-from jobs.db import make_engine, make_sessionmaker
 from jobs.routing import choose_queues
 from jobs.settings import Settings
+from worker.context import WorkerContext
 
 log = logging.getLogger("worker.presence")
 
@@ -39,17 +39,11 @@ def detect(cfg: Settings) -> Capabilities:
     return Capabilities("cuda" if gpus else "cpu", gpus, choose_queues(gpus, cfg.worker_queue_list))
 
 
-def worker_name() -> str:
-    """The Celery hostname of this worker process, also its key in `workers`."""
-    return f"kd-worker-{os.getpid()}@{socket.gethostname()}"
-
-
 class Presence:
     """This worker's row in `workers`: register, beat in a thread, deregister."""
 
-    def __init__(self, cfg: Settings, caps: Capabilities, name: str | None = None):
-        self.cfg, self.caps, self.name = cfg, caps, name or worker_name()
-        self.sessions = make_sessionmaker(make_engine(cfg.db_url))
+    def __init__(self, ctx: WorkerContext, caps: Capabilities):
+        self.cfg, self.caps, self.name, self.sessions = ctx.cfg, caps, ctx.name, ctx.sessions
         self.stopped = threading.Event()
 
     def _register(self) -> None:

@@ -16,13 +16,11 @@ import logging
 import threading
 from datetime import datetime, timezone
 
-from sqlalchemy import select
-
-from jobs import lifecycle, workers_repo
-from jobs.db import make_engine, make_sessionmaker
+from jobs import jobs_repo, lifecycle, workers_repo
 from jobs.routing import RUN_JOB_TASK, queue_for
-from jobs.settings import Settings, settings as process_settings
-from jobs.tables import QUEUED, Job
+from jobs.settings import Settings
+from jobs.tables import QUEUED
+from worker.context import WorkerContext, current as current_context
 
 log = logging.getLogger("worker.reaper")
 
@@ -33,14 +31,13 @@ def reap_once(sessions, send, cfg: Settings) -> list[str]:
     now = datetime.now(timezone.utc)
     with sessions() as s:
         found = lifecycle.find_jobs_to_enqueue(s, now=now, queued_after_seconds=cfg.queued_requeue_after)
-        rows = s.execute(select(Job.id, Job.status, Job.spec).where(Job.id.in_(found))).all() if found else []
-        by_id = {row.id: row for row in rows}
+        status_and_spec = jobs_repo.status_and_spec(s, job_ids=found)
         served = workers_repo.live_queues(s, stale_seconds=cfg.worker_stale_seconds, now=now)
         ids = []
         for job_id in found:
-            row = by_id[job_id]
-            queue = queue_for(row.spec)
-            if row.status == QUEUED and queue not in served:
+            status, spec = status_and_spec[job_id]
+            queue = queue_for(spec)
+            if status == QUEUED and queue not in served:
                 continue  # nobody could take it; another message would only pile up in the broker
             send(job_id, queue)
             lifecycle.mark_enqueued(s, job_id=job_id)
@@ -51,11 +48,11 @@ def reap_once(sessions, send, cfg: Settings) -> list[str]:
     return ids
 
 
-def start_reaper_thread(cfg: Settings | None = None) -> threading.Event:
+def start_reaper_thread(ctx: WorkerContext | None = None) -> threading.Event:
     """Start the reaper loop in a daemon thread; set the returned event to stop it."""
-    cfg = cfg or process_settings
+    ctx = ctx or current_context()
+    cfg, sessions = ctx.cfg, ctx.sessions
     stop = threading.Event()
-    sessions = make_sessionmaker(make_engine(cfg.db_url))
     from worker.celery_app import app
 
     def send(job_id: str, queue: str) -> None:

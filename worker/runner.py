@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -35,10 +33,9 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import files_repo, jobs_repo, lifecycle, spec_files
-from jobs.artifact_store import ArtifactStore, make_store
-from jobs.db import make_engine, make_sessionmaker
+from jobs.artifact_store import ArtifactStore
 from jobs.errors import LeaseLost, NotFound
-from jobs.settings import Settings, settings as process_settings
+from jobs.settings import Settings
 from jobs.tables import utcnow
 from kdcore.errors import KDError
 from kdcore.onnx_sandbox import GraphLimits
@@ -47,6 +44,7 @@ from kdcore.pipeline import (EVENT_LEVELS, ONNX_FILE, STUDENT_FILE, SUMMARY_FILE
 from kdcore.spec import DistillSpec
 from kdcore.trainer import Stopped
 from worker.checkpoint_mirror import CheckpointMirror
+from worker.context import WorkerContext, current as current_context
 
 log = logging.getLogger("worker")
 PROGRESS_INTERVAL_SECONDS = 1.0  # progress rows are throttled; epochs and phases always write
@@ -65,32 +63,18 @@ STUCK_GRACE_SECONDS = 60.0
 # row by primary key, never a query per training step.
 CANCEL_POLL_SECONDS = 0.5
 
-_sessionmakers: dict[str, sessionmaker[Session]] = {}
-
-
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _sessions(cfg: Settings) -> sessionmaker[Session]:
-    if cfg.db_url not in _sessionmakers:
-        _sessionmakers[cfg.db_url] = make_sessionmaker(make_engine(cfg.db_url))
-    return _sessionmakers[cfg.db_url]
-
-
-def run_job(job_id: str, *, cfg: Settings | None = None, store: ArtifactStore | None = None) -> str:
+def run_job(job_id: str, ctx: WorkerContext | None = None) -> str:
     """Run one job if this worker can claim it. Returns what happened (for logs and tests):
-    not_claimed, succeeded, failed, cancelled or lease_lost."""
-    cfg = cfg or process_settings
-    store = store or make_store(cfg)
-    sessions = _sessions(cfg)
-    with sessions() as s:
-        attempt = lifecycle.claim(s, job_id=job_id, lease_seconds=cfg.lease_seconds, worker=worker_name())
+    not_claimed, succeeded, failed, cancelled or lease_lost. `ctx`: the worker process's
+    (worker/context.py) by default."""
+    ctx = ctx or current_context()
+    with ctx.sessions() as s:
+        attempt = lifecycle.claim(s, job_id=job_id, lease_seconds=ctx.cfg.lease_seconds, worker=ctx.name)
         s.commit()
     if attempt is None:
         log.info("job %s: not claimed (another worker owns it, or it is finished)", job_id)
         return "not_claimed"
-    job = JobRun(job_id, attempt, cfg=cfg, sessions=sessions, store=store)
+    job = JobRun(job_id, attempt, cfg=ctx.cfg, sessions=ctx.sessions, store=ctx.store, name=ctx.name)
     return job.run()
 
 
@@ -98,8 +82,9 @@ class JobRun(PipelineCallbacks):
     """One attempt at one job: the pipeline's callbacks, writing through fenced updates."""
 
     def __init__(self, job_id: str, attempt: int, *, cfg: Settings, sessions: sessionmaker[Session],
-                 store: ArtifactStore):
+                 store: ArtifactStore, name: str):
         self.job_id, self.attempt, self.cfg, self.sessions, self.store = job_id, attempt, cfg, sessions, store
+        self.name = name
         self.lease_lost = threading.Event()
         self.cancel_requested = threading.Event()
         self.stop_heartbeat = threading.Event()
@@ -134,7 +119,7 @@ class JobRun(PipelineCallbacks):
                 self.timed_out.set()
                 raise Stopped("the job's wall-clock limit had passed before this attempt started")
             self.baseline, self.epochs = spec.baseline, spec.hyperparameters.epochs
-            self.on_event("claimed", f"attempt {self.attempt} started on {worker_name()}", {"attempt": self.attempt})
+            self.on_event("claimed", f"attempt {self.attempt} started on {self.name}", {"attempt": self.attempt})
             self.checkpoints = CheckpointMirror(self.store, prefix=f"jobs/{self.job_id}/checkpoints",
                                                 local_dir=work / "checkpoints")
             self.checkpoints.pull()

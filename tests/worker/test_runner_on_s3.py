@@ -11,6 +11,7 @@ from api.app import create_app
 from jobs.artifact_store import make_store
 from jobs.settings import Settings
 from tests.conftest import API_KEY, upload
+from worker.context import WorkerContext
 from worker.runner import run_job
 
 pytestmark = pytest.mark.slow
@@ -40,7 +41,7 @@ def test_a_sweep_job_runs_from_the_bucket_and_checkpoints_every_run_to_it(clean_
         real_fetch = store.fetch
         monkeypatch.setattr(store, "fetch", lambda key, dest, **kw: fetched.append((key, dest, kw)) or
                             real_fetch(key, dest, **kw))
-        assert run_job(job_id, cfg=worker_cfg, store=store) == "succeeded"
+        assert run_job(job_id, WorkerContext.build(worker_cfg, store=store)) == "succeeded"
         job = client.get(f"/v1/jobs/{job_id}").json()
         assert job["status"] == "succeeded", job
         student = client.get(f"/v1/jobs/{job_id}/student")

@@ -168,3 +168,25 @@ def test_a_duplicate_delivery_trains_nothing(client, worker, digits_teacher):
     claims = [e for e in client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 500}).json()["data"]
               if e["type"] == "claimed"]
     assert len(claims) == 1
+
+
+def test_a_jobs_lease_owner_is_its_workers_row(client, worker, settings, digits_teacher):
+    """One worker name (worker/context.py): what a lease records joins the `workers` table (two
+    functions returned two formats before, host:pid and kd-worker-pid@host)."""
+    from sqlalchemy import select
+
+    from jobs.db import make_engine
+    from jobs.tables import Job, Worker
+
+    job = submit(client, digits_teacher, epochs=1)
+    wait_for(client, job["id"], lambda j: j["status"] in ("succeeded", "failed"), worker=worker)
+    engine = make_engine(settings.db_url)
+    try:
+        with engine.connect() as conn:
+            owner = conn.scalar(select(Job.worker).where(Job.id == job["id"]))
+            names = set(conn.scalars(select(Worker.name)))
+    finally:
+        engine.dispose()
+    assert owner in names and owner.startswith("kd-worker-")
+    events = client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 500}).json()["data"]
+    assert any(e["type"] == "claimed" and owner in e["message"] for e in events)
