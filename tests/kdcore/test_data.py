@@ -347,3 +347,24 @@ def test_batcher_drop_last_and_no_shuffle():
     b = IndexBatcher(25, 10, drop_last=True, shuffle=False)
     assert len(b) == 2
     assert [t.tolist() for t in b.epoch(5)] == [list(range(10)), list(range(10, 20))]
+
+
+def test_a_builtin_is_generated_once_and_each_caller_gets_its_own_copy(monkeypatch):
+    """A worker runs many jobs on a builtin: generating mnist1d (about 4 s) or parsing digits each time
+    was fixed cost per job. What a caller changes does not reach the next caller."""
+    from kdcore import data
+
+    import dataclasses
+
+    calls = []
+    builtin = data.DATASETS.get("digits")
+    counting = dataclasses.replace(builtin, load=lambda: calls.append(1) or builtin.load())
+    monkeypatch.setattr(data.DATASETS, "get", lambda name, **kw: counting)
+    monkeypatch.setattr(data, "_BUILTIN_CACHE", {})
+    first = data.load_builtin("digits")
+    first["train"].y[:] = -1
+    first["train"].num_classes = 3
+    second = data.load_builtin("digits")
+    assert len(calls) == 1
+    assert int(second["train"].y.min()) == 0 and second["train"].num_classes == 10
+    assert second["train"].x.data_ptr() != first["train"].x.data_ptr()
