@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from jobs import api_keys
-from tests.conftest import API_KEY, problem
+from tests.utils import API_KEY, problem
 
 ROUTES = [("GET", "/v1/files"), ("POST", "/v1/files"), ("GET", "/v1/files/x"), ("GET", "/v1/files/x/content"),
           ("DELETE", "/v1/files/x"), ("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("GET", "/v1/jobs/x"),

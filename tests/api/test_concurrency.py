@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from jobs.db import make_engine, make_sessionmaker
-from tests.conftest import API_KEY, upload
+from tests.utils import API_KEY, upload
 
 POOL_SIZE, REQUESTS = 2, 48
 

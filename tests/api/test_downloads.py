@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from jobs.settings import Settings
-from tests.conftest import API_KEY, problem, upload
+from tests.utils import API_KEY, problem, upload
 
 
 @pytest.fixture(params=["local", "s3"])

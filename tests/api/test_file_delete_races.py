@@ -19,7 +19,7 @@ from api import quotas, spec_resolution
 from jobs import jobs_repo
 from jobs.migrate import upgrade
 from jobs.settings import Settings
-from tests.conftest import problem, upload
+from tests.utils import problem, upload
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -145,7 +145,7 @@ def test_a_delete_or_submission_that_waits_past_the_lock_timeout_is_a_503_and_ch
     from jobs import api_keys
     from jobs.db import make_engine
     from jobs.tables import Tenant
-    from tests.conftest import API_KEY
+    from tests.utils import API_KEY
 
     with TestClient(create_app(settings.model_copy(update={"db_lock_timeout_ms": 500})),
                     raise_server_exceptions=False) as client:

@@ -7,7 +7,7 @@ import pickle
 
 import numpy as np
 
-from tests.conftest import problem, upload
+from tests.utils import problem, upload
 
 
 def _stored_files(settings) -> list:

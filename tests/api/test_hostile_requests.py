@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import problem, upload
+from tests.utils import problem, upload
 
 
 def test_a_range_with_thousands_of_digits_is_416_not_500(client, digits_teacher):

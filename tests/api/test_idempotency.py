@@ -19,7 +19,7 @@ from jobs import idempotency_repo, tenants_repo
 from jobs.migrate import upgrade
 from jobs.settings import Settings
 from jobs.tables import IN_FLIGHT, IdempotencyKey, utcnow
-from tests.conftest import REDIS_SERVER, REDIS_TEST_DB, problem, upload
+from tests.utils import REDIS_SERVER, REDIS_TEST_DB, problem, upload
 
 KEY = "order-7f3a"
 

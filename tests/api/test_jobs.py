@@ -9,27 +9,7 @@ import numpy as np
 import pytest
 import redis
 
-from tests.conftest import problem, upload
-from tests.conftest import REDIS_SERVER, REDIS_TEST_DB
-
-
-@pytest.fixture
-def teacher_id(client, digits_teacher) -> str:
-    return upload(client, digits_teacher[0], "teacher").json()["id"]
-
-
-def spec(teacher_id: str, **overrides) -> dict:
-    body = {"teacher": {"file_id": teacher_id, "arch": "mlp", "arch_params": {"hidden_sizes": [128]}},
-            "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}},
-            "dataset": {"builtin": "digits"},
-            "hyperparameters": {"epochs": 2}}
-    for dotted, value in overrides.items():
-        head, _, tail = dotted.partition(".")
-        if tail:
-            body.setdefault(head, {})[tail] = value
-        else:
-            body[head] = value
-    return body
+from tests.utils import REDIS_SERVER, REDIS_TEST_DB, problem, spec, upload
 
 
 def test_create_resolves_and_echoes_every_default(client, teacher_id):

@@ -14,8 +14,7 @@ import time
 
 import pytest
 
-from tests.conftest import API_KEY, Proc, service_env, wait_healthy
-from tests.e2e.test_lifecycle_http import free_port
+from tests.utils import API_KEY, free_port, Proc, service_env, wait_healthy
 
 pytestmark = pytest.mark.slow
 REQUESTS = 20

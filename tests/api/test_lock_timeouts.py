@@ -15,7 +15,7 @@ from api.app import create_app
 from jobs import api_keys
 from jobs.db import make_engine
 from jobs.tables import File, Tenant
-from tests.conftest import API_KEY, problem
+from tests.utils import API_KEY, problem
 
 CSV = b"a,label\n" + b"".join(b"%d.0,%d\n" % (i % 7, i % 2) for i in range(200))
 

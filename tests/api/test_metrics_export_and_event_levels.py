@@ -11,7 +11,7 @@ import json
 import pytest
 
 from jobs import lifecycle
-from tests.conftest import problem, upload
+from tests.utils import problem, upload
 
 SSE = {"Accept": "text/event-stream"}
 

@@ -14,7 +14,7 @@ from api.routes import files as files_route
 from jobs import lifecycle, quotas_repo, tenants_repo
 from jobs.migrate import upgrade
 from jobs.settings import Settings
-from tests.conftest import problem, upload
+from tests.utils import problem, upload
 
 JOB_QUOTA = 2
 BYTE_QUOTA = 100_000

@@ -13,8 +13,7 @@ from sqlalchemy import func, select
 
 from jobs import workers_repo
 from jobs.tables import Job
-from tests.api.test_jobs import spec, teacher_id  # noqa: F401 (a fixture)
-from tests.conftest import REDIS_SERVER, REDIS_TEST_DB, problem
+from tests.utils import REDIS_SERVER, REDIS_TEST_DB, problem, spec
 
 
 def queued_ids(queue: str) -> list[str]:

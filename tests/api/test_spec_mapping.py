@@ -10,7 +10,7 @@ import pytest
 from api.schemas.jobs import DatasetIn, HyperparametersIn, JobCreate, ResourcesIn, StudentIn, TeacherIn
 from jobs.spec_files import FILE_FIELDS
 from kdcore.spec import FIELD_HELP, DatasetSpec, Hyperparameters, ResourcesSpec, StudentSpec, TeacherSpec
-from tests.conftest import upload
+from tests.utils import upload
 
 SECTIONS = [("teacher", TeacherSpec, TeacherIn), ("student", StudentSpec, StudentIn),
             ("dataset", DatasetSpec, DatasetIn), ("hyperparameters", Hyperparameters, HyperparametersIn),

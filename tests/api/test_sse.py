@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from api import sse
 from jobs.tables import Job, JobEvent
-from tests.conftest import API_KEY, problem, upload
+from tests.utils import API_KEY, problem, upload
 
 SSE = {"Accept": "text/event-stream"}
 

@@ -6,7 +6,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from jobs.settings import Settings
-from tests.conftest import API_KEY, S3_CREDENTIALS
+from tests.utils import API_KEY, S3_CREDENTIALS
 
 
 def _ready(cfg: Settings):

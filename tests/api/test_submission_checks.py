@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from kdcore.models import build_model
-from tests.conftest import problem, upload
+from tests.utils import problem, upload
 
 
 @pytest.fixture

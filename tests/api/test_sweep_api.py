@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 
 from kdcore.spec import MAX_SWEEP_EPOCHS, MAX_SWEEP_POINTS
-from tests.api.test_jobs import spec, teacher_id  # noqa: F401  (fixture)
-from tests.conftest import problem
+from tests.utils import problem, spec
 
 
 def _hp(teacher_id: str, **hp) -> dict:

@@ -11,8 +11,7 @@ import pytest
 
 from kdcore.data import MAX_SAMPLES, load_builtin
 from kdcore.spec import MAX_UNLABELED_FILES
-from tests.conftest import problem, upload
-from tests.worker.test_worker_process import wait_for, worker  # noqa: F401 (a fixture)
+from tests.utils import problem, upload, wait_for
 
 ARCH = {"arch": "mlp", "arch_params": {"hidden_sizes": [128]}}
 

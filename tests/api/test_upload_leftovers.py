@@ -12,7 +12,7 @@ import time
 
 from api import uploads
 from api.uploads import _locked_temp_file, sweep_abandoned_uploads
-from tests.conftest import problem, upload
+from tests.utils import problem, upload
 
 
 def test_the_sweep_removes_only_temp_files_no_live_process_holds(tmp_path):

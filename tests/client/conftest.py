@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from kdclient import Client
-from tests.conftest import API_KEY
+from tests.utils import API_KEY
 
 
 @pytest.fixture

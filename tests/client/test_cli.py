@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kdclient import Client, cli
-from tests.conftest import API_KEY, ROOT
+from tests.utils import API_KEY, ROOT
 
 runner = CliRunner()
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from jobs.migrate import upgrade
-from tests.conftest import ROOT, Proc, service_env, start_worker, wait_healthy
+from tests.utils import ROOT, Proc, service_env, start_worker, wait_healthy
 
 pytestmark = pytest.mark.slow
 KEY = "kd_cli_" + "c" * 40

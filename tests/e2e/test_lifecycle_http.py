@@ -7,7 +7,6 @@ data directories: they share no disk, as on two machines."""
 from __future__ import annotations
 
 import hashlib
-import socket
 import sys
 import time
 
@@ -15,16 +14,10 @@ import httpx
 import pytest
 
 from jobs.migrate import upgrade
-from tests.conftest import Proc, service_env, start_worker, wait_healthy
+from tests.utils import free_port, Proc, service_env, start_worker, wait_healthy
 
 pytestmark = pytest.mark.slow
 KEY = "kd_e2e_" + "e" * 40
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(params=["production", "embedded", "production-s3"])

@@ -14,32 +14,7 @@ from jobs.artifact_store import ChecksumMismatch, LocalArtifactStore, StoredObje
 from jobs.artifact_store.s3 import MIN_PART_BYTES, S3ArtifactStore
 from jobs.errors import TooLarge
 from jobs.settings import Settings
-from tests.conftest import s3_client
-
-
-def settings_for(env: dict[str, str], **kwargs) -> Settings:
-    return Settings(**{k.removeprefix("KD_").lower(): v for k, v in env.items()}, **kwargs)
-
-
-@pytest.fixture(params=["local", "s3"])
-def store(request, tmp_path):
-    if request.param == "local":
-        return LocalArtifactStore(tmp_path / "artifacts")
-    env = request.getfixturevalue("s3_env")
-    made = make_store(settings_for(env, data_dir=tmp_path / "data", s3_part_bytes=MIN_PART_BYTES))
-    assert isinstance(made, S3ArtifactStore)
-    return made
-
-
-def leftovers(store) -> list[str]:
-    """Every object the store holds, temporary ones included (for S3: every object in the bucket
-    and every multipart upload not completed or aborted)."""
-    if isinstance(store, LocalArtifactStore):
-        return sorted(str(p.relative_to(store.root)) for p in store.root.rglob("*") if p.is_file())
-    pages = store.client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket)
-    names = [item["Key"].removeprefix(store.prefix + "/") for page in pages for item in page.get("Contents", [])]
-    uploads = store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
-    return sorted(names + [f"upload:{u['Key']}" for u in uploads])
+from tests.utils import leftovers, s3_client, settings_for
 
 
 def test_write_stream_hashes_and_stores(store):
@@ -221,7 +196,7 @@ def test_local_path_is_a_cached_verified_copy(s3_store):
 def test_a_bucket_that_does_not_exist_is_an_error_not_a_silent_local_fallback(s3_server, tmp_path):
     from botocore.exceptions import ClientError
 
-    from tests.conftest import S3_CREDENTIALS
+    from tests.utils import S3_CREDENTIALS
 
     store = make_store(settings_for({"KD_ARTIFACT_URL": "s3://no-such-bucket-kd/x", "KD_S3_ENDPOINT_URL": s3_server,
                                      **S3_CREDENTIALS}, data_dir=tmp_path))

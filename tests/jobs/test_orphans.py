@@ -15,7 +15,7 @@ from jobs import files_repo, quotas_repo, tenants_repo
 from jobs.artifact_store import LocalArtifactStore
 from jobs.db import make_sessionmaker
 from jobs.orphans import delete_unrecorded_uploads
-from tests.jobs.test_artifact_store import leftovers, store  # noqa: F401 (the store fixture: local and S3)
+from tests.utils import leftovers
 
 HOUR = 3600.0
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from kdcore.__main__ import ProgressPrinter, main
 from kdcore.spec import FIELD_HELP
-from tests.kdcore.test_pipeline import save_state_dict, train_digits_teacher
+from tests.kdcore.factories import save_state_dict, train_digits_teacher
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE_MODULES = ("fastapi", "starlette", "celery", "kombu", "sqlalchemy", "alembic", "redis",

@@ -4,7 +4,6 @@ with each kind of teacher file, standardisation and uploaded dataset files."""
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,84 +17,12 @@ from kdcore.errors import DataError, TeacherError
 from kdcore.evaluation import accuracy, predict_logits
 from kdcore.export import read_student_metadata
 from kdcore.models import build_model, count_params
-from kdcore.pipeline import PHASES, PipelineCallbacks, load_splits, run_distillation
-from kdcore.spec import DistillSpec
+from kdcore.pipeline import PHASES, load_splits, run_distillation
 from kdcore.trainer import Stopped
+from tests.kdcore.factories import PhaseRecorder, distill_spec, save_state_dict, train_digits_teacher
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
                                         "ignore::torch.jit.TracerWarning")
-
-TEACHER_PARAMS = {"hidden_sizes": [64]}
-STUDENT = {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}}
-FAST = {"epochs": 2, "learning_rate": 0.01, "device": "cpu"}
-
-
-def train_digits_teacher(num_classes: int = 10) -> torch.nn.Module:
-    """An mlp [64] trained for 50 full-batch Adam steps on the builtin digits train split (~95 %)."""
-    train = load_builtin("digits")["train"]
-    y = train.y % num_classes
-    torch.manual_seed(0)
-    model = build_model("mlp", TEACHER_PARAMS, input_shape=(64,), num_classes=num_classes)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(50):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(train.x), y).backward()
-        opt.step()
-    return model.eval()
-
-
-def save_state_dict(model: torch.nn.Module, path: Path) -> Path:
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def teacher_model() -> torch.nn.Module:
-    return train_digits_teacher()
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory, teacher_model) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("teachers")
-    out = {"state_dict": save_state_dict(teacher_model, d / "teacher.safetensors")}
-    x = torch.zeros(1, 64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(teacher_model, x, str(d / "teacher.onnx"), dynamo=False, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    out["onnx"] = d / "teacher.onnx"
-    train = load_builtin("digits")["train"]  # the builtin split in its original order
-    np.savez(d / "logits.npz", logits=predict_logits(teacher_model, train.x).numpy())
-    out["logits"] = d / "logits.npz"
-    return out
-
-
-def _spec(teacher_path: Path, *, teacher_arch: bool = True, dataset: dict | None = None,
-          baseline: bool = True, **hp) -> DistillSpec:
-    teacher = {"path": str(teacher_path)}
-    if teacher_arch:
-        teacher |= {"arch": "mlp", "arch_params": TEACHER_PARAMS}
-    return DistillSpec.from_dict({
-        "teacher": teacher, "student": STUDENT, "dataset": dataset or {"builtin": "digits"},
-        "hyperparameters": {**FAST, **hp}, "baseline": baseline,
-    })
-
-
-class PhaseRecorder(PipelineCallbacks):
-    def __init__(self):
-        self.phases: list[str] = []
-        self.events: list[tuple[str, dict | None]] = []
-        self.epochs = []
-
-    def on_phase(self, phase):
-        self.phases.append(phase)
-
-    def on_event(self, type, message, data=None):
-        self.events.append((type, data))
-
-    def on_epoch_end(self, metrics):
-        self.epochs.append(metrics)
-
 
 def _accuracy(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return accuracy(predict_logits(module, x), y)
@@ -107,7 +34,7 @@ def _accuracy(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> floa
 def state_dict_run(tmp_path_factory, files):
     out = tmp_path_factory.mktemp("out")
     cb = PhaseRecorder()
-    summary = run_distillation(_spec(files["state_dict"]), out_dir=out, callbacks=cb)
+    summary = run_distillation(distill_spec(files["state_dict"]), out_dir=out, callbacks=cb)
     return summary, out, cb
 
 
@@ -157,7 +84,7 @@ def test_phases_are_reported_in_the_documented_order(state_dict_run, files, tmp_
     assert cb.events[0][1]["train"] + cb.events[0][1]["validation"] == 1438
 
     cb2 = PhaseRecorder()
-    run_distillation(_spec(files["state_dict"], baseline=False, epochs=1), out_dir=tmp_path, callbacks=cb2,
+    run_distillation(distill_spec(files["state_dict"], baseline=False, epochs=1), out_dir=tmp_path, callbacks=cb2,
                      export_onnx_file=False)
     assert cb2.phases == [p for p in PHASES if p != "baseline"]
     assert not (tmp_path / "student.onnx").exists()
@@ -176,7 +103,7 @@ class StopAfterFirstCheckpoint(PhaseRecorder):
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoints_and_reports_every_epoch(files, tmp_path):
-    spec = _spec(files["state_dict"], baseline=False)
+    spec = distill_spec(files["state_dict"], baseline=False)
     with pytest.raises(Stopped):
         run_distillation(spec, out_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt",
                          callbacks=StopAfterFirstCheckpoint(), export_onnx_file=False)
@@ -192,7 +119,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoints_and_reports_every_epoch
 # ---- other teacher files ----
 
 def test_an_onnx_teacher(files, teacher_model, tmp_path):
-    summary = run_distillation(_spec(files["onnx"], teacher_arch=False, epochs=1), out_dir=tmp_path,
+    summary = run_distillation(distill_spec(files["onnx"], teacher_arch=False, epochs=1), out_dir=tmp_path,
                                export_onnx_file=False)
     test = load_builtin("digits")["test"]
     t, s = summary["teacher"], summary["student"]
@@ -207,7 +134,7 @@ def test_an_onnx_teacher(files, teacher_model, tmp_path):
 
 def test_a_precomputed_logits_teacher(files, tmp_path):
     cb = PhaseRecorder()
-    summary = run_distillation(_spec(files["logits"], teacher_arch=False, epochs=1), out_dir=tmp_path,
+    summary = run_distillation(distill_spec(files["logits"], teacher_arch=False, epochs=1), out_dir=tmp_path,
                                callbacks=cb, export_onnx_file=False)
     # The logits cover the training source only: validation (carved from it) has agreement, test has not.
     assert all(m.val_agreement is not None for m in cb.epochs if m.run == "student")
@@ -222,14 +149,14 @@ def test_a_precomputed_logits_teacher(files, tmp_path):
 
 def test_precomputed_logits_with_noise_augmentation_follow_the_training_rows(files, tmp_path):
     # Pure distillation (alpha 0): the student can only learn the digits from the right teacher rows.
-    spec = _spec(files["logits"], teacher_arch=False, baseline=False, epochs=4, alpha=0.0,
+    spec = distill_spec(files["logits"], teacher_arch=False, baseline=False, epochs=4, alpha=0.0,
                  augment="noise", noise_std=0.1)
     summary = run_distillation(spec, out_dir=tmp_path, export_onnx_file=False)
     assert summary["student"]["accuracy"] > 0.6
 
 
 def test_standardize_stores_the_standardizer_and_the_teacher_still_sees_raw_inputs(files, tmp_path, state_dict_run):
-    spec = _spec(files["state_dict"], dataset={"builtin": "digits", "standardize": True}, baseline=False)
+    spec = distill_spec(files["state_dict"], dataset={"builtin": "digits", "standardize": True}, baseline=False)
     summary = run_distillation(spec, out_dir=tmp_path, export_onnx_file=False)
     assert summary["standardized"] is True
     meta = read_student_metadata(tmp_path / "student.safetensors")
@@ -255,10 +182,10 @@ def test_standardize_stores_the_standardizer_and_the_teacher_still_sees_raw_inpu
 def test_a_teacher_with_the_wrong_number_of_classes_is_refused(tmp_path):
     path = save_state_dict(train_digits_teacher(num_classes=5), tmp_path / "five.safetensors")
     with pytest.raises(TeacherError):
-        run_distillation(_spec(path), out_dir=tmp_path / "out")
+        run_distillation(distill_spec(path), out_dir=tmp_path / "out")
     np.savez(tmp_path / "five.npz", logits=np.zeros((1438, 5), dtype=np.float32))
     with pytest.raises(TeacherError, match="5 classes"):
-        run_distillation(_spec(tmp_path / "five.npz", teacher_arch=False), out_dir=tmp_path / "out")
+        run_distillation(distill_spec(tmp_path / "five.npz", teacher_arch=False), out_dir=tmp_path / "out")
     assert not (tmp_path / "out" / "student.safetensors").exists()
 
 
@@ -274,7 +201,7 @@ def test_uploaded_train_and_validation_files(files, teacher_model, tmp_path):
     train, test = parts["train"], parts["test"]
     train_path = _write_npz(tmp_path / "train.npz", train.x[:1200], train.y[:1200])
     val_path = _write_npz(tmp_path / "val.npz", train.x[1200:], train.y[1200:])
-    spec = _spec(files["state_dict"], baseline=False, epochs=1,
+    spec = distill_spec(files["state_dict"], baseline=False, epochs=1,
                  dataset={"train_path": str(train_path), "validation_path": str(val_path)})
     cb = PhaseRecorder()
     summary = run_distillation(spec, out_dir=tmp_path / "out", callbacks=cb, export_onnx_file=False)
@@ -288,7 +215,7 @@ def test_uploaded_train_and_validation_files(files, teacher_model, tmp_path):
 
     # A test file, when given, is what the final evaluation uses.
     test_path = _write_npz(tmp_path / "test.npz", test.x, test.y)
-    spec = _spec(files["state_dict"], baseline=False, epochs=1,
+    spec = distill_spec(files["state_dict"], baseline=False, epochs=1,
                  dataset={"train_path": str(train_path), "test_path": str(test_path)})
     summary = run_distillation(spec, out_dir=tmp_path / "out2", export_onnx_file=False)
     assert summary["evaluated_on"] == "test" and summary["num_eval_samples"] == test.num_samples
@@ -298,7 +225,7 @@ def test_a_validation_file_with_another_input_shape_names_the_field(files, tmp_p
     train = load_builtin("digits")["train"]
     train_path = _write_npz(tmp_path / "train.npz", train.x, train.y)
     val_path = _write_npz(tmp_path / "val.npz", train.x[:50, :32], train.y[:50])
-    spec = _spec(files["state_dict"], dataset={"train_path": str(train_path), "validation_path": str(val_path)})
+    spec = distill_spec(files["state_dict"], dataset={"train_path": str(train_path), "validation_path": str(val_path)})
     with pytest.raises(DataError, match=r"\[32\].*\[64\]") as info:
         run_distillation(spec, out_dir=tmp_path / "out")
     assert info.value.field == "dataset.validation_path"

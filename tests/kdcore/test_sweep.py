@@ -14,7 +14,7 @@ from kdcore.export import load_student
 from kdcore.pipeline import PipelineCallbacks, load_splits, run_distillation
 from kdcore.spec import MAX_SWEEP_EPOCHS, MAX_SWEEP_POINTS, DistillSpec, Hyperparameters
 from kdcore.trainer import Callbacks, Stopped, train
-from tests.kdcore.test_pipeline import _spec, files, teacher_model  # noqa: F401  (fixtures)
+from tests.kdcore.factories import distill_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
                                         "ignore::torch.jit.TracerWarning")
@@ -91,7 +91,7 @@ class Recorder(PipelineCallbacks):
 
 
 def test_a_2x2_sweep_picks_the_best_point_and_exports_it(files, tmp_path):
-    spec = _spec(files["state_dict"], temperature=[1.0, 8.0], alpha=[0.0, 0.9])
+    spec = distill_spec(files["state_dict"], temperature=[1.0, 8.0], alpha=[0.0, 0.9])
     cb = Recorder()
     summary = run_distillation(spec, out_dir=tmp_path, callbacks=cb, export_onnx_file=False)
     sweep = summary["sweep"]
@@ -122,14 +122,14 @@ def test_a_2x2_sweep_picks_the_best_point_and_exports_it(files, tmp_path):
 
 
 def test_no_sweep_keeps_sweep_null(files, tmp_path):
-    summary = run_distillation(_spec(files["state_dict"], baseline=False, epochs=1), out_dir=tmp_path,
+    summary = run_distillation(distill_spec(files["state_dict"], baseline=False, epochs=1), out_dir=tmp_path,
                                export_onnx_file=False)
     assert summary["sweep"] is None and summary["temperature"] == 4.0
     assert summary["student"]["epochs_run"] == 1 and summary["student"]["stopped_early"] is False
 
 
 def test_an_interrupted_sweep_resumes_per_point_bit_identically(files, tmp_path):
-    spec = _spec(files["state_dict"], baseline=False, temperature=[2.0, 6.0], epochs=2)
+    spec = distill_spec(files["state_dict"], baseline=False, temperature=[2.0, 6.0], epochs=2)
     whole = run_distillation(spec, out_dir=tmp_path / "a", checkpoint_dir=tmp_path / "ca", export_onnx_file=False)
     with pytest.raises(Stopped):  # point 0 done, point 1 stopped after its first epoch
         run_distillation(spec, out_dir=tmp_path / "b", checkpoint_dir=tmp_path / "cb",
@@ -207,7 +207,7 @@ def test_early_stopping_and_restore_best_resume_bit_identically(tmp_path, stop_a
 
 
 def test_the_summary_records_epochs_and_best_epoch_for_student_and_baseline(files, tmp_path):
-    spec = _spec(files["state_dict"], epochs=4, learning_rate=1e-12, early_stopping_patience=1, restore_best=True)
+    spec = distill_spec(files["state_dict"], epochs=4, learning_rate=1e-12, early_stopping_patience=1, restore_best=True)
     summary = run_distillation(spec, out_dir=tmp_path, export_onnx_file=False)
     for run in ("student", "baseline"):
         s = summary[run]

@@ -18,7 +18,7 @@ from kdcore.errors import DataError, SpecError
 from kdcore.losses import kd_loss
 from kdcore.pipeline import load_splits, planned_steps, run_distillation
 from kdcore.spec import DistillSpec
-from tests.kdcore.test_pipeline import STUDENT, TEACHER_PARAMS, save_state_dict, train_digits_teacher
+from tests.kdcore.factories import STUDENT, TEACHER_PARAMS, save_state_dict, train_digits_teacher
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
                                         "ignore::torch.jit.TracerWarning")

@@ -13,7 +13,7 @@ from kdcore import load_builtin, verdict
 from kdcore.pipeline import EVENT_LEVELS, run_distillation
 from kdcore.verdict import (CHANCE_MARGIN, diverged, mcnemar_exact, near_chance, paired_comparison,
                             quality_warnings)
-from tests.kdcore.test_pipeline import PhaseRecorder, _spec, save_state_dict, train_digits_teacher
+from tests.kdcore.factories import PhaseRecorder, distill_spec, save_state_dict, train_digits_teacher
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
                                         "ignore::torch.jit.TracerWarning")
@@ -115,7 +115,7 @@ def teacher_file(tmp_path_factory):
 
 
 def test_a_run_reports_the_paired_comparison_of_the_same_rows(teacher_file, tmp_path):
-    summary = run_distillation(_spec(teacher_file), out_dir=tmp_path, export_onnx_file=False)
+    summary = run_distillation(distill_spec(teacher_file), out_dir=tmp_path, export_onnx_file=False)
     comparison, rows = summary["comparison"], summary["num_eval_samples"]
     b, c = comparison["student_only_right"], comparison["baseline_only_right"]
     assert comparison["rows"] == rows and comparison["test"] == "mcnemar_exact" and comparison["alpha"] == 0.05
@@ -128,7 +128,7 @@ def test_a_run_reports_the_paired_comparison_of_the_same_rows(teacher_file, tmp_
 
 
 def test_no_baseline_no_comparison(teacher_file, tmp_path):
-    summary = run_distillation(_spec(teacher_file, baseline=False), out_dir=tmp_path, export_onnx_file=False)
+    summary = run_distillation(distill_spec(teacher_file, baseline=False), out_dir=tmp_path, export_onnx_file=False)
     assert "comparison" not in summary and summary["baseline"] is None
 
 
@@ -141,7 +141,7 @@ def test_a_student_near_chance_is_warned_about_in_the_result_and_an_event(teache
     np.savez(tmp_path / "train.npz", x=train.x.numpy(), y=shuffled.numpy())
     np.savez(tmp_path / "test.npz", x=test.x.numpy(), y=test.y.numpy())
     cb = PhaseRecorder()
-    spec = _spec(teacher_file, dataset={"train_path": str(tmp_path / "train.npz"),
+    spec = distill_spec(teacher_file, dataset={"train_path": str(tmp_path / "train.npz"),
                                         "test_path": str(tmp_path / "test.npz")}, alpha=1.0, baseline=False)
     summary = run_distillation(spec, out_dir=tmp_path / "out", callbacks=cb, export_onnx_file=False)
     assert summary["student"]["accuracy"] < 0.15 < 0.9 < summary["teacher"]["accuracy"]

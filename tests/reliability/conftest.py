@@ -31,7 +31,7 @@ from api.app import create_app
 from jobs.db import make_engine, make_sessionmaker
 from jobs.settings import Settings
 from jobs.tables import Artifact, Job
-from tests.conftest import API_KEY, ROOT, Proc, service_env, upload
+from tests.utils import API_KEY, ROOT, Proc, service_env, upload
 
 FAST = {"KD_LEASE_SECONDS": "3", "KD_HEARTBEAT_SECONDS": "0.5", "KD_REAPER_INTERVAL": "0.5",
         "KD_QUEUED_REQUEUE_AFTER": "2"}
@@ -86,7 +86,7 @@ class Service:
         """The worker process that holds the job's newest claim."""
         with self.sessions() as s:
             claimed_by = s.scalar(select(Job.worker).where(Job.id == job_id))
-        pid = int(claimed_by.rsplit(":", 1)[1])
+        pid = int(claimed_by.removeprefix("kd-worker-").split("@", 1)[0])  # worker/context.py worker_name
         return next(p for p in self.workers.values() if p.popen.pid == pid)
 
     def kill(self, proc: Proc) -> None:

@@ -5,24 +5,13 @@ checkpoint that verifies, and ends with the very weights an uninterrupted run pr
 from __future__ import annotations
 
 import pytest
-import torch
 
 from kdcore.checkpoint import list_checkpoints
 from tests.reliability.conftest import assert_each_epoch_reported_once, assert_one_artifact_per_kind
+from tests.utils import assert_same_weights, wait_for_checkpoint
 
 pytestmark = pytest.mark.slow
 EPOCHS = 10
-
-
-def _assert_same_weights(got: dict, want: dict) -> None:
-    assert got.keys() == want.keys()
-    for name in want:
-        assert torch.equal(got[name], want[name]), name
-
-
-def _checkpointed(svc, job_id: str, epoch: int) -> None:
-    svc.wait_for_event(job_id, lambda e: e["type"] == "checkpoint" and e["data"]["epoch"] >= epoch,
-                       what=f"checkpoint of epoch {epoch}")
 
 
 def test_a_killed_workers_job_resumes_from_its_checkpoint_and_ends_bit_identical(
@@ -30,7 +19,7 @@ def test_a_killed_workers_job_resumes_from_its_checkpoint_and_ends_bit_identical
     svc = service()
     workers = svc.start_workers("one", "two")
     job = svc.submit(digits_teacher, epochs=EPOCHS)
-    _checkpointed(svc, job["id"], 1)
+    wait_for_checkpoint(svc, job["id"], 1)
     first = svc.owner(job["id"])
     svc.kill(first)  # mid-training: somewhere in epoch 2 or later
     (second,) = [w for w in workers if w is not first]
@@ -52,7 +41,7 @@ def test_a_killed_workers_job_resumes_from_its_checkpoint_and_ends_bit_identical
     assert_one_artifact_per_kind(svc, job["id"])
     assert svc.owner(job["id"]) is second
 
-    _assert_same_weights(svc.student_weights(job["id"]), want_weights)
+    assert_same_weights(svc.student_weights(job["id"]), want_weights)
     # the metric rows, the attempt that wrote them notwithstanding, are the uninterrupted run's
     got = {(m["run"], m["epoch"]): {k: v for k, v in m["values"].items() if k != "seconds"}
            for m in svc.metrics(job["id"])}
@@ -64,7 +53,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_the_one_before_resumed(
     svc = service()
     svc.start_workers("one", "two")
     job = svc.submit(digits_teacher, epochs=EPOCHS)
-    _checkpointed(svc, job["id"], 2)
+    wait_for_checkpoint(svc, job["id"], 2)
     svc.kill(svc.owner(job["id"]))
 
     directory = svc.settings.artifacts_path / "jobs" / job["id"] / "checkpoints" / "student"
@@ -91,4 +80,4 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_the_one_before_resumed(
     newest_epoch = int(newest.stem.split("-")[1])
     assert [e["attempt"] for e in events if e["type"] == "epoch" and e["data"]["epoch"] == newest_epoch] == [1]
     assert_one_artifact_per_kind(svc, job["id"])
-    _assert_same_weights(svc.student_weights(job["id"]), want_weights)
+    assert_same_weights(svc.student_weights(job["id"]), want_weights)

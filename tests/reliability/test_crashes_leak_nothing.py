@@ -17,8 +17,7 @@ from sqlalchemy import select
 
 from jobs.db import make_engine, make_sessionmaker
 from jobs.tables import File
-from tests.conftest import API_KEY, Proc, s3_client, service_env, wait_healthy
-from tests.e2e.test_lifecycle_http import free_port
+from tests.utils import API_KEY, free_port, Proc, s3_client, service_env, wait_healthy
 
 pytestmark = pytest.mark.slow
 GRACE = "2"  # KD_IDEMPOTENCY_IN_FLIGHT_SECONDS: how old an unrecorded object must be before it goes

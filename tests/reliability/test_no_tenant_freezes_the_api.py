@@ -15,8 +15,7 @@ from sqlalchemy import text
 
 from jobs import api_keys
 from jobs.db import make_engine, make_sessionmaker
-from tests.conftest import API_KEY, Proc, service_env, wait_healthy
-from tests.e2e.test_lifecycle_http import free_port
+from tests.utils import API_KEY, free_port, Proc, service_env, wait_healthy
 
 pytestmark = pytest.mark.slow
 PARALLEL = 12  # uploads racing for the room of two

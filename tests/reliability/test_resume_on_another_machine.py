@@ -11,7 +11,9 @@ import pytest
 from jobs.artifact_store import make_store
 from kdcore.checkpoint import list_checkpoints
 from tests.reliability.conftest import assert_each_epoch_reported_once, assert_one_artifact_per_kind
-from tests.reliability.test_crash_and_resume import EPOCHS, _assert_same_weights, _checkpointed
+from tests.utils import assert_same_weights, wait_for_checkpoint
+
+EPOCHS = 10
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +34,7 @@ def test_a_job_killed_on_one_machine_finishes_on_another_from_the_stores_checkpo
         proc.wait_for_output("ready.", timeout=90)
 
     job = svc.submit(digits_teacher, epochs=EPOCHS)
-    _checkpointed(svc, job["id"], 2)
+    wait_for_checkpoint(svc, job["id"], 2)
     first = svc.owner(job["id"])
     svc.kill(first)
     second = next(p for p in svc.workers.values() if p is not first)
@@ -54,7 +56,7 @@ def test_a_job_killed_on_one_machine_finishes_on_another_from_the_stores_checkpo
     assert not [e for e in events if e["type"] == "checkpoint_skipped"]
     assert_each_epoch_reported_once(svc, job["id"], runs=("student",), epochs=EPOCHS)
     assert_one_artifact_per_kind(svc, job["id"])
-    _assert_same_weights(svc.student_weights(job["id"]), want_weights)
+    assert_same_weights(svc.student_weights(job["id"]), want_weights)
     got = {(m["run"], m["epoch"]): {k: v for k, v in m["values"].items() if k != "seconds"}
            for m in svc.metrics(job["id"])}
     assert got == {(m["run"], m["epoch"]): {k: v for k, v in m.items() if k != "seconds"} for m in want_metrics}

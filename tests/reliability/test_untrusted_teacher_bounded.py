@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests import hostile_graphs as g
-from tests.conftest import API_KEY, service_env, start_worker, upload
+from tests.utils import API_KEY, service_env, start_worker, upload, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -39,16 +39,6 @@ def hanging_job(client, tmp_path) -> str:
         "dataset": {"train_file_id": did}, "hyperparameters": {"epochs": 2}})
     assert resp.status_code == 201, resp.text
     return resp.json()["id"]
-
-
-def wait_for(client, job_id, predicate, timeout, worker) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if predicate(job):
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id}: {job}\n{worker.output()[-3000:]}")
 
 
 def test_cancelling_a_job_whose_teacher_hangs_kills_the_teacher(client, settings, tmp_path):

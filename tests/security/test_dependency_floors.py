@@ -17,7 +17,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from tests.conftest import ROOT
+from tests.utils import ROOT
 
 FLOORS = {"torch": "2.10", "python-multipart": "0.0.27"}
 

@@ -21,7 +21,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.conftest import API_KEY, problem, upload
+from tests.utils import API_KEY, problem, upload
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

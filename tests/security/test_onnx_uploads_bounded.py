@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from jobs.settings import Settings
 from tests import hostile_graphs as g
-from tests.conftest import API_KEY, problem, upload
+from tests.utils import API_KEY, problem, upload
 
 
 def make_client(clean_pg, redis_url, tmp_path, **overrides) -> TestClient:

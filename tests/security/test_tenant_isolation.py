@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from jobs import api_keys
-from tests.conftest import API_KEY, problem, upload
+from tests.utils import API_KEY, problem, upload
 
 UNKNOWN = {"file_id": "file_" + "0" * 24, "job_id": "job_" + "0" * 24}
 

@@ -19,8 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, Proc, service_env, start_worker, wait_healthy
-from tests.e2e.test_lifecycle_http import free_port
+from tests.utils import ROOT, free_port, Proc, service_env, start_worker, wait_healthy
 
 pytestmark = pytest.mark.slow
 KEY = "kd_ui_e2e_" + "u" * 40

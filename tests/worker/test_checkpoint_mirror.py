@@ -10,8 +10,7 @@ import torch
 from jobs.artifact_store import LocalArtifactStore, make_store
 from jobs.artifact_store.s3 import MIN_PART_BYTES
 from kdcore.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
-from tests.conftest import s3_client
-from tests.jobs.test_artifact_store import settings_for
+from tests.utils import s3_client, settings_for
 from worker.checkpoint_mirror import CheckpointMirror
 
 PREFIX = "jobs/job_1/checkpoints"

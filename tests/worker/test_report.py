@@ -14,8 +14,7 @@ import time
 import pytest
 
 from jobs.report import render_report, verdict
-from tests.conftest import problem
-from tests.worker.test_worker_process import submit, wait_for, worker  # noqa: F401 (a fixture)
+from tests.utils import problem, submit, wait_for
 
 SENTENCE = re.compile(r'<p class="verdict" id="verdict">(.*?)</p>', re.S)
 

@@ -15,8 +15,7 @@ from sqlalchemy import select
 
 from jobs.db import make_engine, make_sessionmaker
 from jobs.tables import Worker
-from tests.conftest import API_KEY, ROOT, service_env, start_worker
-from tests.worker.test_worker_process import submit, wait_for
+from tests.utils import API_KEY, ROOT, service_env, start_worker, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +67,7 @@ def test_a_cuda_job_waits_with_a_reason_while_a_cpu_job_runs_on_the_cpu_worker(c
 
 
 def _body(client, teacher) -> dict:
-    from tests.conftest import upload
+    from tests.utils import upload
 
     path, arch = teacher
     tid = upload(client, path, "teacher").json()["id"]

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from jobs.artifact_store import make_store
 from jobs.settings import Settings
-from tests.conftest import API_KEY, upload
+from tests.utils import API_KEY, upload
 from worker.context import WorkerContext
 from worker.runner import run_job
 

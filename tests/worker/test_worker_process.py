@@ -10,40 +10,9 @@ import pytest
 import torch
 
 from kdcore import load_builtin, load_student
-from tests.conftest import API_KEY, service_env, start_worker, upload
+from tests.utils import API_KEY, service_env, start_worker, submit, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def worker(settings, tmp_path):
-    env = service_env(database_url=settings.db_url, broker_url=settings.celery_broker_url,
-                      data_dir=settings.data_dir, api_key=API_KEY, KD_HEARTBEAT_SECONDS="0.5",
-                      KD_LEASE_SECONDS="10", KD_REAPER_INTERVAL="2")
-    proc = start_worker(env, tmp_path / "worker.log")
-    yield proc
-    proc.stop()
-
-
-def submit(client, teacher, **hyper) -> dict:
-    path, arch = teacher
-    tid = upload(client, path, "teacher").json()["id"]
-    body = {"teacher": {"file_id": tid, **arch}, "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}},
-            "dataset": {"builtin": "digits", "standardize": True},
-            "hyperparameters": {"epochs": 3, "learning_rate": 0.01, **hyper}}
-    resp = client.post("/v1/jobs", json=body)
-    assert resp.status_code == 201, resp.text
-    return resp.json()
-
-
-def wait_for(client, job_id, predicate, timeout=180, worker=None) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if predicate(job):
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} stuck: {job}\n{worker.output()[-3000:] if worker else ''}")
 
 
 def test_a_job_runs_to_success_with_every_artifact(client, worker, digits_teacher):
