@@ -95,14 +95,20 @@ def check_state_dict_teacher(path: str, arch: str | None, arch_params: dict | No
         raise SpecError("a safetensors state-dict teacher needs its architecture", field="teacher.arch")
     params = resolve_arch_params(arch, arch_params, field="teacher.arch_params")
     check_input_shape(arch, params, data.input_shape, field="teacher.arch")
-    with torch.device("meta"):
-        model = build_model(arch, params, input_shape=data.input_shape, num_classes=data.num_classes)
-    parts = state_dict_mismatches(state_dict_shapes(model), header_shapes(path), arch)
+    parts = _header_mismatches(path, arch, params, data)
     if parts:
         raise SpecError(f"the teacher file does not match {arch} {params} with input shape "
                         f"{list(data.input_shape)} and {data.num_classes} classes: " + "; ".join(parts),
                         field="teacher.arch_params")
     return params
+
+
+def _header_mismatches(path: str, arch: str, params: dict, data: DataInfo) -> list[str]:
+    """How a safetensors file's header differs from `arch` built for the data on the meta device
+    (no memory, nothing but the header read); empty when it fits."""
+    with torch.device("meta"):
+        model = build_model(arch, params, input_shape=data.input_shape, num_classes=data.num_classes)
+    return state_dict_mismatches(state_dict_shapes(model), header_shapes(path), arch)
 
 
 def check_student_init(path: str, arch: str, arch_params: dict | None, data: DataInfo, *,
@@ -115,9 +121,7 @@ def check_student_init(path: str, arch: str, arch_params: dict | None, data: Dat
     if data.num_classes <= 0:
         return
     params = resolve_arch_params(arch, arch_params, field="student.arch_params")
-    with torch.device("meta"):
-        model = build_model(arch, params, input_shape=data.input_shape, num_classes=data.num_classes)
-    parts = state_dict_mismatches(state_dict_shapes(model), header_shapes(path), arch)
+    parts = _header_mismatches(path, arch, params, data)
     if parts:
         raise SpecError(f"the initial weights do not fit the student {arch} {params} with input shape "
                         f"{list(data.input_shape)} and {data.num_classes} classes: " + "; ".join(parts),

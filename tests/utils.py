@@ -187,3 +187,18 @@ def wait_for_checkpoint(svc, job_id: str, epoch: int) -> None:
     """Until the job (run by tests/reliability's `svc`) has checkpointed `epoch` or a later one."""
     svc.wait_for_event(job_id, lambda e: e["type"] == "checkpoint" and e["data"]["epoch"] >= epoch,
                        what=f"checkpoint of epoch {epoch}")
+
+
+def record_body_reads(monkeypatch) -> list:
+    """Make POST /v1/files note each time it starts reading a body; the list it appends to."""
+    from api.routes import files as files_route
+
+    reads: list = []
+    original = files_route.receive_upload
+
+    async def recording_receive_upload(*args, **kwargs):
+        reads.append(1)
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(files_route, "receive_upload", recording_receive_upload)
+    return reads

@@ -13,13 +13,12 @@ import redis
 from sqlalchemy import func, select, update
 
 from api import file_inspection
-from api.routes import files as files_route
 from api.routes import jobs as jobs_route
 from jobs import idempotency_repo, tenants_repo
 from jobs.migrate import upgrade
 from jobs.settings import Settings
 from jobs.tables import IN_FLIGHT, IdempotencyKey, utcnow
-from tests.utils import REDIS_SERVER, REDIS_TEST_DB, problem, upload
+from tests.utils import record_body_reads, REDIS_SERVER, REDIS_TEST_DB, problem, upload
 
 KEY = "order-7f3a"
 
@@ -292,14 +291,7 @@ def test_a_different_upload_with_the_same_key_is_422(client, settings, digits_te
 def test_an_upload_whose_key_is_in_flight_is_409_before_its_body_is_read(client, settings, digits_teacher,
                                                                           monkeypatch):
     hold_key_in_flight(client)
-    reads = []
-    original = files_route.receive_upload
-
-    async def recording_receive_upload(*args, **kwargs):
-        reads.append(1)
-        return await original(*args, **kwargs)
-
-    monkeypatch.setattr(files_route, "receive_upload", recording_receive_upload)
+    reads = record_body_reads(monkeypatch)
     err = problem(upload(client, digits_teacher[0], "teacher", headers={"Idempotency-Key": KEY}), 409)
     assert err["errors"][0]["field"] == "Idempotency-Key"
     assert reads == [] and file_ids(client) == [] and stored_files(settings) == []

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 
 from api import file_inspection
-from api.routes import files as files_route
 from jobs import lifecycle, quotas_repo, tenants_repo
 from jobs.migrate import upgrade
 from jobs.settings import Settings
-from tests.utils import problem, upload
+from tests.utils import record_body_reads, problem, upload
 
 JOB_QUOTA = 2
 BYTE_QUOTA = 100_000
@@ -155,14 +154,7 @@ def test_deleting_a_file_makes_room(client, tmp_path):
 
 def test_a_declared_length_over_the_quota_is_refused_before_the_body_is_read(client, settings, tmp_path,
                                                                               monkeypatch):
-    reads = []
-    original = files_route.receive_upload
-
-    async def recording_receive_upload(*args, **kwargs):
-        reads.append(1)
-        return await original(*args, **kwargs)
-
-    monkeypatch.setattr(files_route, "receive_upload", recording_receive_upload)
+    reads = record_body_reads(monkeypatch)
     big = tmp_path / "big.npz"
     big.write_bytes(b"\0" * (BYTE_QUOTA + 200_000))  # under the 2 MiB upload cap, over the quota
     err = refused(upload(client, big, "dataset"), "stored bytes quota", BYTE_QUOTA, 0, "3600")
