@@ -4,6 +4,7 @@ request helpers (`upload`, `problem`), job helpers (`spec`, `submit`, `wait_for`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -202,3 +203,25 @@ def record_body_reads(monkeypatch) -> list:
 
     monkeypatch.setattr(files_route, "receive_upload", recording_receive_upload)
     return reads
+
+
+@contextlib.contextmanager
+def tenant_row_locked(client, db_url: str):
+    """While inside, another session holds the API key's tenant row (SELECT ... FOR UPDATE), as a
+    stuck request would; released (rolled back) on the way out."""
+    from sqlalchemy import select
+
+    from jobs import api_keys
+    from jobs.db import make_engine
+    from jobs.tables import Tenant
+
+    with client.app.state.sessionmaker() as session:
+        tenant_id = api_keys.authenticate(session, plain_key=API_KEY).id
+    holder = make_engine(db_url)
+    try:
+        with holder.connect() as conn:
+            conn.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+            yield
+            conn.rollback()
+    finally:
+        holder.dispose()

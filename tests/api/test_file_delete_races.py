@@ -139,30 +139,18 @@ def test_a_delete_or_submission_that_waits_past_the_lock_timeout_is_a_503_and_ch
     if settings.db_url.startswith("sqlite"):
         pytest.skip("lock_timeout is PostgreSQL's (SQLite waits for its write lock, busy_timeout)")
     from fastapi.testclient import TestClient
-    from sqlalchemy import select
 
     from api.app import create_app
-    from jobs import api_keys
-    from jobs.db import make_engine
-    from jobs.tables import Tenant
-    from tests.utils import API_KEY
+    from tests.utils import API_KEY, tenant_row_locked
 
     with TestClient(create_app(settings.model_copy(update={"db_lock_timeout_ms": 500})),
                     raise_server_exceptions=False) as client:
         client.headers["Authorization"] = f"Bearer {API_KEY}"
         teacher = upload(client, digits_teacher[0], "teacher").json()["id"]
-        with client.app.state.sessionmaker() as session:
-            tenant_id = api_keys.authenticate(session, plain_key=API_KEY).id
-        holder = make_engine(clean_pg)  # another session holds the tenant's row, as a stuck request would
-        try:
-            with holder.connect() as conn:
-                conn.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
-                for resp in (client.delete(f"/v1/files/{teacher}"), client.post("/v1/jobs", json=job_body(teacher))):
-                    body = problem(resp, 503)
-                    assert "KD_DB_LOCK_TIMEOUT_MS" in body["detail"] and resp.headers["Retry-After"] == "1"
-                conn.rollback()
-        finally:
-            holder.dispose()
+        with tenant_row_locked(client, clean_pg):
+            for resp in (client.delete(f"/v1/files/{teacher}"), client.post("/v1/jobs", json=job_body(teacher))):
+                body = problem(resp, 503)
+                assert "KD_DB_LOCK_TIMEOUT_MS" in body["detail"] and resp.headers["Retry-After"] == "1"
         assert client.get(f"/v1/files/{teacher}").status_code == 200 and len(stored_objects(settings)) == 1
         assert client.get("/v1/jobs").json()["data"] == []
         assert client.delete(f"/v1/files/{teacher}").status_code == 204  # the lock gone

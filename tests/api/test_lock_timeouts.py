@@ -12,10 +12,8 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from api.app import create_app
-from jobs import api_keys
-from jobs.db import make_engine
 from jobs.tables import File, Tenant
-from tests.utils import API_KEY, problem
+from tests.utils import API_KEY, problem, tenant_row_locked
 
 CSV = b"a,label\n" + b"".join(b"%d.0,%d\n" % (i % 7, i % 2) for i in range(200))
 
@@ -41,20 +39,12 @@ def test_defaults_are_set_on_the_service_sessions(client):
 
 
 def test_an_upload_that_waits_past_lock_timeout_is_a_503_and_stores_nothing(locking_client, clean_pg):
-    with locking_client.app.state.sessionmaker() as session:
-        tenant_id = api_keys.authenticate(session, plain_key=API_KEY).id
-    holder = make_engine(clean_pg)  # another session holds the tenant's row, as a stuck request would
-    try:
-        with holder.connect() as conn:
-            conn.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
-            started = time.monotonic()
-            resp = locking_client.post("/v1/files", data={"purpose": "dataset"}, files={"file": ("d.csv", CSV)})
-            assert time.monotonic() - started < 20  # the lock wait was bounded (the lock is still held)
-            body = problem(resp, 503)
-            assert "KD_DB_LOCK_TIMEOUT_MS" in body["detail"] and resp.headers["Retry-After"] == "1"
-            conn.rollback()
-    finally:
-        holder.dispose()
+    with tenant_row_locked(locking_client, clean_pg):
+        started = time.monotonic()
+        resp = locking_client.post("/v1/files", data={"purpose": "dataset"}, files={"file": ("d.csv", CSV)})
+        assert time.monotonic() - started < 20  # the lock wait was bounded (the lock is still held)
+        body = problem(resp, 503)
+        assert "KD_DB_LOCK_TIMEOUT_MS" in body["detail"] and resp.headers["Retry-After"] == "1"
     with locking_client.app.state.sessionmaker() as session:
         assert session.scalar(select(File.id)) is None
     assert not list((locking_client.app.state.settings.data_dir / "tmp").glob("upload-*"))
