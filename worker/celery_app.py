@@ -54,6 +54,20 @@ def redis_transport_options(visibility_timeout: int) -> dict:
             "unacked_restore_throttle": max(1, round(sweep / interval))}
 
 
+# The embedded mode's SQLite broker (kombu's SQLAlchemy transport) has no way to wake a consumer: an
+# idle worker looks for a message every `polling_interval`, 1 s by default, so a job waited up to a
+# second before it started (bench/RESULTS.md, B5: 1.08 s median). A tenth of a second makes the wait
+# short at the cost of ten small queries a second on the broker's file while idle. kombu reads the
+# interval from the transport options, but its SQLAlchemy channel hands every option it does not
+# know to create_engine, which refuses this one, so it is set on the transport class, which only
+# this process's consumer uses.
+EMBEDDED_BROKER_POLL_SECONDS = 0.1
+
+if settings.celery_broker_url.startswith("sqla+"):
+    from kombu.transport import sqlalchemy as _sqla_transport
+
+    _sqla_transport.Transport.polling_interval = EMBEDDED_BROKER_POLL_SECONDS
+
 if settings.celery_broker_url.startswith(("redis://", "rediss://")):
     # (The SQLAlchemy transport of the embedded mode passes transport options to create_engine, so
     # they are Redis-only.)
