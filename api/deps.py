@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, AsyncIterator, Callable, Iterator, TypeVar
 
@@ -9,6 +12,7 @@ import anyio
 from fastapi import Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
@@ -95,21 +99,77 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 
 
-def current_tenant(session: SessionDep,
-                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Tenant:
-    """The tenant that owns the presented key; 401 for a missing, malformed, unknown or revoked key."""
-    challenge = {"WWW-Authenticate": "Bearer"}
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def presented_key(credentials: HTTPAuthorizationCredentials | None) -> str:
+    """The key of `Authorization: Bearer <key>`; 401 when the header is missing or malformed."""
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise Problem(401, "an API key is required: Authorization: Bearer <key>", slug="unauthorized",
-                      headers=challenge)
-    tenant = api_keys.authenticate(session, plain_key=credentials.credentials)
+                      headers={"WWW-Authenticate": "Bearer"})
+    return credentials.credentials
+
+
+async def _presented_key(credentials: BearerDep) -> str:
+    return presented_key(credentials)
+
+
+# The presented key, for routes that check it themselves in their one statement (jobs/reads.py). An
+# async dependency: it runs on the event loop, and a missing key is a 401 before any parameter check.
+KeyDep = Annotated[str, Depends(_presented_key)]
+
+
+def unknown_key() -> Problem:
+    """The one answer to an unknown or revoked key, whatever the route."""
+    return Problem(401, "the API key is unknown or revoked", slug="unauthorized",
+                   headers={"WWW-Authenticate": "Bearer"})
+
+
+def key_from_header(request: Request) -> str:
+    """The key of `Authorization: Bearer <key>`, read as `bearer` reads it, for routes that declare no
+    dependency (FastAPI's dependency solving costs more than their statement); 401 when missing."""
+    scheme, key = get_authorization_scheme_param(request.headers.get("Authorization"))
+    if not scheme or not key or scheme.lower() != "bearer":
+        return presented_key(None)
+    return key
+
+
+# What those routes declare in the OpenAPI document instead of the `bearer` dependency.
+BEARER_SECURITY = {"security": [{"HTTPBearer": []}]}
+
+
+async def read(request: Request, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """`fn(engine, *args, **kwargs)`, a read of one statement (jobs/reads.py), under a database slot and in
+    one thread of the app's read executor (a plain executor: half the cost of anyio's thread hop).
+    It takes a pooled connection and gives it back before it returns: a read never holds one, nor
+    its slot, while its response goes to the client."""
+    engine = request.app.state.engine
+    async with database_slot(request):
+        return await asyncio.get_running_loop().run_in_executor(_read_executor(request.app),
+                                                                functools.partial(fn, engine, *args, **kwargs))
+
+
+def _read_executor(app) -> ThreadPoolExecutor:
+    """The app's threads for `read` (created on first use; the lifespan shuts them down), as many as
+    its pool has connections: with the database slots, no read ever waits for a connection."""
+    executor = getattr(app.state, "read_executor", None)
+    if executor is None:
+        pool = app.state.engine.pool
+        threads = pool.size() + max(pool._max_overflow, 0) if isinstance(pool, QueuePool) else 8
+        executor = app.state.read_executor = ThreadPoolExecutor(threads, thread_name_prefix="kd-read")
+    return executor
+
+
+def current_tenant(session: SessionDep, credentials: BearerDep) -> Tenant:
+    """The tenant that owns the presented key; 401 for a missing, malformed, unknown or revoked key."""
+    tenant = api_keys.authenticate(session, plain_key=presented_key(credentials))
     # End the read transaction now (nothing was written; `tenant` stays loaded): its connection goes back
     # to the pool while this request waits for a worker thread for its route. Held across that wait,
     # a burst of requests deadlocks: every thread blocked on a pooled connection, every connection held
     # by a request waiting for a thread, until the pool's 30 s timeout (bench/RESULTS.md, B4).
     session.commit()
     if tenant is None:
-        raise Problem(401, "the API key is unknown or revoked", slug="unauthorized", headers=challenge)
+        raise unknown_key()
     return tenant
 
 

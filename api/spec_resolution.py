@@ -8,6 +8,8 @@ is decided here, once, as the device of the queue the job is routed to (`resourc
 
 from __future__ import annotations
 
+import json
+import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -21,9 +23,33 @@ from jobs.spec_files import FileField
 from kdcore.augment import check_input_shape as check_augment_shape
 from kdcore.data import MAX_DATASET_BYTES, MAX_SAMPLES
 from kdcore.errors import KDError, SpecError
+from kdcore import spec_checks
 from kdcore.spec import DistillSpec
 from kdcore.spec_checks import (DataInfo, builtin_info, check_state_dict_teacher, check_student,
                                 check_student_init, check_teacher_info)
+
+
+def _checked_student(arch: str, arch_params: dict | None, data: DataInfo, batch_size: int | None) -> dict[str, Any]:
+    """`check_student`, remembered for the students it accepted: it builds the student on the meta
+    device and runs one batch through it, about a fifth of a submission's CPU (bench/RESULTS.md, B4),
+    and a tenant submits the same few students again and again. A refusal is not kept (it raises
+    anew). Each call gets its own copy of the parameters."""
+    key = (arch, json.dumps(arch_params, sort_keys=True), data, batch_size,
+           spec_checks.MAX_STUDENT_PARAMETERS, spec_checks.MAX_ACTIVATION_BYTES)  # the limits it checks against
+    with _accepted_lock:
+        text = _accepted.get(key)
+    if text is None:
+        text = json.dumps(check_student(arch, arch_params, data, batch_size=batch_size))
+        with _accepted_lock:
+            if len(_accepted) >= _ACCEPTED_MAX:
+                _accepted.pop(next(iter(_accepted)))  # the oldest
+            _accepted[key] = text
+    return json.loads(text)
+
+
+_ACCEPTED_MAX = 256
+_accepted: dict[tuple, str] = {}
+_accepted_lock = threading.Lock()
 
 
 def resolve_spec(session: Session, *, tenant_id: str, body: JobCreate, store: ArtifactStore) -> dict[str, Any]:
@@ -45,8 +71,8 @@ def resolve_spec(session: Session, *, tenant_id: str, body: JobCreate, store: Ar
         data, labeled = _training_data(spec, rows)
         spec.resolve_labels(labeled)
         data = _check_labelled_files(data, rows)
-        spec.student.arch_params = check_student(spec.student.arch, spec.student.arch_params, data,
-                                                 batch_size=spec.hyperparameters.batch_size)
+        spec.student.arch_params = _checked_student(spec.student.arch, spec.student.arch_params, data,
+                                                    spec.hyperparameters.batch_size)
         check_augment_shape(spec.hyperparameters.augmentations, data.input_shape)
         _check_teacher(spec, rows["teacher.file_id"], data, store)
         if "student.init_file_id" in rows:

@@ -78,10 +78,15 @@ class QueueStatus:
 
 def queue_status(session: Session, *, job: Job, stale_seconds: float, now: datetime | None = None) -> QueueStatus:
     """Where a queued job stands: its queue, its position there, and why it may never start."""
-    queue = queue_for(job.spec)
     position = queue_position(session, job=job)
-    reason = None
-    if queue not in live_queues(session, stale_seconds=stale_seconds, now=now):
-        reason = (f"no live worker serves {describe(job.spec)} (queue {queue}); it starts when a worker that "
-                  f"serves {queue} is running")
-    return QueueStatus(queue, position, reason)
+    return QueueStatus(queue_for(job.spec), position,
+                       waiting_reason(job.spec, live_queues(session, stale_seconds=stale_seconds, now=now)))
+
+
+def waiting_reason(spec: dict | None, live: set[str] | frozenset[str]) -> str | None:
+    """Why a queued job with this spec may never start, given the queues live workers serve; None if one does."""
+    queue = queue_for(spec)
+    if queue in live:
+        return None
+    return (f"no live worker serves {describe(spec)} (queue {queue}); it starts when a worker that "
+            f"serves {queue} is running")

@@ -7,19 +7,18 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
 
 from api import quotas, sse
 from api.downloads import stored_download
-from api.deps import (BriefTenantDep, PageAfter, PageLimit, SessionDep, SettingsDep, StoreDep, TenantDep, bearer,
-                      in_session)
+from api.deps import (BEARER_SECURITY, BriefTenantDep, KeyDep, PageAfter, PageLimit, SessionDep, StoreDep,
+                      TenantDep, bearer, in_session, key_from_header, read, unknown_key)
 from api.idempotency import IdempotencyKeyDep, IdempotentRequest, fingerprint
 from api.problems import PROBLEM_SCHEMA, Problem
 from api.schemas.jobs import EventList, EventOut, JobCreate, JobList, JobOut, MetricList, MetricOut, Status
 from api.spec_resolution import check_files_still_exist, resolve_spec
-from jobs import files_repo, jobs_repo, lifecycle, workers_repo
+from jobs import files_repo, jobs_repo, lifecycle, reads, workers_repo
 from jobs.artifact_store import ArtifactStore
 from jobs.errors import NotFound
 from jobs.routing import queue_for
@@ -34,18 +33,21 @@ STUDENT_ARTIFACTS = {"safetensors": ("student_safetensors", "student.safetensors
 
 @router.post("", status_code=201, response_model=JobOut,
              responses={409: PROBLEM_SCHEMA, 422: PROBLEM_SCHEMA, 429: PROBLEM_SCHEMA})
-async def create_job(body: JobCreate, request: Request, session: SessionDep, tenant: TenantDep,
-                     store: StoreDep, settings: SettingsDep, key: IdempotencyKeyDep) -> JSONResponse:
+async def create_job(body: JobCreate, request: Request, tenant: BriefTenantDep,
+                     key: IdempotencyKeyDep) -> JSONResponse:
     """Submit a distillation job; a spec that cannot run is refused here with 422."""
     request_fingerprint = fingerprint(request.method, request.url.path, await request.json())
     # Async only to read the raw body; every call below blocks (database, broker), so they run in one
-    # worker thread. On the event loop, a wait for a pooled connection would stop every request,
-    # including those holding the connections it waits for: a deadlock until the pool's timeout.
-    return await run_in_threadpool(_create_job, request, session, tenant.id, body, store, settings, key,
-                                   request_fingerprint)
+    # worker thread with a session of their own (api/deps.py:in_session). On the event loop, a wait for a
+    # pooled connection would stop every request, including those holding the connections it waits
+    # for: a deadlock until the pool's timeout. Two thread hops in all (the key, then this), where a
+    # session, the key and the route as dependencies took four (bench/RESULTS.md, B4).
+    state = request.app.state
+    return await in_session(request, _create_job, request, tenant.id, body, state.store, state.settings, key,
+                            request_fingerprint)
 
 
-def _create_job(request: Request, session: Session, tenant_id: str, body: JobCreate, store: ArtifactStore,
+def _create_job(session: Session, request: Request, tenant_id: str, body: JobCreate, store: ArtifactStore,
                 settings: Settings, key: str | None, request_fingerprint: str) -> JSONResponse:
     idempotent = IdempotentRequest(session, settings, tenant_id=tenant_id, key=key)
     idempotent.begin(request_fingerprint)
@@ -72,25 +74,41 @@ def _create_job(request: Request, session: Session, tenant_id: str, body: JobCre
 
 
 @router.get("", response_model=JobList)
-def list_jobs(session: SessionDep, tenant: TenantDep,
-              limit: PageLimit = 20,
-              after: PageAfter = None,
-              status: Status | None = None) -> JobList:
+async def list_jobs(request: Request, key: KeyDep,
+                    limit: PageLimit = 20,
+                    after: PageAfter = None,
+                    status: Status | None = None) -> Response:
     """List jobs, newest first."""
-    rows, has_more = jobs_repo.list_jobs(session, tenant_id=tenant.id, limit=limit, after=after,
-                                    status=status.value if status else None)
-    return JobList(data=[JobOut.from_row(r) for r in rows], has_more=has_more)
+    page = await read(request, reads.jobs_for_key, key_hash=reads.key_hash(key),
+                      limit=limit, after=after, status=status.value if status else None)
+    if page.tenant_id is None:
+        raise unknown_key()
+    if not page.cursor_found:
+        raise NotFound(f"cursor {after!r} names no row to page after")
+    return _json(JobList(data=[JobOut.from_row(r) for r in page.jobs], has_more=page.has_more))
 
 
-@router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, session: SessionDep, tenant: TenantDep, settings: SettingsDep) -> JobOut:
+@router.get("/{job_id}", response_model=JobOut, openapi_extra=BEARER_SECURITY)
+async def get_job(job_id: str, request: Request) -> Response:
     """Retrieve one job: status, progress, error and result; while queued, its queue position and why it waits."""
-    row = jobs_repo.get(session, tenant_id=tenant.id, job_id=job_id)
-    out = JobOut.from_row(row)
-    if row.status == Status.queued:
-        waiting = workers_repo.queue_status(session, job=row, stale_seconds=settings.worker_stale_seconds)
-        out.queue_position, out.waiting_reason = waiting.position, waiting.waiting_reason
-    return out
+    # One statement checks the key and reads the job, its queue position and the live workers' queues
+    # (jobs/reads.py); no session and no dependency to solve (bench/RESULTS.md, B4).
+    found = await read(request, reads.job_for_key, key_hash=reads.key_hash(key_from_header(request)),
+                       job_id=job_id, stale_seconds=request.app.state.settings.worker_stale_seconds)
+    if found.tenant_id is None:
+        raise unknown_key()
+    if found.job is None:
+        raise NotFound(f"no job {job_id!r}")
+    out = JobOut.from_row(found.job)
+    if found.job.status == Status.queued:
+        out.queue_position = found.queue_position
+        out.waiting_reason = workers_repo.waiting_reason(found.job.spec, found.live_queues)
+    return _json(out)
+
+
+def _json(model) -> Response:
+    """The model as JSON, serialised once by pydantic (the route's response_model documents it)."""
+    return Response(model.model_dump_json(), media_type="application/json")
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses={409: PROBLEM_SCHEMA})

@@ -1,0 +1,265 @@
+"""The API's hot reads, one statement each: the presented key's tenant and the rows it asks for.
+
+`GET /v1/jobs/{id}` and `GET /v1/jobs` used to cost a session, an authentication query and its
+commit, then the job query, and for a queued job two more (its queue position, the live workers),
+each a round trip, plus the BEGIN and ROLLBACK around them (bench/RESULTS.md, B4). Here the key
+lookup is the statement's outer row, `api_keys` LEFT JOIN the tenant's jobs, so one round trip
+answers all of it:
+
+- no row: the key is unknown or revoked (401). Revocation takes effect at the next request: nothing
+  is cached;
+- a row whose job columns are NULL: the tenant has no such job (404), or no job on this page;
+- otherwise the job, and while it is queued its position and the queues live workers serve,
+  computed by scalar subqueries in the same statement.
+
+Each statement is written once, in SQLAlchemy Core, and compiled once per dialect. On PostgreSQL it
+runs on the pooled psycopg connection itself, in autocommit mode (no BEGIN and ROLLBACK round trips),
+with its rows read by position: SQLAlchemy's execution and result machinery cost about 120 µs of CPU
+per statement here, three times the statement's own client cost (B4's profile). Elsewhere (SQLite,
+the embedded mode) SQLAlchemy runs it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import namedtuple
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Engine, and_, bindparam, case, func, or_, select, tuple_, type_coerce
+from sqlalchemy.dialects.postgresql import JSONB
+
+from jobs.api_keys import KEY_PREFIX, hash_key
+from jobs.tables import JOB_STATUSES, QUEUED, ApiKey, Job, JobEvent, UTCDateTime, Worker, could_be_id, utcnow
+
+_keys = ApiKey.__table__
+_jobs = Job.__table__
+_older = _jobs.alias("older")
+_cursor = _jobs.alias("after_job")
+# what a job's representation reads (api/schemas/jobs.py: JobOut.from_row)
+_JOB_COLUMNS = [_jobs.c[name] for name in ("id", "status", "spec", "attempt", "max_attempts", "progress", "result",
+                                           "error_code", "error_message", "created_at", "started_at",
+                                           "finished_at", "updated_at")]
+
+
+@dataclass(frozen=True)
+class KeyedJob:
+    tenant_id: str | None  # None: the key is unknown or revoked
+    job: Any | None  # None: this tenant has no such job; else a row with the job's columns as attributes
+    queue_position: int | None = None  # while queued: older queued jobs on its queue
+    live_queues: frozenset[str] | None = None  # while queued: the queues live workers serve
+
+
+@dataclass(frozen=True)
+class KeyedPage:
+    tenant_id: str | None  # None: the key is unknown or revoked
+    jobs: list[Any]
+    has_more: bool
+    cursor_found: bool  # False when `after` names no job of this tenant
+
+
+def key_hash(plain_key: str) -> str | None:
+    """The stored hash of a presented key, or None when it cannot be one of ours."""
+    return hash_key(plain_key) if plain_key.startswith(KEY_PREFIX) else None
+
+
+class _Statement:
+    """A Core statement, compiled once for PostgreSQL's psycopg driver: its SQL, the values of its
+    literal parameters, and a row type naming its columns."""
+
+    def __init__(self, stmt):
+        from sqlalchemy.dialects.postgresql.psycopg import dialect
+
+        self.stmt = stmt
+        compiled = stmt.compile(dialect=dialect())
+        self.sql = str(compiled)
+        names = [c.key for c in stmt.selected_columns]
+        self.row = namedtuple("Row", names)
+        self.utc = [i for i, c in enumerate(stmt.selected_columns) if isinstance(c.type, UTCDateTime)]
+        # bound parameters with values (path keys, literals); the named ones are given per call
+        self.defaults = {k: v for k, v in compiled.construct_params(_check=False).items() if v is not None}
+
+    def rows(self, engine: Engine, params: dict[str, Any]) -> list:
+        if engine.dialect.name != "postgresql":
+            with engine.connect() as conn:
+                return conn.execute(self.stmt, params).all()
+        pooled = engine.raw_connection()  # pre-pinged, as any checkout
+        try:
+            conn = pooled.driver_connection
+            conn.autocommit = True
+            try:
+                raw = conn.execute(self.sql, {**self.defaults, **params}).fetchall()
+            finally:
+                if not conn.closed:
+                    conn.autocommit = False
+        except Exception:
+            if pooled.driver_connection.closed:
+                pooled.invalidate()
+            raise
+        finally:
+            pooled.close()
+        rows = []
+        for values in raw:
+            if self.utc:  # as UTCDateTime returns them, whatever the session's TimeZone
+                values = list(values)
+                for i in self.utc:
+                    if values[i] is not None:
+                        values[i] = values[i].astimezone(timezone.utc)
+            rows.append(self.row(*values))
+        return rows
+
+
+_statements: dict[tuple, _Statement] = {}
+
+
+def _device(table):
+    return func.coalesce(table.c.spec["resources"]["device"].as_string(), "cpu")
+
+
+def _gpus(table):
+    return func.coalesce(table.c.spec["resources"]["gpus"].as_integer(), 1)
+
+
+def _live_queues(dialect: str):
+    """Every live worker's `queues` list, aggregated into one JSON array (of arrays)."""
+    live = Worker.last_seen >= bindparam("cutoff", type_=UTCDateTime())
+    if dialect == "postgresql":
+        agg = type_coerce(func.jsonb_agg(Worker.queues), JSONB(none_as_null=True))
+    else:
+        agg = type_coerce(func.json_group_array(func.json(Worker.queues)), JSON(none_as_null=True))
+    return select(agg).where(live).scalar_subquery()
+
+
+def _job_statement(dialect: str) -> _Statement:
+    key = ("job", dialect)
+    if key not in _statements:
+        # the routing rule of jobs/routing.py (as workers_repo.queue_position writes it), between two rows
+        same_queue = and_(_device(_older) == _device(_jobs),
+                          or_(_device(_jobs) != "cuda", _gpus(_older) == _gpus(_jobs)))
+        position = (select(func.count()).select_from(_older)
+                    .where(_older.c.status == QUEUED, same_queue,
+                           tuple_(_older.c.created_at, _older.c.id) < tuple_(_jobs.c.created_at, _jobs.c.id))
+                    .correlate(_jobs).scalar_subquery())
+        queued = _jobs.c.status == QUEUED
+        _statements[key] = _Statement(
+            select(_keys.c.tenant_id.label("key_tenant_id"), *_JOB_COLUMNS,
+                   case((queued, position)).label("queue_position"),
+                   case((queued, _live_queues(dialect))).label("live_queues"))
+            .select_from(_keys.outerjoin(_jobs, and_(_jobs.c.tenant_id == _keys.c.tenant_id,
+                                                     _jobs.c.id == bindparam("job_id"))))
+            .where(_keys.c.key_hash == bindparam("key_hash"), _keys.c.revoked_at.is_(None)))
+    return _statements[key]
+
+
+def job_for_key(engine: Engine, *, key_hash: str | None, job_id: str, stale_seconds: float,
+                now: datetime | None = None) -> KeyedJob:
+    """The key's tenant and its job `job_id`, in one statement (see the module's docstring)."""
+    if key_hash is None:
+        return KeyedJob(None, None)
+    now = now or utcnow()
+    rows = _job_statement(engine.dialect.name).rows(engine, {
+        # an id we never issue (a NUL byte, 10 kB of text) is not sent: it names no row
+        "job_id": job_id if could_be_id(job_id) else "", "key_hash": key_hash,
+        "cutoff": now - timedelta(seconds=stale_seconds)})
+    if not rows:
+        return KeyedJob(None, None)
+    row = rows[0]
+    if row.id is None:
+        return KeyedJob(row.key_tenant_id, None)
+    live = None
+    if row.status == QUEUED:
+        lists = row.live_queues
+        if isinstance(lists, str):
+            lists = json.loads(lists)
+        live = frozenset(q for queues in (lists or []) for q in (queues or []))
+    return KeyedJob(row.key_tenant_id, row, row.queue_position, live)
+
+
+def _list_statement(dialect: str, *, status: bool, after: bool) -> _Statement:
+    key = ("list", dialect, status, after)
+    if key not in _statements:
+        on = [_jobs.c.tenant_id == _keys.c.tenant_id]
+        if status:
+            on.append(_jobs.c.status == bindparam("status"))
+        columns = [_keys.c.tenant_id.label("key_tenant_id")]
+        if after:
+            def cursor(column):
+                return (select(column).where(_cursor.c.id == bindparam("after"),
+                                             _cursor.c.tenant_id == _keys.c.tenant_id)
+                        .correlate(_keys).scalar_subquery())
+            cursor_id = cursor(_cursor.c.id)
+            on.append(tuple_(_jobs.c.created_at, _jobs.c.id) < tuple_(cursor(_cursor.c.created_at), cursor_id))
+            columns.append(cursor_id.label("cursor_id"))
+        _statements[key] = _Statement(
+            select(*columns, *_JOB_COLUMNS)
+            .select_from(_keys.outerjoin(_jobs, and_(*on)))
+            .where(_keys.c.key_hash == bindparam("key_hash"), _keys.c.revoked_at.is_(None))
+            .order_by(_jobs.c.created_at.desc(), _jobs.c.id.desc())
+            .limit(bindparam("limit")))
+    return _statements[key]
+
+
+def jobs_for_key(engine: Engine, *, key_hash: str | None, limit: int, after: str | None = None,
+                 status: str | None = None) -> KeyedPage:
+    """The key's tenant and a page of its jobs, newest first, after the job `after` (the cursor
+    pagination of jobs/pagination.py), in one statement."""
+    if key_hash is None:
+        return KeyedPage(None, [], False, True)
+    if status is not None and status not in JOB_STATUSES:
+        raise ValueError(f"status must be one of {', '.join(JOB_STATUSES)}")
+    params: dict[str, Any] = {"key_hash": key_hash, "limit": limit + 1}
+    if status is not None:
+        params["status"] = status
+    if after is not None:
+        params["after"] = after if could_be_id(after) else ""
+    rows = _list_statement(engine.dialect.name, status=status is not None, after=after is not None).rows(
+        engine, params)
+    if not rows:
+        return KeyedPage(None, [], False, True)
+    tenant_id = rows[0].key_tenant_id
+    if after is not None and rows[0].cursor_id is None:
+        return KeyedPage(tenant_id, [], False, False)
+    jobs = [r for r in rows if r.id is not None]
+    return KeyedPage(tenant_id, jobs[:limit], len(jobs) > limit, True)
+
+
+@dataclass(frozen=True)
+class StreamPoll:
+    found: bool  # False: the job is gone (deleted), or the key (when checked) is no longer valid
+    status: str | None
+    events: list[Any]  # rows with the job_events columns as attributes, in seq order
+
+
+def _stream_statement(dialect: str, *, check_key: bool) -> _Statement:
+    key = ("stream", dialect, check_key)
+    if key not in _statements:
+        events = JobEvent.__table__
+        columns = [_jobs.c.status.label("job_status"), *events.c]
+        if check_key:
+            columns.append(select(_keys.c.id).where(_keys.c.key_hash == bindparam("key_hash"),
+                                                    _keys.c.revoked_at.is_(None),
+                                                    _keys.c.tenant_id == _jobs.c.tenant_id)
+                           .correlate(_jobs).exists().label("key_valid"))
+        _statements[key] = _Statement(
+            select(*columns)
+            .select_from(_jobs.outerjoin(events, and_(events.c.job_id == _jobs.c.id,
+                                                      events.c.seq > bindparam("after_seq"))))
+            .where(_jobs.c.id == bindparam("job_id"), _jobs.c.tenant_id == bindparam("tenant_id"))
+            .order_by(events.c.seq)
+            .limit(bindparam("limit")))
+    return _statements[key]
+
+
+def stream_poll(engine: Engine, *, tenant_id: str, job_id: str, after_seq: int, limit: int,
+                key_hash: str | None = None, check_key: bool = False) -> StreamPoll:
+    """One poll of a live event stream (api/sse.py), in one statement: the job's status and its events
+    after `after_seq` (one snapshot: a terminal status implies its events are visible), and with
+    `check_key` whether the stream's key is still a valid key of the job's tenant."""
+    params: dict[str, Any] = {"job_id": job_id, "tenant_id": tenant_id, "after_seq": after_seq, "limit": limit}
+    if check_key:
+        params["key_hash"] = key_hash or ""
+    rows = _stream_statement(engine.dialect.name, check_key=check_key).rows(engine, params)
+    if not rows or (check_key and not rows[0].key_valid):
+        return StreamPoll(False, None, [])
+    return StreamPoll(True, rows[0].job_status, [r for r in rows if r.seq is not None])
