@@ -42,5 +42,8 @@ demo: install
 clean:
 	rm -rf var tests/artifacts .pytest_cache
 
+# B4 and B8 drive the API with wrk (Debian/Ubuntu package `wrk`); installed here when missing, else skipped
 bench: install
+	@command -v wrk >/dev/null 2>&1 || apt-get install -y wrk >/dev/null 2>&1 || sudo -n apt-get install -y wrk \
+		>/dev/null 2>&1 || echo "wrk is not installed and could not be: B4 and B8 are skipped"
 	$(BIN)/python -m bench.run_all

@@ -9,11 +9,16 @@ Each event is written as
     <blank line>
 
 so a client that reconnects sends `Last-Event-ID` and resumes after it. The stream polls the
-database every POLL_SECONDS through the caller's `run` (a database slot, a fresh session and a worker
-thread for that poll only: between polls the stream holds no connection and no slot), sends a
+database every POLL_SECONDS through the caller's `run` (a database slot, a pooled connection and a
+worker thread for that poll only: between polls the stream holds no connection and no slot), sends a
 `: keep-alive` comment every KEEPALIVE_SECONDS of silence, and ends once the job is in a terminal
 status and every event up to then has been sent, or, at the first poll KEY_CHECK_SECONDS after the
 last check that finds the stream's API key revoked, at once.
+
+A poll is one statement (jobs/reads.py:stream_poll: status, events and, every KEY_CHECK_SECONDS, the
+key) on a pooled connection in autocommit mode, in one thread hop (api/deps.py:read). It was a session
+per poll with two or three statements and their BEGIN and ROLLBACK: 200 idle streams took 0.86 of a
+core and GET job throughput fell to 20 % (bench/RESULTS.md, B8).
 """
 
 from __future__ import annotations
@@ -23,13 +28,12 @@ import time
 from collections import Counter
 from typing import AsyncIterator, Awaitable, Callable
 
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine
 from starlette.responses import StreamingResponse
 
 from api.problems import Problem
 from api.schemas.jobs import EventOut
-from jobs import api_keys, jobs_repo
-from jobs.errors import NotFound
+from jobs import jobs_repo, reads
 from jobs.tables import TERMINAL_STATUSES
 
 MEDIA_TYPE = "text/event-stream"
@@ -104,36 +108,35 @@ def format_event(event: EventOut) -> str:
     return f"id: {event.id}\nevent: {event.type}\ndata: {event.model_dump_json()}\n\n"
 
 
-def _poll(session: Session, tenant_id: str, job_id: str, after_seq: int,
-          plain_key: str | None) -> tuple[list[EventOut], bool]:
-    """(events after after_seq, whether the stream may end after them). The status is read before
-    the events, so a terminal status implies its events are visible. With `plain_key`, a key that is
-    no longer valid ends the stream."""
-    if plain_key is not None and api_keys.authenticate(session, plain_key=plain_key) is None:
+def _poll(engine: Engine, *, tenant_id: str, job_id: str, after_seq: int,
+          key_hash: str | None) -> tuple[list[EventOut], bool]:
+    """(events after after_seq, whether the stream may end after them), in one statement
+    (jobs/reads.py:stream_poll): the status and the events are one snapshot, so a terminal status
+    implies its events are visible. With `key_hash`, a key that is no longer valid ends the stream."""
+    poll = reads.stream_poll(engine, tenant_id=tenant_id, job_id=job_id, after_seq=after_seq, limit=BATCH,
+                             key_hash=key_hash, check_key=key_hash is not None)
+    if not poll.found:  # deleted while streaming, or the key was revoked: nothing more will come
         return [], True
-    try:
-        status = jobs_repo.get(session, tenant_id=tenant_id, job_id=job_id).status
-        rows = jobs_repo.events(session, tenant_id=tenant_id, job_id=job_id, after_seq=after_seq, limit=BATCH)
-    except NotFound:  # deleted while streaming: nothing more will come
-        return [], True
-    events = [EventOut.from_row(r) for r in rows]
-    return events, status in TERMINAL_STATUSES and len(rows) < BATCH
+    events = [EventOut.from_row(r) for r in poll.events]
+    return events, poll.status in TERMINAL_STATUSES and len(events) < BATCH
 
 
-Run = Callable[..., Awaitable]  # run(fn, *args): fn(session, *args) with a slot and a session of its own
+Run = Callable[..., Awaitable]  # run(fn, **kwargs): fn(engine, **kwargs) in a thread, under a database slot
 
 
 async def event_stream(run: Run, *, tenant_id: str, job_id: str, after_seq: int, plain_key: str,
                        poll_seconds: float = POLL_SECONDS, keepalive_seconds: float = KEEPALIVE_SECONDS,
                        key_check_seconds: float = KEY_CHECK_SECONDS) -> AsyncIterator[str]:
     """The SSE body. The caller has already checked that the job exists and is the tenant's."""
+    key_hash = reads.key_hash(plain_key) or ""  # "" names no key: the first check ends the stream
     last_sent = last_key_check = time.monotonic()
     yield f"retry: {int(poll_seconds * 2000)}\n\n"  # reconnect delay for EventSource clients
     while True:
         check_key = time.monotonic() - last_key_check >= key_check_seconds
         if check_key:
             last_key_check = time.monotonic()
-        events, done = await run(_poll, tenant_id, job_id, after_seq, plain_key if check_key else None)
+        events, done = await run(_poll, tenant_id=tenant_id, job_id=job_id, after_seq=after_seq,
+                                 key_hash=key_hash if check_key else None)
         for event in events:
             yield format_event(event)
             after_seq = event.id

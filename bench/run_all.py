@@ -8,7 +8,7 @@ from pathlib import Path
 import shutil
 
 from bench import (b1_engine_overhead, b2_teacher_cache, b3_data_path, b4_api_load, b5_queue_latency,
-                   b6_scale, b7_gpu)
+                   b6_scale, b7_gpu, b8_sse_load)
 from bench.timing import machine
 
 OUT = Path(__file__).resolve().parent / "RESULTS.md"
@@ -20,6 +20,7 @@ def main() -> None:
     b5 = b5_queue_latency.run()
     b6 = b6_scale.run()
     b7 = b7_gpu.run()
+    b8 = b8_sse_load.run() if shutil.which("wrk") else None
     m = machine()
     lines = [
         "# Benchmark results", "",
@@ -37,7 +38,7 @@ def main() -> None:
         f"{b3['dataloader_steps_per_s']:.0f} steps/s: **{b3['speedup']:.1f}×** | — | `python -m bench.b3_data_path` |",
         "", "Setups:", "",
         f"- B1: {b1['setup']}.", f"- B2: {b2['setup']}.", f"- B3: {b3['setup']}.", "",
-        *_b4_lines(b4), *_b5_lines(b5), *_b6_lines(b6), *_b7_lines(b7)]
+        *_b4_lines(b4), *_b5_lines(b5), *_b6_lines(b6), *_b7_lines(b7), *_b8_lines(b8)]
     OUT.write_text("\n".join(lines))
     print("\n".join(lines))
 
@@ -95,6 +96,23 @@ def _b7_lines(b7) -> list[str]:
                   f"{b7['cached_over_live_plain_bf16']:.2f}×; kdcore/plain (bf16) live {b7['kdcore_over_plain_bf16_live']:.2f}×, "
                   f"cached {b7['kdcore_over_plain_bf16_cached']:.2f}×.", ""]
     return lines
+
+
+def _b8_lines(b8) -> list[str]:
+    if b8 is None:
+        return ["B8 skipped: wrk is not installed (`apt-get install wrk`).", ""]
+    lines = [f"B8 reads under live streams (`python -m bench.b8_sse_load`): GET /v1/jobs/{{id}} with wrk (1 thread, "
+             f"8 s per cell), uvicorn with {b8['api_processes']} processes, PostgreSQL, Redis; without streams, with "
+             f"{b8['streams']} open SSE streams on /v1/jobs/{{id}}/events (one per queued job), and without again.", "",
+             "| connections | without: requests/s | with streams: requests/s | without again: requests/s | "
+             "with / without | p99 ms with streams |", "|---|---|---|---|---|---|"]
+    for n in b8["without"]:
+        lines.append(f"| {n} | {b8['without'][n]['rps']:.0f} | {b8['with_streams'][n]['rps']:.0f} | "
+                     f"{b8['without_again'][n]['rps']:.0f} | {100 * b8['share_with_streams'][n]:.0f} % | "
+                     f"{b8['with_streams'][n]['p99_ms']:.1f} |")
+    return lines + ["", f"The open streams alone (no other request) took {b8['api_cpu_cores_for_idle_streams']:.2f} "
+                        f"of a core of API CPU; {b8['streams_open_at_end']} were still open at the end. Target: with "
+                        "≥ 50 % of without (the mean of the runs before and after).", ""]
 
 
 if __name__ == "__main__":

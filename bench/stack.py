@@ -61,7 +61,9 @@ class Stack:
 
 
 @contextmanager
-def stack(*, production: bool = True, api_workers: int = 1, workers: int = 0) -> Iterator[Stack]:
+def stack(*, production: bool = True, api_workers: int = 1, workers: int = 0,
+          extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """`extra_env`: more KD_ settings for every process of the stack."""
     tmp = Path(tempfile.mkdtemp(prefix="kd-bench-"))
     admin = None
     if production:
@@ -78,7 +80,8 @@ def stack(*, production: bool = True, api_workers: int = 1, workers: int = 0) ->
     env = {k: v for k, v in os.environ.items() if not k.startswith("KD_")}
     env.update(KD_DATABASE_URL=db, KD_BROKER_URL=broker, KD_DATA_DIR=str(tmp), KD_BOOTSTRAP_API_KEY=API_KEY,
                KD_API_PORT=str(port), KD_API_WORKERS=str(api_workers), KD_HEARTBEAT_SECONDS="1",
-               KD_QUOTA_CONCURRENT_JOBS="100000", KD_QUOTA_STORED_BYTES=str(1 << 40), PYTHONPATH=str(ROOT))
+               KD_QUOTA_CONCURRENT_JOBS="100000", KD_QUOTA_STORED_BYTES=str(1 << 40), PYTHONPATH=str(ROOT),
+               **(extra_env or {}))
     s = Stack(f"http://127.0.0.1:{port}", env, tmp)
     try:
         s.start("api")

@@ -149,7 +149,7 @@ async def list_events(job_id: str, request: Request, tenant: BriefTenantDep,
     await in_session(request, lambda s: jobs_repo.get(s, tenant_id=tenant_id, job_id=job_id))  # 404 first
     release = request.app.state.stream_slots.reserve(tenant_id)  # 429 past KD_MAX_STREAMS_PER_TENANT
     try:
-        stream = sse.event_stream(lambda fn, *args: in_session(request, fn, *args), tenant_id=tenant_id,
+        stream = sse.event_stream(lambda fn, **kwargs: read(request, fn, **kwargs), tenant_id=tenant_id,
                                   job_id=job_id, after_seq=after, plain_key=credentials.credentials)
         return sse.CountedStreamingResponse(stream, release=release, media_type=sse.MEDIA_TYPE,
                                             headers=sse.HEADERS)

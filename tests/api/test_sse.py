@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 from sqlalchemy import func, select
@@ -114,11 +115,8 @@ def test_a_live_stream_keeps_alive_and_ends_once_the_job_finishes(client, teache
     with client.app.state.sessionmaker() as session:
         tenant_id = session.scalar(select(Job.tenant_id).where(Job.id == job["id"]))
 
-    async def run(fn, *args):  # a session per poll, in a thread, as the route's in_session does
-        def call():
-            with client.app.state.sessionmaker() as session:
-                return fn(session, *args)
-        return await asyncio.to_thread(call)
+    async def run(fn, **kwargs):  # a poll in a thread, on the app's engine, as the route's `read` does
+        return await asyncio.to_thread(fn, client.app.state.engine, **kwargs)
 
     async def follow() -> str:
         chunks = []
@@ -135,6 +133,46 @@ def test_a_live_stream_keeps_alive_and_ends_once_the_job_finishes(client, teache
     assert ": keep-alive" in comments
     assert [e["id"] for e in events] == list(range(1, len(events) + 1))
     assert events[-1]["event"] == "status" and events[-1]["data"]["data"]["status"] == "cancelled"
+
+
+def test_a_live_streams_poll_is_one_statement(client, teacher_id, monkeypatch):
+    """A stream polls every 0.5 s for as long as it is open, so what a poll costs is what open streams
+    cost (bench/RESULTS.md, B8: 200 idle streams took 0.86 of a core). A poll is the pool's ping and
+    one statement, the key check included; it was a session with BEGIN, two or three statements and
+    ROLLBACK."""
+    import psycopg
+
+    job = new_job(client, teacher_id)
+    statements, polls = [], []
+    real_execute, real_command, real_poll = psycopg.Cursor.execute, psycopg.Connection._exec_command, sse._poll
+
+    def execute(self, query, *args, **kwargs):
+        statements.append(str(query)[:40])
+        return real_execute(self, query, *args, **kwargs)
+
+    def command(self, command, *args, **kwargs):
+        statements.append(bytes(command)[:40] if isinstance(command, (bytes, bytearray)) else str(command)[:40])
+        return real_command(self, command, *args, **kwargs)
+
+    def poll(*args, **kwargs):
+        polls.append(1)
+        return real_poll(*args, **kwargs)
+
+    monkeypatch.setattr(sse, "KEY_CHECK_SECONDS", 0.0)  # every poll checks the key: the dearest poll
+    monkeypatch.setattr(sse, "POLL_SECONDS", 0.05)
+    monkeypatch.setattr(sse, "_poll", poll)
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    monkeypatch.setattr(psycopg.Connection, "_exec_command", command)
+    with client.stream("GET", f"/v1/jobs/{job['id']}/events", headers=SSE) as resp:
+        lines = resp.iter_lines()
+        assert next(lines).startswith("retry:")
+        before = len(statements), len(polls)
+        deadline = time.monotonic() + 30
+        while len(polls) - before[1] < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        counted = len(statements) - before[0], len(polls) - before[1]
+    assert counted[1] >= 10, counted
+    assert counted[0] <= 2 * counted[1] + 2, (counted, statements[before[0]:][:12])
 
 
 def test_the_openapi_document_names_the_event_stream(client):
