@@ -70,7 +70,7 @@ class GraphProcess:
         kind, payload = self._receive(limits.load_seconds, "loading the graph")
         if kind == b"E":
             self.close()
-            raise TeacherError(payload.decode("utf-8", "replace"), field=FIELD)
+            raise TeacherError(self._explain(payload.decode("utf-8", "replace")), field=FIELD)
         description = json.loads(payload)
         self.inputs: list[dict[str, Any]] = description["inputs"]
         self.outputs: list[dict[str, Any]] = description["outputs"]
@@ -89,8 +89,16 @@ class GraphProcess:
         self._send(kind, buffer.getvalue())
         answer, payload = self._receive(self.limits.batch_seconds, what)
         if answer == b"E":
-            raise TeacherError(payload.decode("utf-8", "replace"), field=FIELD)
+            raise TeacherError(self._explain(payload.decode("utf-8", "replace")), field=FIELD)
         return payload
+
+    def _explain(self, message: str) -> str:
+        """The child's error, with the memory limit named when an allocation is what failed."""
+        memory = self.limits.memory_bytes
+        if memory and any(s in message for s in ("Failed to allocate", "out of memory", "bad_alloc")):
+            message = (f"{message.strip()} (the graph's process is limited to {memory / 2**30:.1f} GiB of memory, "
+                       "a limit of the service)")
+        return message
 
     def close(self) -> None:
         self._finalizer()
