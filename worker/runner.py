@@ -283,10 +283,18 @@ class JobRun(PipelineCallbacks):
             raise LeaseLost(f"job {self.job_id}: attempt {self.attempt} no longer owns the job")
 
     def _write(self, fn, **kwargs) -> None:
+        self._write_all((fn, kwargs))
+
+    def _write_all(self, *writes) -> None:
+        """Fenced writes `(fn, kwargs)` in one transaction (one round of commits for what belongs
+        together, e.g. a phase's event and its progress)."""
+        results = []
         with self.sessions() as s:
-            result = fn(s, job_id=self.job_id, attempt=self.attempt, **kwargs)
+            for fn, kwargs in writes:
+                results.append(fn(s, job_id=self.job_id, attempt=self.attempt, **kwargs))
             s.commit()
-        self._fenced(result is not None and result is not False)
+        for result in results:
+            self._fenced(result is not None and result is not False)
 
     # --- pipeline callbacks ---------------------------------------------------------------------
     def should_stop(self) -> bool:
@@ -296,8 +304,8 @@ class JobRun(PipelineCallbacks):
 
     def on_phase(self, phase: str) -> None:
         self.phase = phase
-        self._write(lifecycle.add_event, type="phase", message=f"phase {phase}", data={"phase": phase})
-        self._progress(force=True)
+        self._write_all((lifecycle.add_event, {"type": "phase", "message": f"phase {phase}", "data": {"phase": phase}}),
+                        (lifecycle.set_progress, {"progress": self._progress_now(force=True)}))
 
     def on_event(self, type: str, message: str, data: dict | None = None) -> None:
         self._write(lifecycle.add_event, type=type, message=message, data=data,
@@ -350,9 +358,15 @@ class JobRun(PipelineCallbacks):
                     data={"run": run, "epoch": epoch})
 
     def _progress(self, *, epoch=None, step=None, steps=None, run=None, force=False) -> None:
+        progress = self._progress_now(epoch=epoch, step=step, steps=steps, force=force)
+        if progress is not None:
+            self._write(lifecycle.set_progress, progress=progress)
+
+    def _progress_now(self, *, epoch=None, step=None, steps=None, force=False) -> dict | None:
+        """The progress row as of now, or None when the last one is under PROGRESS_INTERVAL_SECONDS old."""
         now = time.monotonic()
         if not force and now - self.last_progress < PROGRESS_INTERVAL_SECONDS:
-            return
+            return None
         self.last_progress = now
         fraction = self.last_fraction = max(self._fraction(epoch, step, steps), self.last_fraction)
         elapsed = now - self.started
@@ -360,7 +374,7 @@ class JobRun(PipelineCallbacks):
         progress = {"phase": self.phase, "epoch": epoch, "epochs": self.run_epochs or self.epochs, "step": step,
                     "steps": steps,
                     "fraction": round(fraction, 4), "eta_seconds": None if eta is None else round(eta, 1)}
-        self._write(lifecycle.set_progress, progress=progress)
+        return progress
 
     def _fraction(self, epoch, step, steps) -> float:
         train_share = 1.0 - SETUP_SHARE - FINISH_SHARE
