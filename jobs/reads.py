@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Engine, and_, bindparam, case, func, or_, select, tuple_, type_coerce
+from sqlalchemy import JSON, Engine, Text, and_, bindparam, case, cast, func, or_, select, tuple_, type_coerce
 from sqlalchemy.dialects.postgresql import JSONB
 
 from jobs.api_keys import KEY_PREFIX, hash_key
@@ -38,9 +38,14 @@ _jobs = Job.__table__
 _older = _jobs.alias("older")
 _cursor = _jobs.alias("after_job")
 # what a job's representation reads (api/schemas/jobs.py: JobOut.from_row)
-_JOB_COLUMNS = [_jobs.c[name] for name in ("id", "status", "spec", "attempt", "max_attempts", "progress", "result",
-                                           "error_code", "error_message", "created_at", "started_at",
-                                           "finished_at", "updated_at")]
+JOB_FIELDS = ("id", "status", "spec", "attempt", "max_attempts", "progress", "result", "error_code", "error_message",
+              "created_at", "started_at", "finished_at", "updated_at")
+JSON_FIELDS = ("spec", "progress", "result")
+_JOB_COLUMNS = [_jobs.c[name] for name in JOB_FIELDS]
+# a page's rows carry their JSON columns as text: the API keeps each job's JSON by its row, and a row
+# it has seen is answered without parsing them (api/job_json.py)
+_PAGE_COLUMNS = [cast(_jobs.c[name], Text).label(name) if name in JSON_FIELDS else _jobs.c[name]
+                 for name in JOB_FIELDS]
 
 
 @dataclass(frozen=True)
@@ -192,7 +197,7 @@ def _list_statement(dialect: str, *, status: bool, after: bool) -> _Statement:
             on.append(tuple_(_jobs.c.created_at, _jobs.c.id) < tuple_(cursor(_cursor.c.created_at), cursor_id))
             columns.append(cursor_id.label("cursor_id"))
         _statements[key] = _Statement(
-            select(*columns, *_JOB_COLUMNS)
+            select(*columns, *_PAGE_COLUMNS)
             .select_from(_keys.outerjoin(_jobs, and_(*on)))
             .where(_keys.c.key_hash == bindparam("key_hash"), _keys.c.revoked_at.is_(None))
             .order_by(_jobs.c.created_at.desc(), _jobs.c.id.desc())
@@ -203,7 +208,7 @@ def _list_statement(dialect: str, *, status: bool, after: bool) -> _Statement:
 def jobs_for_key(engine: Engine, *, key_hash: str | None, limit: int, after: str | None = None,
                  status: str | None = None) -> KeyedPage:
     """The key's tenant and a page of its jobs, newest first, after the job `after` (the cursor
-    pagination of jobs/pagination.py), in one statement."""
+    pagination of jobs/pagination.py), in one statement. The rows' JSON_FIELDS are JSON text."""
     if key_hash is None:
         return KeyedPage(None, [], False, True)
     if status is not None and status not in JOB_STATUSES:

@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
 
-from api import quotas, sse
+from api import job_json, quotas, sse
 from api.downloads import stored_download
 from api.deps import (BEARER_SECURITY, BriefTenantDep, KeyDep, PageAfter, PageLimit, SessionDep, StoreDep,
                       TenantDep, bearer, in_session, key_from_header, read, unknown_key)
@@ -85,7 +85,7 @@ async def list_jobs(request: Request, key: KeyDep,
         raise unknown_key()
     if not page.cursor_found:
         raise NotFound(f"cursor {after!r} names no row to page after")
-    return _json(JobList(data=[JobOut.from_row(r) for r in page.jobs], has_more=page.has_more))
+    return Response(job_json.page_json(page.jobs, page.has_more), media_type="application/json")
 
 
 @router.get("/{job_id}", response_model=JobOut, openapi_extra=BEARER_SECURITY)
