@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
 
 from api.problems import Problem
-from jobs import api_keys
+from jobs import api_keys, reads
 from jobs.artifact_store import ArtifactStore
 from jobs.settings import Settings
 from jobs.tables import Tenant
@@ -178,9 +178,13 @@ TenantDep = Annotated[Tenant, Depends(current_tenant)]
 
 async def current_tenant_briefly(
         request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Tenant:
-    """`current_tenant` with a session and a database slot of its own, both given back before the
-    route runs: a route that then waits on its client (an upload's body) holds no connection."""
-    return await in_session(request, lambda session: current_tenant(session, credentials))
+    """`current_tenant` as one statement (jobs/reads.py:tenant_for_key) with a connection and a database
+    slot of its own, both given back before the route runs: a route that then waits on its client (an
+    upload's body) holds no connection. The tenant returned is detached (its id and name)."""
+    found = await read(request, reads.tenant_for_key, key_hash=reads.key_hash(presented_key(credentials)))
+    if found is None:
+        raise unknown_key()
+    return Tenant(id=found[0], name=found[1])
 
 
 BriefTenantDep = Annotated[Tenant, Depends(current_tenant_briefly)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from sqlalchemy.orm import Session
 
@@ -32,23 +32,29 @@ from kdcore.spec_checks import (DataInfo, builtin_info, check_state_dict_teacher
 def _checked_student(arch: str, arch_params: dict | None, data: DataInfo, batch_size: int | None) -> dict[str, Any]:
     """`check_student`, remembered for the students it accepted: it builds the student on the meta
     device and runs one batch through it, about a fifth of a submission's CPU (bench/RESULTS.md, B4),
-    and a tenant submits the same few students again and again. A refusal is not kept (it raises
-    anew). Each call gets its own copy of the parameters."""
-    key = (arch, json.dumps(arch_params, sort_keys=True), data, batch_size,
+    and a tenant submits the same few students again and again."""
+    key = ("student", arch, json.dumps(arch_params, sort_keys=True), data, batch_size,
            spec_checks.MAX_STUDENT_PARAMETERS, spec_checks.MAX_ACTIVATION_BYTES)  # the limits it checks against
+    return _accepted(key, lambda: check_student(arch, arch_params, data, batch_size=batch_size))
+
+
+def _accepted(key: tuple, check: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`check()`'s result (resolved parameters), kept under `key` once it has passed: the checks
+    remembered here are pure functions of their key. A refusal is not kept (it raises anew). Each
+    call gets its own copy."""
     with _accepted_lock:
-        text = _accepted.get(key)
+        text = _accepted_results.get(key)
     if text is None:
-        text = json.dumps(check_student(arch, arch_params, data, batch_size=batch_size))
+        text = json.dumps(check())
         with _accepted_lock:
-            if len(_accepted) >= _ACCEPTED_MAX:
-                _accepted.pop(next(iter(_accepted)))  # the oldest
-            _accepted[key] = text
+            if len(_accepted_results) >= _ACCEPTED_MAX:
+                _accepted_results.pop(next(iter(_accepted_results)))  # the oldest
+            _accepted_results[key] = text
     return json.loads(text)
 
 
 _ACCEPTED_MAX = 256
-_accepted: dict[tuple, str] = {}
+_accepted_results: dict[tuple, str] = {}
 _accepted_lock = threading.Lock()
 
 
@@ -202,9 +208,12 @@ def _check_teacher(spec: DistillSpec, row, data: DataInfo, store: ArtifactStore)
                             f"{data.num_classes} classes", field="teacher.file_id")
         # its header is read from a local copy (an S3 store's cached one; the directory store's file)
         with _stored(row, "teacher.file_id"):
-            path = str(store.local_path(row.storage_key))
-            spec.teacher.arch_params = check_state_dict_teacher(path, spec.teacher.arch,
-                                                                spec.teacher.arch_params, data)
+            arch, arch_params = spec.teacher.arch, spec.teacher.arch_params
+            # a stored object never changes (its key is written once): the check of its header against an
+            # architecture is kept like the student's (it builds the teacher on the meta device)
+            key = ("teacher", row.storage_key, row.sha256, arch, json.dumps(arch_params, sort_keys=True), data)
+            spec.teacher.arch_params = _accepted(key, lambda: check_state_dict_teacher(
+                str(store.local_path(row.storage_key)), arch, arch_params, data))
         return
     if spec.teacher.arch is not None or spec.teacher.arch_params:
         raise SpecError(f"only a safetensors state-dict teacher takes an architecture; this teacher is "

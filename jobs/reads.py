@@ -31,7 +31,8 @@ from sqlalchemy import JSON, Engine, Text, and_, bindparam, case, cast, func, or
 from sqlalchemy.dialects.postgresql import JSONB
 
 from jobs.api_keys import KEY_PREFIX, hash_key
-from jobs.tables import JOB_STATUSES, QUEUED, ApiKey, Job, JobEvent, UTCDateTime, Worker, could_be_id, utcnow
+from jobs.tables import (JOB_STATUSES, QUEUED, ApiKey, Job, JobEvent, Tenant, UTCDateTime, Worker, could_be_id,
+                         utcnow)
 
 _keys = ApiKey.__table__
 _jobs = Job.__table__
@@ -268,3 +269,22 @@ def stream_poll(engine: Engine, *, tenant_id: str, job_id: str, after_seq: int, 
     if not rows or (check_key and not rows[0].key_valid):
         return StreamPoll(False, None, [])
     return StreamPoll(True, rows[0].job_status, [r for r in rows if r.seq is not None])
+
+
+def _tenant_statement(dialect: str) -> _Statement:
+    key = ("tenant", dialect)
+    if key not in _statements:
+        tenants = Tenant.__table__
+        _statements[key] = _Statement(
+            select(tenants.c.id, tenants.c.name).select_from(tenants.join(_keys, _keys.c.tenant_id == tenants.c.id))
+            .where(_keys.c.key_hash == bindparam("key_hash"), _keys.c.revoked_at.is_(None)))
+    return _statements[key]
+
+
+def tenant_for_key(engine: Engine, *, key_hash: str | None) -> tuple[str, str] | None:
+    """(id, name) of the tenant whose valid key has this hash, or None: api_keys.authenticate in one
+    statement, for routes that authenticate before they do anything else (uploads, submissions)."""
+    if key_hash is None:
+        return None
+    rows = _tenant_statement(engine.dialect.name).rows(engine, {"key_hash": key_hash})
+    return (rows[0].id, rows[0].name) if rows else None

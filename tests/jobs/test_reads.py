@@ -156,3 +156,14 @@ def test_a_stream_poll_reads_status_events_and_key_in_one_statement(engine, sess
     session.commit()
     assert not poll(key_hash=kh, check_key=True).found  # revoked: at the next check
     assert poll().status == CANCELLED  # between checks the key is not read
+
+
+def test_the_tenant_of_a_key_in_one_statement(engine, session, tenant):
+    key, row = api_keys.create_key(session, tenant_name=tenant.name)
+    session.commit()
+    assert reads.tenant_for_key(engine, key_hash=reads.key_hash(key)) == (tenant.id, tenant.name)
+    assert reads.tenant_for_key(engine, key_hash=reads.key_hash("kd_" + "A" * 43)) is None
+    assert reads.tenant_for_key(engine, key_hash=reads.key_hash("sk-not-ours")) is None
+    api_keys.revoke_key(session, prefix_or_id=row.id)
+    session.commit()
+    assert reads.tenant_for_key(engine, key_hash=reads.key_hash(key)) is None
