@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from pydantic_core import from_json
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from swagger_ui_bundle import swagger_ui_path
 
 from api import housekeeping, problems, sse
@@ -44,6 +45,23 @@ class ProblemModel(BaseModel):
     errors: list[dict] | None = None
 
 
+def _ensure_bootstrap_key(app: FastAPI, plain_key: str) -> None:
+    """KD_BOOTSTRAP_API_KEY for tenant `default`. With KD_API_WORKERS > 1 on a new database every
+    process does this at once: the one whose insert of the tenant (or key) loses is told so by the
+    unique constraint, and finds the rows on a second look. Without it that process failed its start,
+    and uvicorn's supervisor then stopped the whole API (seen starting the B4 and B8 stacks)."""
+    for attempt in (1, 2):
+        with app.state.sessionmaker() as session:
+            try:
+                api_keys.ensure_key(session, tenant_name="default", plain_key=plain_key)
+                session.commit()
+                return
+            except IntegrityError:
+                session.rollback()
+                if attempt == 2:
+                    raise
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     if settings is None:
         from jobs.settings import settings as process_settings
@@ -53,10 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if settings.bootstrap_api_key is not None:
-            with app.state.sessionmaker() as session:
-                api_keys.ensure_key(session, tenant_name="default",
-                                    plain_key=settings.bootstrap_api_key.get_secret_value())
-                session.commit()
+            _ensure_bootstrap_key(app, settings.bootstrap_api_key.get_secret_value())
         # what crashed API processes left (upload temp files, stored objects without a row): now and
         # periodically (api/housekeeping.py)
         sweeper = asyncio.create_task(housekeeping.keep_clean(settings, app.state.store))
