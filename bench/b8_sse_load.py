@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import tempfile
 import threading
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.b4_api_load import _wrk
+from bench.b4_api_load import _wrk, api_cpu_seconds
 from bench.stack import API_KEY, stack, tiny_teacher
 
 STREAMS = 200
@@ -82,22 +81,6 @@ class Streams:
             self.failed.append(repr(e)[:200])
 
 
-def _api_cpu_seconds(supervisor_pid: int) -> float:
-    """User + system CPU of the API's worker processes (children of the uvicorn supervisor)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if int(fields[1]) == supervisor_pid:
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
 def run() -> dict:
     if shutil.which("wrk") is None:
         raise SystemExit("B8 needs wrk: apt-get install wrk")
@@ -120,9 +103,9 @@ def run() -> dict:
         before = cells()
         supervisor = s.procs[0].pid
         with Streams(s.base_url, streamed) as streams:
-            cpu0, t0 = _api_cpu_seconds(supervisor), time.monotonic()
+            cpu0, t0 = api_cpu_seconds(supervisor), time.monotonic()
             time.sleep(IDLE_CPU_SECONDS)
-            idle_cpu = (_api_cpu_seconds(supervisor) - cpu0) / (time.monotonic() - t0)
+            idle_cpu = (api_cpu_seconds(supervisor) - cpu0) / (time.monotonic() - t0)
             during = cells()
             still_open = streams.open - len(streams.failed)
         after = cells()

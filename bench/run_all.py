@@ -47,15 +47,22 @@ def _b4_lines(b4) -> list[str]:
     if b4 is None:
         return ["B4 skipped: wrk is not installed (`apt-get install wrk`).", ""]
     lines = [f"B4 API under load (`python -m bench.b4_api_load`): uvicorn with {b4['api_processes']} processes, "
-             f"PostgreSQL, Redis, wrk (1 thread, 10 s timeout) for {b4['duration_s']} s per cell.", "",
-             "| route | connections | requests/s | p50 ms | p99 ms | non-2xx | socket errors |",
-             "|---|---|---|---|---|---|---|"]
+             f"PostgreSQL, Redis, wrk (1 thread, 10 s timeout) for {b4['duration_s']} s per cell; medians of "
+             f"{b4.get('rounds', 1)} rounds, the reads interleaved with /healthz.", "",
+             "| route | connections | requests/s | p50 ms | p99 ms | API CPU ms/request | non-2xx | socket errors |",
+             "|---|---|---|---|---|---|---|---|"]
     for route, cells in b4["results"].items():
         for n, r in cells.items():
-            lines.append(f"| {route} | {n} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['non_2xx']} | "
-                         f"{r['socket_errors'] or 'none'} |")
+            cpu = f"{r['api_cpu_ms']:.2f}" if "api_cpu_ms" in r else "—"
+            lines.append(f"| {route} | {n} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {cpu} | "
+                         f"{r['non_2xx']} | {r['socket_errors'] or 'none'} |")
     shares = ", ".join(f"{100 * v:.0f} % at {n}" for n, v in b4["get_job_share_of_healthz"].items())
-    lines += ["", f"GET job throughput as a share of /healthz: {shares} (target ≥ 50 %; p99 target < 50 ms at 64).", ""]
+    lines += ["", f"GET job throughput as a share of /healthz: {shares} (target ≥ 50 %; p99 target < 50 ms at 64)."]
+    if "list_share_of_healthz" in b4:
+        shares = ", ".join(f"{100 * v:.0f} % at {n}" for n, v in b4["list_share_of_healthz"].items())
+        lines += [f"GET /v1/jobs?limit=20 as a share of /healthz: {shares} (target ≥ 30 %); POST /v1/jobs target "
+                  "≥ 100/s."]
+    lines += [""]
     return lines
 
 
