@@ -137,8 +137,14 @@ class JobRun(PipelineCallbacks):
         except FloatingPointError as e:  # the loss diverged: a spec problem, not a crash
             return self._fail("diverged", str(e))
         except Exception as e:
-            log.exception("job %s attempt %d failed", self.job_id, self.attempt)
-            return self._fail("internal_error", f"{type(e).__name__}: {e}")
+            outcome = self._fail("internal_error", f"{type(e).__name__}: {e}")
+            if outcome == "lease_lost":  # a stale attempt: its error is a consequence (e.g. the attempt
+                # that took over removed this one's scratch directory), not the job's failure
+                log.warning("job %s attempt %d lost its lease (then %s: %s); stopping without further writes",
+                            self.job_id, self.attempt, type(e).__name__, e)
+            else:
+                log.exception("job %s attempt %d failed", self.job_id, self.attempt)
+            return outcome
         finally:
             self.stop_heartbeat.set()
             heartbeat.join(timeout=5)
