@@ -20,11 +20,11 @@ from sqlalchemy.pool import QueuePool
 from api.problems import Problem
 from jobs import api_keys, reads
 from jobs.artifact_store import ArtifactStore
+from jobs.db import is_lock_timeout
 from jobs.settings import Settings
 from jobs.tables import Tenant
 
 T = TypeVar("T")
-LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: lock_timeout passed
 bearer = _bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: Bearer kd_...`")
 
 
@@ -66,7 +66,7 @@ async def in_session(request: Request, fn: Callable[..., T], *args: Any) -> T:
                 return result
             except OperationalError as e:
                 session.rollback()
-                if getattr(e.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:  # KD_DB_LOCK_TIMEOUT_MS passed
+                if is_lock_timeout(e):
                     raise Problem(503, "the database is busy (a lock wait passed KD_DB_LOCK_TIMEOUT_MS); "
                                        "nothing was changed, retry", slug="database-busy",
                                   headers={"Retry-After": "1"}) from e

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from jobs.db import is_lock_timeout
 from jobs.errors import Conflict, NotFound, TooLarge
 from kdcore.errors import KDError
 
@@ -167,9 +168,7 @@ def install(app: FastAPI) -> None:
     async def _database(request: Request, exc: OperationalError):
         # A lock wait past KD_DB_LOCK_TIMEOUT_MS in a route's own session (api.deps.in_session maps its
         # steps the same way): the transaction was rolled back, so nothing changed and a retry is safe.
-        from api.deps import LOCK_NOT_AVAILABLE  # late: api.deps imports this module
-
-        if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+        if is_lock_timeout(exc):
             return problem_response(request, 503, "the database is busy (a lock wait passed KD_DB_LOCK_TIMEOUT_MS); "
                                     "nothing was changed, retry", slug="database-busy", headers={"Retry-After": "1"})
         return await _unexpected(request, exc)

@@ -21,6 +21,15 @@ from sqlalchemy.orm import Session, sessionmaker
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE when a statement's lock wait passed lock_timeout
+
+
+def is_lock_timeout(exc: BaseException) -> bool:
+    """An OperationalError from a lock wait past `lock_timeout` (KD_DB_LOCK_TIMEOUT_MS): the
+    transaction was rolled back, so nothing changed and a retry is safe."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) == LOCK_NOT_AVAILABLE
+
+
 def make_engine(url: str, *, lock_timeout_ms: int | None = None, idle_in_transaction_timeout_ms: int | None = None,
                 **kwargs) -> Engine:
     """An engine for `url`; extra keyword arguments go to `create_engine`. On PostgreSQL,
