@@ -13,14 +13,12 @@ from fastapi import Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
 
 from api.problems import Problem
 from jobs import api_keys, reads
 from jobs.artifact_store import ArtifactStore
-from jobs.db import is_lock_timeout
 from jobs.settings import Settings
 from jobs.tables import Tenant
 
@@ -64,14 +62,7 @@ async def in_session(request: Request, fn: Callable[..., T], *args: Any) -> T:
                 result = fn(session, *args)
                 session.commit()
                 return result
-            except OperationalError as e:
-                session.rollback()
-                if is_lock_timeout(e):
-                    raise Problem(503, "the database is busy (a lock wait passed KD_DB_LOCK_TIMEOUT_MS); "
-                                       "nothing was changed, retry", slug="database-busy",
-                                  headers={"Retry-After": "1"}) from e
-                raise
-            except BaseException:
+            except BaseException:  # a lock wait past KD_DB_LOCK_TIMEOUT_MS is a 503 (api.problems)
                 session.rollback()
                 raise
 
