@@ -9,6 +9,8 @@ its sha256 against the ETag) and prints teacher, distilled student and baseline 
 
     KD_URL      the service (default http://127.0.0.1:8000)
     KD_API_KEY  an API key (default: the key `make run` wrote to var/api_key)
+
+It writes the teacher and the student under `{KD_DATA_DIR}/demo` (var/demo).
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-OUT = ROOT / "var" / "demo"
 TEACHER = {"arch": "mlp", "arch_params": {"hidden_sizes": [256, 256]}}
 JOB = {"student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}},
        "dataset": {"builtin": "digits", "standardize": True, "labels_per_class": 10},
@@ -37,9 +38,13 @@ class DemoError(Exception):
 
 
 def api_key() -> str:
+    from jobs.settings import settings
+
     if os.environ.get("KD_API_KEY"):
         return os.environ["KD_API_KEY"]
-    key_file = ROOT / os.environ.get("KD_DATA_DIR", "var") / "api_key"
+    if settings.bootstrap_api_key is not None:  # make run used it instead of writing var/api_key
+        return settings.bootstrap_api_key.get_secret_value()
+    key_file = settings.data_dir / "api_key"
     if not key_file.is_file():
         raise DemoError(f"no API key: set KD_API_KEY, or start the service with make run (it writes {key_file})")
     return key_file.read_text().strip()
@@ -80,7 +85,7 @@ def train_teacher(path: Path) -> None:
         accuracy = (model(test.x).argmax(1) == test.y).float().mean().item()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     print(f"teacher: MLP 64-256-256-10 trained in {time.perf_counter() - started:.1f} s, "
-          f"test accuracy {accuracy:.1%} -> {path.relative_to(ROOT)}")
+          f"test accuracy {accuracy:.1%} -> {path}")
 
 
 def progress_line(job: dict) -> str:
@@ -123,7 +128,7 @@ def download_student(client: httpx.Client, job_id: str, path: Path) -> None:
     if digest.hexdigest() != etag:
         path.unlink()
         raise DemoError(f"the student's sha256 {digest.hexdigest()} does not match its ETag {etag!r}")
-    print(f"student: {path.relative_to(ROOT)} ({path.stat().st_size:,} bytes, sha256 matches the ETag)")
+    print(f"student: {path} ({path.stat().st_size:,} bytes, sha256 matches the ETag)")
 
 
 def fmt(value, spec: str, unit: str = "") -> str:
@@ -148,14 +153,17 @@ def report(result: dict, student_file: Path) -> None:
 
 
 def main() -> int:
+    from jobs.settings import settings
+
     sys.stdout.reconfigure(line_buffering=True)
     url = os.environ.get("KD_URL", "http://127.0.0.1:8000").rstrip("/")
     try:
         headers = {"Authorization": f"Bearer {api_key()}"}
         with httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(120, connect=5)) as client:
             checked(client.get("/healthz"))
-            OUT.mkdir(parents=True, exist_ok=True)
-            teacher_path = OUT / "teacher.safetensors"
+            out = settings.data_dir / "demo"
+            out.mkdir(parents=True, exist_ok=True)
+            teacher_path = out / "teacher.safetensors"
             train_teacher(teacher_path)
             with teacher_path.open("rb") as f:
                 upload = checked(client.post("/v1/files", data={"purpose": "teacher"},
@@ -168,7 +176,7 @@ def main() -> int:
                 error = job.get("error") or {}
                 print(f"job {job['status']}: {error.get('code', '?')}: {error.get('message', 'no message')}")
                 return 1
-            student_path = OUT / "student.safetensors"
+            student_path = out / "student.safetensors"
             download_student(client, job["id"], student_path)
             report(job["result"] or {}, student_path)
             return 0

@@ -24,7 +24,9 @@ def main() -> int:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.db_url)
-    env = dict(os.environ)
+    # The API and the worker run from the checkout: give them the data directory as an absolute
+    # path, so a relative KD_DATA_DIR (default `var`) means the same directory as here.
+    env = {**os.environ, "KD_DATA_DIR": str(settings.data_dir.resolve())}
     key_file = settings.data_dir / "api_key"
     if settings.bootstrap_api_key is not None:
         key = settings.bootstrap_api_key.get_secret_value()
