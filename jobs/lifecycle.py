@@ -48,6 +48,7 @@ from typing import Any
 from sqlalchemy import and_, delete, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
+from jobs import webhooks_repo
 from jobs.errors import Conflict, LeaseLost, NotFound
 from jobs.tables import (
     ACTIVE_STATUSES,
@@ -108,9 +109,12 @@ def _check_level(level: str) -> None:
 
 def _status_event(session: Session, *, job_id: str, attempt: int, status: str, message: str,
                   now: datetime, **data: Any) -> None:
-    """A status change; `failed` is an error, every other status information."""
+    """A status change; `failed` is an error, every other status information. A terminal status also
+    queues its webhook deliveries here, in the same transaction (the outbox: jobs/webhooks_repo.py)."""
     _append_event(session, job_id=job_id, attempt=attempt, type="status", message=message,
                   data={"status": status, **data}, now=now, level=ERROR if status == FAILED else INFO)
+    if status in TERMINAL_STATUSES:
+        webhooks_repo.enqueue_job_event(session, job_id=job_id, status=status, now=now)
 
 
 def _fence(session: Session, *, job_id: str, attempt: int, now: datetime, returning=(Job.id,), **values):

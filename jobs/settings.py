@@ -31,6 +31,7 @@ MIN_PRODUCTION_KEY_LENGTH = 32
 # Broker transports that need no server: fine on a laptop, wrong when workers span machines.
 EMBEDDED_BROKER_SCHEMES = ("sqla+", "memory", "filesystem")
 MIB = 1024**2
+MAX_WEBHOOK_ATTEMPTS = 50  # every attempt of a delivery is kept in its row (webhook_deliveries.attempts)
 S3_MIN_PART_BYTES = 5 * MIB
 # S3's bucket naming rules: 3-63 lowercase letters, digits, dots and hyphens, a letter or digit at each end.
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -95,6 +96,16 @@ class Settings(BaseSettings):
     idempotency_in_flight_seconds: int = Field(default=3600, gt=0)
     quota_stored_bytes: int = Field(default=10 * GIB, gt=0)  # per tenant, uploaded files only
     quota_concurrent_jobs: int = Field(default=4, gt=0)  # per tenant: queued + running + cancelling
+    # Webhooks (jobs/webhooks.py; the worker's sender, worker/webhook_sender.py). Off by default, a
+    # destination that is (or resolves to) a loopback, private, link-local or otherwise non-global
+    # address is refused at registration and at every delivery: a webhook URL must not reach inside.
+    webhook_allow_private_networks: bool = False
+    webhooks_per_tenant: int = Field(default=10, ge=1)
+    webhook_timeout_seconds: float = Field(default=10, gt=0)  # connect, and each read/write, of one attempt
+    webhook_max_attempts: int = Field(default=10, ge=1, le=MAX_WEBHOOK_ATTEMPTS)
+    webhook_retry_base_seconds: float = Field(default=30, gt=0)  # attempt n+1 waits base * 2**(n-1)...
+    webhook_retry_max_seconds: float = Field(default=3600, gt=0)  # ...but never longer than this
+    webhook_poll_seconds: float = Field(default=2, gt=0)  # how often each worker's sender looks for due ones
 
     @property
     def worker_queue_list(self) -> list[str] | None:

@@ -38,6 +38,10 @@ METRIC_RUNS = ("student", "baseline")
 INFO, WARNING, ERROR = "info", "warning", "error"
 EVENT_LEVELS = (INFO, WARNING, ERROR)  # every event has one (revision 0004)
 IN_FLIGHT, DONE = "in_flight", "done"
+JOB_EVENT_TYPES = ("job.succeeded", "job.failed", "job.cancelled")  # what a webhook can subscribe to
+PING = "ping"  # POST /v1/webhooks/{id}/test: to that webhook only
+PENDING = "pending"
+DELIVERY_STATUSES = (PENDING, SUCCEEDED, FAILED)
 IDEMPOTENCY_STATUSES = (IN_FLIGHT, DONE)
 
 
@@ -264,3 +268,55 @@ class Worker(Base):
     gpus: Mapped[int]  # CUDA devices it sees
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Webhook(Base):
+    """A tenant's endpoint for job events. `secret` signs every delivery (HMAC-SHA256); it is shown
+    to the tenant once, in the answer to its creation. Deleting the row deletes its deliveries."""
+
+    __tablename__ = "webhooks"
+    __table_args__ = (Index("ix_webhooks_tenant_created", "tenant_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("wh"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(2048))
+    secret: Mapped[str] = mapped_column(String(128))
+    events: Mapped[list[str]] = mapped_column(JSONType)  # some of JOB_EVENT_TYPES
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one webhook: the transactional outbox. The row is inserted in the transaction
+    that gives the job its terminal status (jobs/lifecycle.py), so an event exists exactly when the
+    status does; the worker's sender (worker/webhook_sender.py) claims it when `next_attempt_at` is
+    due, posts `body` (the same bytes on every attempt) and records each attempt in `attempts`.
+
+    `status` pending -> succeeded (a 2xx) or failed (no 2xx after KD_WEBHOOK_MAX_ATTEMPTS);
+    `next_attempt_at` is None once it is finished. While an attempt is in flight its claim pushes
+    `next_attempt_at` past the attempt's timeout, so a sender that died mid-attempt is taken over."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("webhook_id", "event_id"),
+        Index("ix_webhook_deliveries_webhook_created", "webhook_id", "created_at", "id"),
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        CheckConstraint(f"status IN ({', '.join(repr(s) for s in DELIVERY_STATUSES)})", name="status"),
+        CheckConstraint("attempt_count >= 0", name="attempt_count"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("whd"))
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    event_id: Mapped[str] = mapped_column(String(40))  # the same for every webhook the event goes to
+    event_type: Mapped[str] = mapped_column(String(32))
+    job_id: Mapped[str | None] = mapped_column(String(40))  # None for a ping
+    body: Mapped[str] = mapped_column(Text)  # the JSON posted, byte for byte
+    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    attempt_count: Mapped[int] = mapped_column(default=0)
+    # [{"number", "started_at", "duration_ms", "address", "status_code", "error"}], oldest first
+    attempts: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    next_attempt_at: Mapped[datetime | None]
+    last_status_code: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]

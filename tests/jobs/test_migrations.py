@@ -16,7 +16,8 @@ from jobs.tables import Base, utcnow
 
 TABLES_0001 = {"tenants", "api_keys", "files", "jobs", "job_events", "job_metrics", "artifacts"}
 TABLES_0002 = TABLES_0001 | {"idempotency_keys"}
-TABLES = TABLES_0002 | {"workers"}
+TABLES_0004 = TABLES_0002 | {"workers"}
+TABLES = TABLES_0004 | {"webhooks", "webhook_deliveries"}
 
 
 def test_upgrade_matches_models_and_downgrade_removes_everything(empty_database_url):
@@ -103,5 +104,29 @@ def test_0004_gives_every_event_a_level_old_ones_info_and_downgrades_to_0003(emp
         with engine.connect() as conn:
             assert "level" not in {c["name"] for c in inspect(conn).get_columns("job_events")}
             assert conn.execute(text("SELECT message FROM job_events ORDER BY seq")).scalars().all() == ["old", "new"]
+    finally:
+        engine.dispose()
+
+
+def test_0005_adds_webhooks_and_their_deliveries_and_downgrades_to_0004(empty_database_url):
+    upgrade(empty_database_url)
+    engine = make_engine(empty_database_url)
+    now = utcnow().replace(tzinfo=None)
+    try:
+        with engine.begin() as conn:
+            assert {ix["name"] for ix in inspect(conn).get_indexes("webhook_deliveries")} >= {
+                "ix_webhook_deliveries_webhook_created", "ix_webhook_deliveries_due"}
+            conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('ten_a', 'a', :now)"), {"now": now})
+            conn.execute(text("INSERT INTO webhooks (id, tenant_id, url, secret, events, created_at) VALUES "
+                              "('wh_a', 'ten_a', 'https://x.example/', 'whsec_x', '[\"job.failed\"]', :now)"),
+                         {"now": now})
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(text("INSERT INTO webhook_deliveries (id, webhook_id, tenant_id, event_id, event_type, body, "
+                              "status, attempt_count, attempts, created_at) VALUES ('whd_a', 'wh_a', 'ten_a', 'evt_a', "
+                              "'ping', '{}', 'lost', 0, '[]', :now)"), {"now": now})
+        downgrade(empty_database_url, "0004_event_levels")
+        with engine.connect() as conn:
+            assert set(inspect(conn).get_table_names()) == TABLES_0004 | {"alembic_version"}
+            assert conn.execute(text("SELECT name FROM tenants")).scalars().all() == ["a"]
     finally:
         engine.dispose()
