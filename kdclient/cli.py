@@ -286,6 +286,8 @@ class State:
     def client(self) -> Client:
         if self._client is None:
             self._client = make_client(self.url, self.api_key)
+            # say what a retry waits for (a quota's 429, an outage), instead of a silent pause
+            self._client.on_retry = lambda message: self.err.print(message, markup=False)
         return self._client
 
 

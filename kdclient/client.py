@@ -17,7 +17,11 @@ one, an exponential backoff), and connection errors (refused, reset, timed out) 
 0.5 s, 1 s, 2 s, ... (at most 8 s), up to `max_retries` times. A `Retry-After` longer than
 `max_retry_wait` (default 120 s; the stored-bytes quota says 3600 s: waiting will not help) is not
 waited for: the ApiError is raised at once. Uploads and job submissions carry an `Idempotency-Key`,
-so a retried POST never creates a second file or job.
+so a retried POST never creates a second file or job. `on_retry`, when given, is called with one
+line before each wait, saying what is waited for (the CLI prints it on stderr):
+
+    retrying POST /v1/jobs after 429 (concurrent jobs quota exceeded: ...) in 30 s (retry 1 of 5)
+    service unreachable (ConnectError: ...); retrying GET /v1/jobs/job_1 in 0.5 s (retry 1 of 5)
 """
 
 from __future__ import annotations
@@ -69,17 +73,19 @@ class Client:
     max_retry_wait  the longest Retry-After the client waits for; longer ones raise at once
     http_client  an httpx.Client to send requests with (its base_url is used; tests pass a
                  FastAPI TestClient here). The Client does not close a client it was given.
+    on_retry     called with a one-line message before each retry's wait (what failed, how long)
     """
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *, timeout: float = 30,
                  max_retries: int = 5, max_retry_wait: float = 120.0,
-                 http_client: httpx.Client | None = None):
+                 http_client: httpx.Client | None = None, on_retry: Callable[[str], None] | None = None):
         if base_url is None and http_client is not None:
             base_url = str(http_client.base_url)
         self.base_url = (base_url or os.environ.get("KD_URL") or DEFAULT_URL).rstrip("/")
         self.api_key = api_key if api_key is not None else (os.environ.get("KD_API_KEY") or None)
         self.max_retries = max(0, int(max_retries))
         self.max_retry_wait = max_retry_wait
+        self.on_retry = on_retry
         self._owns_http = http_client is None
         if http_client is None:
             http_client = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout))
@@ -152,7 +158,10 @@ class Client:
                     raise ServiceUnreachable(
                         f"cannot reach {self.base_url} ({type(e).__name__}: {e or 'no answer'}) after "
                         f"{attempt + 1} attempt{'s' if attempt else ''}") from None
-                _sleep(self._backoff(attempt))
+                wait = self._backoff(attempt)
+                self._say(f"service unreachable ({type(e).__name__}: {e or 'no answer'}); retrying {method} "
+                          f"{path} in {_seconds(wait)} (retry {attempt + 1} of {self.max_retries})")
+                _sleep(wait)
                 attempt += 1
                 continue
             except httpx.HTTPError as e:
@@ -160,6 +169,15 @@ class Client:
             if response.status_code in RETRY_STATUSES and attempt < self.max_retries:
                 wait = self._retry_after(response, attempt)
                 if wait is not None:
+                    if self.on_retry is not None:
+                        try:
+                            response.read()
+                        except httpx.HTTPError:
+                            pass
+                        detail = ApiError.from_response(response).detail
+                        self._say(f"retrying {method} {path} after {response.status_code}"
+                                  f"{f' ({detail})' if detail else ''} in {_seconds(wait)} "
+                                  f"(retry {attempt + 1} of {self.max_retries})")
                     response.close()
                     _sleep(wait)
                     attempt += 1
@@ -173,6 +191,10 @@ class Client:
                     response.close()
                 raise ApiError.from_response(response)
             return response
+
+    def _say(self, message: str) -> None:
+        if self.on_retry is not None:
+            self.on_retry(message)
 
     def _json(self, method: str, path: str, **kwargs) -> Any:
         response = self._send(method, path, **kwargs)
@@ -350,7 +372,10 @@ class Client:
                         raise ServiceUnreachable(f"GET {url}: the transfer broke off {interruptions + 1} times "
                                                  f"({type(e).__name__}: {e}); {part} is kept and the next "
                                                  "download resumes from it") from None
-                    _sleep(self._backoff(interruptions))
+                    wait = self._backoff(interruptions)
+                    self._say(f"the transfer of {url} broke off at {received:,} bytes ({type(e).__name__}); "
+                              f"resuming in {_seconds(wait)} (retry {interruptions + 1} of {self.max_retries})")
+                    _sleep(wait)
                     interruptions += 1
                     continue
             finally:
@@ -381,6 +406,11 @@ class Client:
         os.replace(part, path)
         tag_file.unlink(missing_ok=True)
         return path
+
+
+def _seconds(wait: float) -> str:
+    """`30 s`, `0.5 s`: a wait as the retry messages say it."""
+    return f"{wait:.0f} s" if wait >= 10 else f"{wait:.1f} s".replace(".0 s", " s")
 
 
 def _remove(*paths: Path) -> None:

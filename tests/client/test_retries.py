@@ -206,3 +206,30 @@ def test_a_changed_file_is_sent_whole_and_a_missing_etag_is_refused(sleeps, tmp_
     with pytest.raises(IntegrityError):
         mock_client(ranged_server(data, etag='W/"v1"')).download_student("job_1", tmp_path / "t.safetensors")
     assert list(tmp_path.glob("t.*")) == []
+
+
+# --- what a retry waits for, said (issue 15) --------------------------------------------------------------
+
+def test_each_retry_says_what_it_waits_for(sleeps):
+    said: list[str] = []
+    quota = problem(429, {"Retry-After": "30"})
+    handler = scripted(quota, httpx.ConnectError("connection refused"), httpx.Response(201, json=JOB))
+    mock_client(handler, on_retry=said.append).create_job({})
+    assert said[0] == ("retrying POST /v1/jobs after 429 (concurrent jobs quota exceeded: the limit is 4 "
+                       "unfinished jobs) in 30 s (retry 1 of 5)")
+    assert said[1].startswith("service unreachable (ConnectError: connection refused); retrying POST /v1/jobs in ")
+    assert said[1].endswith(" s (retry 2 of 5)") and len(said) == 2 and sleeps[0] == 30.0
+
+
+def test_the_cli_prints_the_retries_on_stderr(sleeps, monkeypatch):
+    from typer.testing import CliRunner
+
+    from kdclient import cli
+
+    handler = scripted(problem(503, {"Retry-After": "2"}, detail="the database is not reachable"),
+                       httpx.Response(200, json={"data": [JOB], "has_more": False}))
+    monkeypatch.setattr(cli, "make_client", lambda url, key: mock_client(handler))
+    result = CliRunner().invoke(cli.app, ["jobs", "list"])
+    assert result.exit_code == 0, result.output
+    assert "retrying GET /v1/jobs after 503 (the database is not reachable) in 2 s (retry 1 of 5)" in result.stderr
+    assert "job_1" in result.stdout and "retrying" not in result.stdout
