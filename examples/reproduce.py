@@ -77,7 +77,7 @@ REUSE = False  # --reuse: read a run's summary.json from examples/out/ when it i
 
 
 def run_one(spec_dict: dict, out: Path) -> dict:
-    """One job through the worker's pipeline; its summary (also in out/summary.json). With --reuse,
+    """One job through the worker's pipeline; its summary as JSON (out/summary.json). With --reuse,
     a finished run of the same spec is read back instead (the student file holds the spec it ran)."""
     spec = DistillSpec.from_dict(copy.deepcopy(spec_dict))
     if REUSE and (out / "summary.json").exists() and (out / "student.safetensors").exists():
@@ -85,7 +85,7 @@ def run_one(spec_dict: dict, out: Path) -> dict:
 
         if read_student_metadata(out / "student.safetensors").get("spec") == spec.to_dict():
             return json.loads((out / "summary.json").read_text())
-    return run_distillation(spec, out_dir=out, export_onnx_file=False)
+    return run_distillation(spec, out_dir=out, export_onnx_file=False).to_dict()
 
 
 @torch.no_grad()

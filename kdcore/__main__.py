@@ -88,22 +88,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = DistillSpec.from_dict(json.loads(args.spec.read_text()))
         printer = ProgressPrinter()
-        summary = run_distillation(spec, out_dir=args.out, checkpoint_dir=args.checkpoint_dir,
-                                   callbacks=_make_callbacks(printer), export_onnx_file=not args.no_onnx)
+        result = run_distillation(spec, out_dir=args.out, checkpoint_dir=args.checkpoint_dir,
+                                  callbacks=_make_callbacks(printer), export_onnx_file=not args.no_onnx)
     except (KDError, OSError, json.JSONDecodeError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    s, b, t = summary["student"], summary["baseline"], summary["teacher"]
-    print(f"teacher  accuracy {_pct(t['accuracy'])}  params {t['parameters']}")
-    print(f"student  accuracy {_pct(s['accuracy'])}  params {s['parameters']}  agreement {_pct(s['agreement'])}")
+    s, b, t = result.student, result.baseline, result.teacher
+    print(f"teacher  accuracy {_pct(t.accuracy)}  params {t.parameters}")
+    print(f"student  accuracy {_pct(s.accuracy)}  params {s.parameters}  agreement {_pct(s.agreement)}")
     if b is not None:
-        gain = summary.get("distillation_gain")
-        comparison = summary.get("comparison")  # McNemar's exact test on the rows only one gets right
-        print(f"baseline accuracy {_pct(b['accuracy'])}"
+        gain = result.distillation_gain
+        comparison = result.comparison  # McNemar's exact test on the rows only one gets right
+        print(f"baseline accuracy {_pct(b.accuracy)}"
               + ("" if gain is None else f"  (student − baseline: {100 * gain:+.1f} points"
-                 + ("" if comparison is None else f"; {comparison['verdict']}, p = {comparison['p_value']:.3g}")
+                 + ("" if comparison is None else f"; {comparison.verdict}, p = {comparison.p_value:.3g}")
                  + ")"))
-    for warning in summary.get("warnings") or []:
+    for warning in result.warnings:
         print(f"warning: {warning['message']}")
     print(f"wrote {args.out / 'student.safetensors'} and {args.out / 'summary.json'}")
     return 0

@@ -120,10 +120,27 @@ class EvalReport:
         return asdict(self)
 
 
+@dataclass
+class SizeReport:
+    """Parameters, MACs per sample and median CPU seconds per batch of `latency_batch_size`."""
+    student_parameters: int
+    teacher_parameters: int | None
+    compression_ratio: float | None  # teacher parameters / student parameters
+    student_macs: int | None
+    teacher_macs: int | None
+    student_latency_s: float
+    teacher_latency_s: float | None
+    speedup: float | None  # teacher latency / student latency
+    latency_batch_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def evaluate(*, student: nn.Module | LogitsFn, teacher_logits: Tensor | None = None, x: Tensor, y: Tensor,
              teacher_model: nn.Module | LogitsFn | None = None, batch_size: int = 1024,
-             device: str | torch.device | None = None, student_logits: Tensor | None = None) -> dict[str, Any]:
-    """Student and teacher on one labelled split, as an `EvalReport` dict. Teacher logits are
+             device: str | torch.device | None = None, student_logits: Tensor | None = None) -> EvalReport:
+    """Student and teacher on one labelled split. Teacher logits are
     used as given; without them they come from `teacher_model`; with neither (precomputed logits
     that do not cover this split) the teacher fields are None. `student_logits`, when given, are
     the student's predictions for `x` already made (the student is not run again)."""
@@ -136,7 +153,7 @@ def evaluate(*, student: nn.Module | LogitsFn, teacher_logits: Tensor | None = N
         teacher_logits = teacher_logits.detach().float().cpu()
         _check_pair(student_logits, teacher_logits)
     has_teacher = teacher_logits is not None
-    report = EvalReport(
+    return EvalReport(
         num_samples=len(y),
         student_accuracy=accuracy(student_logits, y),
         student_ece=expected_calibration_error(student_logits, y),
@@ -145,13 +162,12 @@ def evaluate(*, student: nn.Module | LogitsFn, teacher_logits: Tensor | None = N
         agreement=agreement(student_logits, teacher_logits) if has_teacher else None,
         mean_kl=mean_kl(teacher_logits, student_logits) if has_teacher else None,
     )
-    return report.to_dict()
 
 
 def size_report(student: nn.Module, teacher: nn.Module | LogitsFn | None = None, *,
                 input_shape: Sequence[int], teacher_parameters: int | None = None,
                 teacher_latency: float | None = None, batch_size: int = 64, repeats: int = 20,
-                warmup: int = 3) -> dict[str, Any]:
+                warmup: int = 3) -> SizeReport:
     """Parameters, MACs (per sample) and CPU latency (median seconds per batch of `batch_size`)
     of student and teacher, with compression = teacher params / student params and speedup =
     teacher latency / student latency. A teacher module is measured in full; a callable teacher
@@ -168,17 +184,17 @@ def size_report(student: nn.Module, teacher: nn.Module | LogitsFn | None = None,
         teacher_macs = estimate_macs(teacher, shape)
     if teacher is not None and teacher_latency is None:
         teacher_latency = measure_latency(teacher, shape, **timing)
-    return {
-        "student_parameters": student_parameters,
-        "teacher_parameters": teacher_parameters,
-        "compression_ratio": None if teacher_parameters is None else teacher_parameters / student_parameters,
-        "student_macs": estimate_macs(student, shape),
-        "teacher_macs": teacher_macs,
-        "student_latency_s": student_latency,
-        "teacher_latency_s": teacher_latency,
-        "speedup": None if teacher_latency is None else teacher_latency / student_latency,
-        "latency_batch_size": batch_size,
-    }
+    return SizeReport(
+        student_parameters=student_parameters,
+        teacher_parameters=teacher_parameters,
+        compression_ratio=None if not teacher_parameters else teacher_parameters / student_parameters,
+        student_macs=estimate_macs(student, shape),
+        teacher_macs=teacher_macs,
+        student_latency_s=student_latency,
+        teacher_latency_s=teacher_latency,
+        speedup=None if teacher_latency is None else teacher_latency / student_latency,
+        latency_batch_size=batch_size,
+    )
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,14 +25,16 @@ from kdcore import augment
 from kdcore.data import (ArrayDataset, Standardizer, keep_labels_per_class, load_builtin, read_dataset_file,
                          split_indices)
 from kdcore.errors import DataError, SpecError, TeacherError
-from kdcore.evaluation import agreement, evaluate, mean_kl, measure_latency, predict_logits
+from kdcore.evaluation import agreement, evaluate, mean_kl, predict_logits, size_report
 from kdcore.export import export_onnx, save_student
 from kdcore.formats import sniff_format
-from kdcore.models import build_model, check_input_shape, count_params, estimate_macs, resolve_arch_params
+from kdcore.models import build_model, check_input_shape, resolve_arch_params
 from kdcore.spec import DistillSpec
 from kdcore.spec_checks import DataInfo, check_student, header_shapes, state_dict_mismatches, state_dict_shapes
 from kdcore.teacher_logit_cache import can_cache, compute_teacher_logits
 from kdcore.onnx_sandbox import GraphLimits
+from kdcore.results import (DistillResult, ModelReport, StudentReport, Sweep, SweepChoice, SweepEpoch, SweepPoint,
+                            TeacherReport)
 from kdcore.teachers import Teacher, close_teacher, inspect_teacher_file, load_teacher
 from kdcore.distributed import train_data_parallel
 from kdcore.trainer import Callbacks, EpochMetrics, StepInfo, TrainResult, resolve_device
@@ -155,8 +157,8 @@ def check_models(spec: DistillSpec, *, input_shape: tuple[int, ...], num_classes
 def run_distillation(spec: DistillSpec, *, out_dir: Path, checkpoint_dir: Path | None = None,
                      callbacks: PipelineCallbacks | None = None, export_onnx_file: bool = True,
                      extra_metadata: dict[str, Any] | None = None,
-                     teacher_limits: GraphLimits = GraphLimits()) -> dict[str, Any]:
-    """Run the whole job and return the summary (also written to out_dir/summary.json).
+                     teacher_limits: GraphLimits = GraphLimits()) -> DistillResult:
+    """Run the whole job and return its result (`to_dict()` of it is also written to out_dir/summary.json).
 
     An ONNX teacher runs in a child process with `teacher_limits` (kdcore/onnx_sandbox.py) that
     polls `callbacks.should_stop`; the child ends with the run, however it ends."""
@@ -172,7 +174,7 @@ def run_distillation(spec: DistillSpec, *, out_dir: Path, checkpoint_dir: Path |
 
 def _distill(spec: DistillSpec, *, out_dir: Path, checkpoint_dir: Path | None, cb: PipelineCallbacks,
              export_onnx_file: bool, extra_metadata: dict[str, Any] | None, teacher_limits: GraphLimits,
-             opened: list[Teacher]) -> dict[str, Any]:
+             opened: list[Teacher]) -> DistillResult:
     def open_teacher(**kwargs) -> Teacher:
         teacher = load_teacher(spec.teacher.path, arch=spec.teacher.arch, arch_params=spec.teacher.arch_params,
                                limits=teacher_limits, should_stop=cb.should_stop, **kwargs)
@@ -278,53 +280,49 @@ def _distill(spec: DistillSpec, *, out_dir: Path, checkpoint_dir: Path | None, c
         baseline_history = baseline_run.history
 
     cb.on_phase("evaluating")
-    summary = _summarise(spec, splits, teacher, student, baseline, eval_logits, device)
-    summary["temperature"], summary["alpha"] = chosen_hp.temperature, chosen_hp.alpha
-    summary["student"].update(_run_record(student_run),
-                              train_rows={"labeled": labeled, "unlabeled": splits.train.num_samples - labeled})
+    result = _evaluate_models(spec, splits, teacher, student, baseline, eval_logits)
+    result.temperature, result.alpha = chosen_hp.temperature, chosen_hp.alpha
+    result.student.record_run(student_run, labeled=labeled, unlabeled=splits.train.num_samples - labeled)
     if baseline_run is not None:
-        summary["baseline"].update(_run_record(baseline_run), train_rows={"labeled": labeled, "unlabeled": 0})
-    summary["sweep"] = sweep
+        result.baseline.record_run(baseline_run, labeled=labeled, unlabeled=0)
+    result.sweep = sweep
     # near chance or a runaway loss: in the result and as warning events (kdcore/verdict.py)
-    summary["warnings"] = quality_warnings(summary, num_classes=num_classes, losses={
-        run: [m.train_loss for m in h] for run, h in (("student", history), ("baseline", baseline_history)) if h})
-    for warning in summary["warnings"]:
+    result.warnings = quality_warnings(
+        accuracies={"student": result.student.accuracy, "teacher": result.teacher.accuracy},
+        evaluated_on=result.evaluated_on, num_classes=num_classes,
+        losses={run: [m.train_loss for m in h] for run, h in (("student", history), ("baseline", baseline_history))
+                if h})
+    for warning in result.warnings:
         cb.on_event("warning", warning["message"], warning)
-    summary["seconds"] = round(time.perf_counter() - started, 3)
+    result.seconds = round(time.perf_counter() - started, 3)
 
     cb.on_phase("exporting")
-    metadata = {"spec": spec.to_dict(), "metrics": summary["student"], **(extra_metadata or {})}
+    metrics = {k: v for k, v in asdict(result.student).items() if k not in ("sha256", "size_bytes")}
+    metadata = {"spec": spec.to_dict(), "metrics": metrics, **(extra_metadata or {})}
     if splits.standardizer is not None:
         metadata["standardizer"] = splits.standardizer.state_dict()
     student.cpu()
-    summary["student"]["sha256"] = save_student(out_dir / STUDENT_FILE, student, metadata=metadata)
-    summary["student"]["size_bytes"] = (out_dir / STUDENT_FILE).stat().st_size
-    summary["onnx"] = None
+    result.student.sha256 = save_student(out_dir / STUDENT_FILE, student, metadata=metadata)
+    result.student.size_bytes = (out_dir / STUDENT_FILE).stat().st_size
     if export_onnx_file:
         try:
             export_onnx(student, out_dir / ONNX_FILE, standardizer=splits.standardizer,
-                        metadata={"arch": spec.student.arch, "metrics": {"accuracy": summary["student"]["accuracy"],
-                                                                          "evaluated_on": summary["evaluated_on"]},
+                        metadata={"arch": spec.student.arch, "metrics": {"accuracy": result.student.accuracy,
+                                                                          "evaluated_on": result.evaluated_on},
                                   **(extra_metadata or {})})
-            summary["onnx"] = ONNX_FILE
+            result.onnx = ONNX_FILE
         except Exception as e:  # the safetensors student stands; say why ONNX is missing
             cb.on_event("onnx_export_failed", f"ONNX export failed: {e}", {"error": str(e)})
     with open(out_dir / METRICS_FILE, "w") as f:
         for m in [*history, *baseline_history]:
             f.write(json.dumps(m.to_dict()) + "\n")
-    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    return summary
+    (out_dir / SUMMARY_FILE).write_text(json.dumps(result.to_dict(), indent=2))
+    return result
 
 
 def planned_steps(num_train_rows: int, hp) -> int:
     """Optimizer steps a run of hp.epochs epochs over `num_train_rows` rows takes."""
     return math.ceil(num_train_rows / hp.batch_size) * hp.epochs
-
-
-def _run_record(run: TrainResult) -> dict[str, Any]:
-    """What the summary says about one training run: its length and best epoch."""
-    return {"epochs_run": run.epochs_completed, "steps": run.steps, "best_epoch": run.best_epoch,
-            "stopped_early": run.stopped_early, "restored_best": run.restored_best}
 
 
 def _teacher_classes(path: str, open_teacher: Callable[..., Teacher], input_shape: tuple[int, ...],
@@ -379,7 +377,7 @@ def _sweep(hp, train_student, val: ArrayDataset, val_logits: torch.Tensor | None
     validation accuracy of the weights each point ends with, then validation agreement with the
     teacher, then grid order. Each point checkpoints into its own `student-{index}` directory."""
     grid = hp.grid()
-    points: list[dict[str, Any]] = []
+    points: list[SweepPoint] = []
     best = None  # (key, index, model, run)
     for i, (t, a) in enumerate(grid):
         point_hp = replace(hp, temperature=t, alpha=a)
@@ -390,14 +388,14 @@ def _sweep(hp, train_student, val: ArrayDataset, val_logits: torch.Tensor | None
         acc = ((logits.argmax(1) == val.y)[labeled].float().mean().item() if bool(labeled.any()) else None)
         agree = (None if val_logits is None else
                  (logits.argmax(1) == val_logits.cpu().argmax(1)).float().mean().item())
-        points.append({"temperature": t, "alpha": a, "val_accuracy": acc, "val_agreement": agree,
-                       "epochs_run": run.epochs_completed, "best_epoch": run.best_epoch,
-                       "stopped_early": run.stopped_early,
-                       "history": [{"epoch": m.epoch, "train_loss": m.train_loss, "val_accuracy": m.val_accuracy,
-                                    "val_agreement": m.val_agreement} for m in run.history]})
+        points.append(SweepPoint(temperature=t, alpha=a, val_accuracy=acc, val_agreement=agree,
+                                 epochs_run=run.epochs_completed, best_epoch=run.best_epoch,
+                                 stopped_early=run.stopped_early,
+                                 history=[SweepEpoch(epoch=m.epoch, train_loss=m.train_loss, val_accuracy=m.val_accuracy,
+                                                     val_agreement=m.val_agreement) for m in run.history]))
         score = f"val accuracy {acc:.4f}" if acc is not None else f"val agreement {agree:.4f}"
         cb.on_event("sweep_point", f"sweep point {i + 1}/{len(grid)} (T={t:g}, alpha={a:g}): {score}",
-                    {k: v for k, v in points[-1].items() if k != "history"})
+                    {k: v for k, v in asdict(points[-1]).items() if k != "history"})
         key = (-1.0 if acc is None else acc, -1.0 if agree is None else agree)
         if best is None or key > best[0]:  # strictly better: ties keep the earlier point
             best = (key, i, model, run)
@@ -405,15 +403,14 @@ def _sweep(hp, train_student, val: ArrayDataset, val_logits: torch.Tensor | None
             del model
     _, index, student, run = best
     chosen = points[index]
-    best_score = (f"val accuracy {chosen['val_accuracy']:.4f}" if chosen["val_accuracy"] is not None
-                  else f"val agreement {chosen['val_agreement']:.4f}")
-    cb.on_event("sweep_best", f"sweep chose T={chosen['temperature']:g}, alpha={chosen['alpha']:g} ({best_score})",
-                {"index": index, "temperature": chosen["temperature"], "alpha": chosen["alpha"]})
+    best_score = (f"val accuracy {chosen.val_accuracy:.4f}" if chosen.val_accuracy is not None
+                  else f"val agreement {chosen.val_agreement:.4f}")
+    cb.on_event("sweep_best", f"sweep chose T={chosen.temperature:g}, alpha={chosen.alpha:g} ({best_score})",
+                {"index": index, "temperature": chosen.temperature, "alpha": chosen.alpha})
     for m in run.history:  # the student's per-epoch record is the chosen point's
         cb.on_epoch_end(m)
-    sweep = {"points": points, "best": {"temperature": chosen["temperature"], "alpha": chosen["alpha"],
-                                        "index": index}}
-    return student, run, replace(hp, temperature=chosen["temperature"], alpha=chosen["alpha"]), sweep
+    sweep = Sweep(points=points, best=SweepChoice(temperature=chosen.temperature, alpha=chosen.alpha, index=index))
+    return student, run, replace(hp, temperature=chosen.temperature, alpha=chosen.alpha), sweep
 
 
 def _check_teacher(teacher: Teacher, splits: Splits, num_classes: int) -> None:
@@ -477,85 +474,75 @@ def _load_init_weights(model: torch.nn.Module, path: str) -> None:
     model.load_state_dict(load_file(path), strict=True)
 
 
-def _summarise(spec: DistillSpec, splits: Splits, teacher: Teacher, student: torch.nn.Module,
-               baseline: torch.nn.Module | None, eval_logits: torch.Tensor | None,
-               device: torch.device) -> dict[str, Any]:
-    data = splits.eval_set
-    student_eval = _evaluate(student, eval_logits, data)
-    input_shape = splits.train.input_shape
-    teacher_module = getattr(teacher, "module", None)
-    student_params = count_params(student)
-    teacher_params = count_params(teacher_module) if teacher_module is not None else getattr(teacher, "parameters", None)
-    student_latency = measure_latency(student.cpu(), input_shape)
-    teacher_latency = None
-    if teacher.input_shape is not None:
-        if hasattr(teacher, "measure_latency"):  # an ONNX teacher: timed in its own process
-            batch = torch.randn((64, *input_shape), generator=torch.Generator().manual_seed(0))
-            teacher_latency = teacher.measure_latency(batch.numpy())
-        else:
-            teacher_latency = measure_latency(lambda batch: teacher.logits(batch), input_shape)
-    student_acc = student_eval["student_accuracy"]
-    result: dict[str, Any] = {
-        "evaluated_on": splits.eval_name,
-        "num_eval_samples": data.num_samples,
-        "teacher": {
-            "accuracy": student_eval.get("teacher_accuracy"),
-            "ece": student_eval.get("teacher_ece"),
-            "parameters": teacher_params,
-            "macs": estimate_macs(teacher_module, input_shape) if teacher_module is not None else None,
-            "latency_ms": None if teacher_latency is None else teacher_latency * 1e3,
-        },
-        "student": {
-            "arch": spec.student.arch,
-            "arch_params": resolve_arch_params(spec.student.arch, spec.student.arch_params),
-            "accuracy": student_acc,
-            "agreement": student_eval.get("agreement"),
-            "mean_kl": student_eval.get("mean_kl"),
-            "ece": student_eval.get("student_ece"),
-            "parameters": student_params,
-            "macs": estimate_macs(student, input_shape),
-            "latency_ms": student_latency * 1e3,
-        },
-        "baseline": None,
-        "compression": None if not teacher_params else teacher_params / student_params,
-        "speedup": None if teacher_latency is None else teacher_latency / student_latency,
-        "temperature": spec.hyperparameters.temperature,
-        "alpha": spec.hyperparameters.alpha,
-        "loss": spec.hyperparameters.loss,
-        "standardized": splits.standardizer is not None,
-    }
-    result["agreement"] = result["student"]["agreement"]
+def _evaluate_models(spec: DistillSpec, splits: Splits, teacher: Teacher, student: torch.nn.Module,
+                     baseline: torch.nn.Module | None, eval_logits: torch.Tensor | None) -> DistillResult:
+    """Teacher, student and baseline on the evaluation split, with sizes and CPU latencies."""
+    data, input_shape = splits.eval_set, splits.train.input_shape
+    scores = _evaluate(student, eval_logits, data)
+    module = getattr(teacher, "module", None)
+    onnx_latency = None
+    if module is None and teacher.input_shape is not None and hasattr(teacher, "measure_latency"):
+        # an ONNX teacher, timed in its own process on the batch measure_latency would make
+        batch = torch.randn((64, *input_shape), generator=torch.Generator().manual_seed(0))
+        onnx_latency = teacher.measure_latency(batch.numpy())
+    sizes = size_report(student.cpu(), module, input_shape=input_shape, teacher_latency=onnx_latency,
+                        teacher_parameters=None if module is not None else getattr(teacher, "parameters", None))
+    result = DistillResult(
+        evaluated_on=splits.eval_name, num_eval_samples=data.num_samples,
+        teacher=TeacherReport(accuracy=scores.teacher_accuracy, ece=scores.teacher_ece,
+                              parameters=sizes.teacher_parameters, macs=sizes.teacher_macs,
+                              latency_ms=None if sizes.teacher_latency_s is None else sizes.teacher_latency_s * 1e3),
+        student=StudentReport(arch=spec.student.arch,
+                              arch_params=resolve_arch_params(spec.student.arch, spec.student.arch_params),
+                              accuracy=scores.accuracy, ece=scores.ece, agreement=scores.agreement,
+                              mean_kl=scores.mean_kl, parameters=sizes.student_parameters, macs=sizes.student_macs,
+                              latency_ms=sizes.student_latency_s * 1e3),
+        compression=sizes.compression_ratio, speedup=sizes.speedup,
+        temperature=spec.hyperparameters.temperature, alpha=spec.hyperparameters.alpha,
+        loss=spec.hyperparameters.loss, standardized=splits.standardizer is not None)
     if baseline is not None:
-        base_eval = _evaluate(baseline, eval_logits, data)
-        result["baseline"] = {"accuracy": base_eval["student_accuracy"], "agreement": base_eval.get("agreement"),
-                              "mean_kl": base_eval.get("mean_kl"), "ece": base_eval.get("student_ece")}
-        if student_acc is not None and base_eval["student_accuracy"] is not None:
-            result["distillation_gain"] = student_acc - base_eval["student_accuracy"]
+        base = _evaluate(baseline, eval_logits, data)
+        result.baseline = ModelReport(accuracy=base.accuracy, ece=base.ece, agreement=base.agreement,
+                                      mean_kl=base.mean_kl)
+        if scores.accuracy is not None and base.accuracy is not None:
+            result.distillation_gain = scores.accuracy - base.accuracy
             # the same labelled rows, so a paired test: McNemar's exact test on the rows one gets right
-            result["comparison"] = paired_comparison(student_eval["correct"], base_eval["correct"])
+            result.comparison = paired_comparison(scores.correct, base.correct)
     return result
 
 
-def _evaluate(model: torch.nn.Module, eval_logits: torch.Tensor | None, data: ArrayDataset) -> dict[str, Any]:
-    """`evaluate` on the labelled rows (accuracy, calibration) and, with teacher logits, agreement
-    and KL with the teacher on every row. Accuracies are None when no evaluation row is labelled.
-    `correct` is the model's per-row correctness on the labelled rows (None without any), from the
-    same predictions as its accuracy, for the paired comparison with the baseline."""
+@dataclass
+class _Scores:
+    """One model on the evaluation split. Accuracy and calibration on its labelled rows (None when
+    none is); the teacher's too; agreement and KL with the teacher on every row (None without teacher
+    logits); `correct`, the model's per-row correctness on the labelled rows, from the same
+    predictions as its accuracy, for the paired comparison with the baseline."""
+    accuracy: float | None = None
+    ece: float | None = None
+    teacher_accuracy: float | None = None
+    teacher_ece: float | None = None
+    agreement: float | None = None
+    mean_kl: float | None = None
+    correct: torch.Tensor | None = None
+
+
+def _evaluate(model: torch.nn.Module, eval_logits: torch.Tensor | None, data: ArrayDataset) -> _Scores:
     logits = predict_logits(model, data.x)  # once: every number below comes from these predictions
     labeled = data.labeled
-    if bool(labeled.all()):
-        report = evaluate(student=model, student_logits=logits, teacher_logits=eval_logits, x=data.x, y=data.y)
-        report["correct"] = logits.argmax(1) == data.y
-        return report
-    report = {"student_accuracy": None, "student_ece": None, "teacher_accuracy": None,
-              "teacher_ece": None, "agreement": None, "mean_kl": None, "correct": None}
+    out = _Scores()
     if bool(labeled.any()):
-        rows = labeled.nonzero().flatten()
-        part = evaluate(student=model, student_logits=logits[rows],
-                        teacher_logits=None if eval_logits is None else eval_logits[rows],
-                        x=data.x[rows], y=data.y[rows])
-        report.update({k: part[k] for k in ("student_accuracy", "student_ece", "teacher_accuracy", "teacher_ece")})
-        report["correct"] = logits[rows].argmax(1) == data.y[rows]
-    if eval_logits is not None:
-        report["agreement"], report["mean_kl"] = agreement(logits, eval_logits), mean_kl(eval_logits, logits)
-    return report
+        rows = None if bool(labeled.all()) else labeled.nonzero().flatten()
+
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return t if rows is None else t[rows]
+
+        report = evaluate(student=model, student_logits=pick(logits),
+                          teacher_logits=None if eval_logits is None else pick(eval_logits),
+                          x=pick(data.x), y=pick(data.y))
+        out.accuracy, out.ece = report.student_accuracy, report.student_ece
+        out.teacher_accuracy, out.teacher_ece = report.teacher_accuracy, report.teacher_ece
+        out.agreement, out.mean_kl = report.agreement, report.mean_kl
+        out.correct = pick(logits).argmax(1) == pick(data.y)
+    if eval_logits is not None and not bool(labeled.all()):  # agreement and KL on every row
+        out.agreement, out.mean_kl = agreement(logits, eval_logits), mean_kl(eval_logits, logits)
+    return out

@@ -6,7 +6,8 @@ tests them with McNemar's exact test (the binomial test on the discordant rows, 
 `quality_warnings` flags a run whose accuracy is near chance or whose training loss ran away.
 
 Pure Python over plain numbers (the pipeline passes boolean tensors of correctness and the
-per-epoch metrics it already has); every value returned is JSON-serialisable.
+per-epoch metrics it already has); the comparison is a `kdcore.results.Comparison`, the warnings
+JSON-serialisable dicts.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from fractions import Fraction
 from typing import Any, Iterable, Sequence
 
 import torch
+
+from kdcore.results import Comparison
 
 ALPHA = 0.05  # significance level of the verdict: p < ALPHA is "better"/"worse"
 BETTER, WORSE, NOT_DISTINGUISHABLE = "better", "worse", "not distinguishable"
@@ -56,7 +59,7 @@ def mcnemar_exact(b: int, c: int) -> float:
 
 
 def paired_comparison(student_correct: torch.Tensor, baseline_correct: torch.Tensor, *,
-                      alpha: float = ALPHA) -> dict[str, Any]:
+                      alpha: float = ALPHA) -> Comparison:
     """The student against the baseline on the same rows (two boolean vectors, True where the model
     is right): the discordant counts, McNemar's exact p-value and the verdict at `alpha`:
     "better" or "worse" when p < alpha, else "not distinguishable"."""
@@ -67,8 +70,8 @@ def paired_comparison(student_correct: torch.Tensor, baseline_correct: torch.Ten
     b, c = int((s & ~base).sum()), int((~s & base).sum())
     p = mcnemar_exact(b, c)
     verdict = NOT_DISTINGUISHABLE if p >= alpha else (BETTER if b > c else WORSE)
-    return {"test": "mcnemar_exact", "alpha": alpha, "rows": int(s.numel()), "student_only_right": b,
-            "baseline_only_right": c, "p_value": p, "verdict": verdict}
+    return Comparison(test="mcnemar_exact", alpha=alpha, rows=int(s.numel()), student_only_right=b,
+                      baseline_only_right=c, p_value=p, verdict=verdict)
 
 
 def near_chance(accuracy: float | None, num_classes: int) -> bool:
@@ -87,18 +90,19 @@ def diverged(losses: Sequence[float]) -> bool:
     return last > best + (first - best) / 2
 
 
-def quality_warnings(summary: dict[str, Any], *, num_classes: int,
+def quality_warnings(*, accuracies: dict[str, float | None], evaluated_on: str, num_classes: int,
                      losses: dict[str, Iterable[float]]) -> list[dict[str, Any]]:
     """What makes the result suspect, as {"code", "model", "message", ...} items:
-    `near_chance` for the student (and the teacher) scoring near chance, `diverged` for a run
-    (`losses` maps "student"/"baseline" to its per-epoch training losses) whose loss ran away."""
+    `near_chance` for the student (and the teacher) scoring near chance (`accuracies` maps
+    "student"/"teacher" to its accuracy on the `evaluated_on` split), `diverged` for a run (`losses`
+    maps "student"/"baseline" to its per-epoch training losses) whose loss ran away."""
     out: list[dict[str, Any]] = []
     chance = 1.0 / num_classes if num_classes >= 2 else None
-    split = summary.get("evaluated_on") or "evaluation"
+    split = evaluated_on or "evaluation"
     for model, hint in (("student", "check the learning rate, the number of epochs and the teacher"),
                         ("teacher", "check that it is the right teacher for this data (classes in the same "
                                     "order, inputs as it was trained on)")):
-        acc = (summary.get(model) or {}).get("accuracy")
+        acc = accuracies.get(model)
         if chance is not None and near_chance(acc, num_classes):
             out.append({"code": "near_chance", "model": model, "accuracy": acc, "chance": chance,
                         "message": f"the {model}'s accuracy on the {split} split, {100 * acc:.1f} %, is near "

@@ -28,7 +28,6 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -39,6 +38,7 @@ from jobs.settings import Settings
 from jobs.tables import utcnow
 from kdcore.errors import KDError
 from kdcore.onnx_sandbox import GraphLimits
+from kdcore.results import DistillResult, ModelReport
 from kdcore.pipeline import (EVENT_LEVELS, ONNX_FILE, STUDENT_FILE, SUMMARY_FILE, METRICS_FILE, PipelineCallbacks,
                              run_distillation)
 from kdcore.spec import DistillSpec
@@ -123,10 +123,10 @@ class JobRun(PipelineCallbacks):
             self.checkpoints = CheckpointMirror(self.store, prefix=f"jobs/{self.job_id}/checkpoints",
                                                 local_dir=work / "checkpoints")
             self.checkpoints.pull()
-            summary = run_distillation(spec, out_dir=work / "out", callbacks=self,
-                                       checkpoint_dir=work / "checkpoints", extra_metadata={"job_id": self.job_id},
-                                       teacher_limits=self._teacher_limits())
-            self._publish(work / "out", summary)
+            result = run_distillation(spec, out_dir=work / "out", callbacks=self,
+                                      checkpoint_dir=work / "checkpoints", extra_metadata={"job_id": self.job_id},
+                                      teacher_limits=self._teacher_limits())
+            self._publish(work / "out", result)
             return "succeeded"
         except (Stopped, LeaseLost):
             if self.timed_out.is_set() and not self.lease_lost.is_set():
@@ -176,7 +176,7 @@ class JobRun(PipelineCallbacks):
             spec.hyperparameters.device = spec.resources.device
         return spec
 
-    def _publish(self, out: Path, summary: dict[str, Any]) -> None:
+    def _publish(self, out: Path, result: DistillResult) -> None:
         """Artifacts to the store, then rows and success in one transaction.
 
         The files go under this attempt's own keys: a worker that lost its lease after its last
@@ -193,11 +193,12 @@ class JobRun(PipelineCallbacks):
                     self._fenced(lifecycle.add_artifact(s, job_id=self.job_id, attempt=self.attempt, kind=kind,
                                                         storage_key=obj.key, bytes=obj.bytes, sha256=obj.sha256))
                 self._fenced(lifecycle.add_event(s, job_id=self.job_id, attempt=self.attempt, type="result",
-                                                 message=_outcome_line(summary), data=None) is not None)
+                                                 message=_outcome_line(result), data=None) is not None)
                 self._fenced(lifecycle.set_progress(s, job_id=self.job_id, attempt=self.attempt,
                                                     progress={"phase": "exporting", "fraction": 1.0,
                                                               "eta_seconds": 0.0, "epochs": self.epochs}))
-                self._fenced(lifecycle.succeed(s, job_id=self.job_id, attempt=self.attempt, result=summary))
+                self._fenced(lifecycle.succeed(s, job_id=self.job_id, attempt=self.attempt,
+                                               result=result.to_dict()))
                 s.commit()
         except LeaseLost:  # rolled back: no row names these files
             for _, obj in stored:
@@ -424,21 +425,19 @@ def _epoch_line(m) -> str:
     return f"{m.run} epoch {m.epoch}/{m.epochs}: loss {m.train_loss:.4f}, {score}"
 
 
-def _outcome_line(summary: dict[str, Any]) -> str:
+def _outcome_line(result: DistillResult) -> str:
     """The `result` event's message. Accuracy is None where no evaluation row is labelled (training
     data without labels and no labelled test file): agreement with the teacher is what was measured."""
-    line = f"student {_score(summary['student'])} on {summary['evaluated_on']}"
-    b = summary.get("baseline")
-    if b is not None:
-        line += f", baseline {_score(b)}"
-        if summary.get("distillation_gain") is not None:
-            line += f" ({100 * summary['distillation_gain']:+.1f} points"
-            comparison = summary.get("comparison")
-            if comparison:  # McNemar's exact test on the rows where exactly one of them is right
-                line += f"; {comparison['verdict']}, p = {_p(comparison['p_value'])}"
+    line = f"student {_score(result.student)} on {result.evaluated_on}"
+    if result.baseline is not None:
+        line += f", baseline {_score(result.baseline)}"
+        if result.distillation_gain is not None:
+            line += f" ({100 * result.distillation_gain:+.1f} points"
+            if result.comparison:  # McNemar's exact test on the rows where exactly one of them is right
+                line += f"; {result.comparison.verdict}, p = {_p(result.comparison.p_value)}"
             line += ")"
-    if summary.get("warnings"):
-        line += f"; {len(summary['warnings'])} warning{'s' if len(summary['warnings']) != 1 else ''}"
+    if result.warnings:
+        line += f"; {len(result.warnings)} warning{'s' if len(result.warnings) != 1 else ''}"
     return line
 
 
@@ -447,9 +446,9 @@ def _p(value: float) -> str:
     return f"{value:.3g}"
 
 
-def _score(run: dict[str, Any]) -> str:
-    if run.get("accuracy") is not None:
-        return f"accuracy {run['accuracy']:.4f}"
-    if run.get("agreement") is not None:
-        return f"agreement with the teacher {run['agreement']:.4f} (no labelled row to score accuracy on)"
+def _score(run: ModelReport) -> str:
+    if run.accuracy is not None:
+        return f"accuracy {run.accuracy:.4f}"
+    if run.agreement is not None:
+        return f"agreement with the teacher {run.agreement:.4f} (no labelled row to score accuracy on)"
     return "not scored (no labelled row)"

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, Strict, StrictBool, StrictInt,
                       WithJsonSchema, create_model)
 
+from api.schemas.results import RESULT_SCHEMA
 from jobs.routing import queue_for
 from jobs.spec_files import FILE_FIELDS
 from kdcore.spec import FIELD_HELP, DatasetSpec, Hyperparameters, ResourcesSpec, StudentSpec, TeacherSpec
@@ -177,16 +178,26 @@ class JobError(BaseModel):
     message: str
 
 
+def _spec_is_a_request(schema: dict[str, Any]) -> None:
+    # JobOut.spec has JobCreate's shape; pointed to after generation, where pydantic no longer
+    # resolves references (FastAPI lists JobCreate under components/schemas, the request body's)
+    schema["properties"]["spec"] = {"$ref": "#/components/schemas/JobCreate",
+                                    "description": schema["properties"]["spec"]["description"]}
+
+
 class JobOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra=_spec_is_a_request)
+
     id: str
     object: str = "job"
     status: Status
-    spec: dict[str, Any] = Field(description="the resolved spec: every default filled in")
+    spec: dict[str, Any] = Field(description="the resolved spec: the request's fields with every default filled "
+                                             "in (a valid request body itself, for a job like this one)")
     progress: Progress
     attempt: int
     max_attempts: int
     error: JobError | None = None
-    result: dict[str, Any] | None = Field(
+    result: Annotated[dict[str, Any] | None, WithJsonSchema({"anyOf": [RESULT_SCHEMA, {"type": "null"}]})] = Field(
         None, description="teacher, student and baseline metrics on the evaluation split; agreement, "
                           "compression, speedup, distillation_gain; comparison (student vs baseline on the same "
                           "rows: student_only_right, baseline_only_right, p_value of McNemar's exact test, verdict "

@@ -11,6 +11,7 @@ import sys
 import time
 
 import httpx
+import jsonschema
 import pytest
 
 from jobs.migrate import upgrade
@@ -72,6 +73,12 @@ def test_upload_submit_watch_download(stack, digits_teacher):
     assert state["status"] == "succeeded", (state, worker.output()[-3000:])
     assert fractions == sorted(fractions), "progress never goes backwards"
     assert state["result"]["student"]["accuracy"] > 0.1 and state["result"]["baseline"] is not None
+    # the job as served is what /openapi.json says: the spec a valid request body, the result typed
+    components = client.get("/openapi.json").json()["components"]
+    jsonschema.Draft202012Validator({"$ref": "#/components/schemas/JobOut", "components": components}).validate(state)
+    result_schema = components["schemas"]["JobOut"]["properties"]["result"]["anyOf"][0]
+    assert set(state["result"]) == set(result_schema["properties"])
+    assert set(state["result"]["student"]) == set(result_schema["properties"]["student"]["properties"])
 
     student = client.get(f"/v1/jobs/{job_id}/student")
     assert student.headers["etag"] == f'"{hashlib.sha256(student.content).hexdigest()}"'

@@ -188,7 +188,7 @@ def test_a_spec_with_two_cpu_processes_distils_like_one(tmp_path, digits_teacher
             "dataset": {"builtin": "digits", "standardize": True},
             "hyperparameters": {"epochs": 2, "learning_rate": 0.01},
             "resources": {"device": "cpu", "processes": processes}})
-        return run_distillation(spec, out_dir=tmp_path / str(processes), export_onnx_file=False)
+        return run_distillation(spec, out_dir=tmp_path / str(processes), export_onnx_file=False).to_dict()
 
     one, two = summary(1), summary(2)
     for run in ("student", "baseline"):

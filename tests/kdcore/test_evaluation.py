@@ -151,16 +151,17 @@ def test_evaluate_reports_plain_floats(student: torch.nn.Module, teacher: torch.
     report = evaluate(student=student, teacher_logits=teacher_logits, x=x, y=y)
 
     student_logits = predict_logits(student, x)
-    assert set(report) == {f for f in EvalReport.__dataclass_fields__}
-    assert report["num_samples"] == 50
-    assert report["student_accuracy"] == accuracy(student_logits, y)
-    assert report["teacher_accuracy"] == accuracy(teacher_logits, y)
-    assert report["agreement"] == agreement(student_logits, teacher_logits)
-    assert report["mean_kl"] == mean_kl(teacher_logits, student_logits) > 0
-    assert report["student_ece"] == expected_calibration_error(student_logits, y)
-    assert report["teacher_ece"] == expected_calibration_error(teacher_logits, y)
-    assert json.loads(json.dumps(report)) == report
-    assert all(type(report[k]) is float for k in report if k != "num_samples")
+    assert isinstance(report, EvalReport)
+    assert report.num_samples == 50
+    assert report.student_accuracy == accuracy(student_logits, y)
+    assert report.teacher_accuracy == accuracy(teacher_logits, y)
+    assert report.agreement == agreement(student_logits, teacher_logits)
+    assert report.mean_kl == mean_kl(teacher_logits, student_logits) > 0
+    assert report.student_ece == expected_calibration_error(student_logits, y)
+    assert report.teacher_ece == expected_calibration_error(teacher_logits, y)
+    as_dict = report.to_dict()
+    assert json.loads(json.dumps(as_dict)) == as_dict
+    assert all(type(v) is float for k, v in as_dict.items() if k != "num_samples")
 
     # The teacher model instead of its logits gives the same report.
     assert evaluate(student=student, teacher_logits=None, teacher_model=teacher, x=x, y=y) == report
@@ -169,37 +170,37 @@ def test_evaluate_reports_plain_floats(student: torch.nn.Module, teacher: torch.
 def test_evaluate_without_teacher_logits(student: torch.nn.Module) -> None:
     x, y = torch.randn(20, 6), torch.randint(0, 3, (20,))
     report = evaluate(student=student, teacher_logits=None, x=x, y=y)
-    assert report["teacher_accuracy"] is None and report["agreement"] is None and report["mean_kl"] is None
-    assert isinstance(report["student_accuracy"], float)
+    assert report.teacher_accuracy is None and report.agreement is None and report.mean_kl is None
+    assert isinstance(report.student_accuracy, float)
 
 
 def test_size_report_with_a_teacher_module(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
     report = size_report(student, teacher, input_shape=(6,), batch_size=8, repeats=2, warmup=0)
     s, t = count_params(student), count_params(teacher)
-    assert (report["student_parameters"], report["teacher_parameters"]) == (s, t)
-    assert report["compression_ratio"] == t / s
-    assert report["compression_ratio"] > 1
-    assert report["student_macs"] == estimate_macs(student, (6,)) == 6 * 8 + 8 * 3
-    assert report["teacher_macs"] == estimate_macs(teacher, (6,))
-    assert report["student_latency_s"] > 0 and report["teacher_latency_s"] > 0
-    assert report["speedup"] == report["teacher_latency_s"] / report["student_latency_s"]
-    json.dumps(report)
+    assert (report.student_parameters, report.teacher_parameters) == (s, t)
+    assert report.compression_ratio == t / s
+    assert report.compression_ratio > 1
+    assert report.student_macs == estimate_macs(student, (6,)) == 6 * 8 + 8 * 3
+    assert report.teacher_macs == estimate_macs(teacher, (6,))
+    assert report.student_latency_s > 0 and report.teacher_latency_s > 0
+    assert report.speedup == report.teacher_latency_s / report.student_latency_s
+    json.dumps(report.to_dict())
 
 
 def test_size_report_without_a_teacher_module(student: torch.nn.Module) -> None:
     report = size_report(student, None, input_shape=(6,), batch_size=8, repeats=2, warmup=0)
     for key in ("teacher_parameters", "compression_ratio", "teacher_macs", "teacher_latency_s", "speedup"):
-        assert report[key] is None
+        assert getattr(report, key) is None
 
     # An ONNX teacher: a callable is timed; its parameter count comes from the caller.
     report = size_report(student, lambda b: b @ torch.ones(6, 3), input_shape=(6,), teacher_parameters=1000,
                          batch_size=8, repeats=2, warmup=0)
-    assert report["teacher_parameters"] == 1000
-    assert report["compression_ratio"] == 1000 / count_params(student)
-    assert report["teacher_macs"] is None and report["teacher_latency_s"] > 0
+    assert report.teacher_parameters == 1000
+    assert report.compression_ratio == 1000 / count_params(student)
+    assert report.teacher_macs is None and report.teacher_latency_s > 0
 
     # Explicit numbers win over measurement.
     report = size_report(student, None, input_shape=(6,), teacher_parameters=500, teacher_latency=2.0,
                          batch_size=8, repeats=2, warmup=0)
-    assert report["speedup"] == 2.0 / report["student_latency_s"]
-    assert report["compression_ratio"] == 500 / count_params(student)
+    assert report.speedup == 2.0 / report.student_latency_s
+    assert report.compression_ratio == 500 / count_params(student)

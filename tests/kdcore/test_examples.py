@@ -59,7 +59,7 @@ def test_the_digits_reference_spec_runs_through_the_pipeline(tmp_path, monkeypat
     data = json.loads((EXAMPLES / "digits_mlp_to_mlp.json").read_text())
     data["teacher"]["path"] = str(teacher)
     data["hyperparameters"].update(epochs=2, temperature=[2, 4], alpha=[0.5])
-    summary = run_distillation(DistillSpec.from_dict(data), out_dir=tmp_path / "out", export_onnx_file=False)
+    summary = run_distillation(DistillSpec.from_dict(data), out_dir=tmp_path / "out", export_onnx_file=False).to_dict()
     assert summary["teacher"]["accuracy"] > 0.5
     assert summary["baseline"]["accuracy"] is not None
     assert len(summary["sweep"]["points"]) == 2

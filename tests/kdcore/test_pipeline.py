@@ -3,6 +3,7 @@ with each kind of teacher file, standardisation and uploaded dataset files."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,8 +17,9 @@ from kdcore.data import Standardizer, load_builtin, split_indices
 from kdcore.errors import DataError, TeacherError
 from kdcore.evaluation import accuracy, predict_logits
 from kdcore.export import read_student_metadata
-from kdcore.models import build_model, count_params
+from kdcore.models import build_model, count_params, estimate_macs
 from kdcore.pipeline import PHASES, load_splits, run_distillation
+from kdcore.results import DistillResult, ModelReport, StudentReport
 from kdcore.trainer import Stopped
 from tests.kdcore.factories import PhaseRecorder, distill_spec, save_state_dict, train_digits_teacher
 
@@ -39,24 +41,43 @@ def state_dict_run(tmp_path_factory, files):
 
 
 def test_summary_reports_teacher_student_baseline_and_their_relations(state_dict_run, teacher_model):
-    summary, _, _ = state_dict_run
+    result, _, _ = state_dict_run
+    assert isinstance(result, DistillResult)
     test = load_builtin("digits")["test"]
-    t, s, b = summary["teacher"], summary["student"], summary["baseline"]
-    assert summary["evaluated_on"] == "test" and summary["num_eval_samples"] == test.num_samples
-    assert t["accuracy"] == _accuracy(teacher_model, test.x, test.y) and t["accuracy"] > 0.8
-    assert 0 < s["accuracy"] <= 1 and 0 < b["accuracy"] <= 1
-    assert 0 <= s["agreement"] <= 1 and summary["agreement"] == s["agreement"]
-    assert t["parameters"] == count_params(teacher_model) == 64 * 64 + 64 + 64 * 10 + 10
-    assert s["parameters"] == 64 * 16 + 16 + 16 * 10 + 10
-    assert summary["compression"] == t["parameters"] / s["parameters"]
-    assert summary["speedup"] > 0 and t["latency_ms"] > 0 and s["latency_ms"] > 0
-    assert summary["distillation_gain"] == s["accuracy"] - b["accuracy"]
-    assert (summary["temperature"], summary["alpha"], summary["loss"]) == (4.0, 0.3, "forward_kl")
-    assert summary["standardized"] is False and summary["onnx"] == "student.onnx"
+    t, s, b = result.teacher, result.student, result.baseline
+    assert result.evaluated_on == "test" and result.num_eval_samples == test.num_samples
+    assert t.accuracy == _accuracy(teacher_model, test.x, test.y) and t.accuracy > 0.8
+    assert 0 < s.accuracy <= 1 and 0 < b.accuracy <= 1
+    assert 0 <= s.agreement <= 1 and result.agreement == s.agreement
+    assert t.parameters == count_params(teacher_model) == 64 * 64 + 64 + 64 * 10 + 10
+    assert s.parameters == 64 * 16 + 16 + 16 * 10 + 10
+    assert t.macs == estimate_macs(teacher_model, (64,)) and s.macs > 0
+    assert result.compression == t.parameters / s.parameters
+    assert result.speedup == pytest.approx(t.latency_ms / s.latency_ms) and t.latency_ms > 0 and s.latency_ms > 0
+    assert result.distillation_gain == s.accuracy - b.accuracy
+    assert (s.epochs_run, b.epochs_run) == (2, 2) and s.steps == b.steps > 0
+    assert s.train_rows.labeled == b.train_rows.labeled > 0 and s.train_rows.unlabeled == 0
+    assert (result.temperature, result.alpha, result.loss) == (4.0, 0.3, "forward_kl")
+    assert result.standardized is False and result.onnx == "student.onnx"
+    assert result.comparison.rows == result.num_eval_samples and result.sweep is None
+
+
+def test_the_result_serialises_to_the_documented_json(state_dict_run):
+    """`to_dict` is the job's `result`: every class's fields, nested, plus the top-level agreement."""
+    result, _, _ = state_dict_run
+    d = result.to_dict()
+    assert json.loads(json.dumps(d)) == d
+    assert set(d) == {f.name for f in dataclasses.fields(DistillResult)} | {"agreement"}
+    assert set(d["student"]) == {f.name for f in dataclasses.fields(StudentReport)}
+    assert set(d["teacher"]) == {"accuracy", "ece", "parameters", "macs", "latency_ms"}
+    assert set(d["baseline"]) == {f.name for f in dataclasses.fields(ModelReport)}
+    assert d["student"]["train_rows"] == {"labeled": result.student.train_rows.labeled, "unlabeled": 0}
+    assert d["comparison"]["verdict"] == result.comparison.verdict and d["agreement"] == result.student.agreement
 
 
 def test_artifacts_are_written_and_the_student_file_reproduces_the_accuracy(state_dict_run):
-    summary, out, _ = state_dict_run
+    result, out, _ = state_dict_run
+    summary = result.to_dict()
     assert {p.name for p in out.iterdir()} >= {"student.safetensors", "student.onnx", "metrics.jsonl",
                                                "summary.json"}
     assert json.loads((out / "summary.json").read_text()) == summary
@@ -72,6 +93,7 @@ def test_artifacts_are_written_and_the_student_file_reproduces_the_accuracy(stat
     meta = read_student_metadata(out / "student.safetensors")
     assert meta["arch"] == "mlp" and meta["arch_params"]["hidden_sizes"] == [16]
     assert meta["metrics"]["accuracy"] == summary["student"]["accuracy"]
+    assert "sha256" not in meta["metrics"]  # the file cannot hold its own hash
     assert meta["spec"]["hyperparameters"]["epochs"] == 2 and "standardizer" not in meta
     assert summary["student"]["size_bytes"] == (out / "student.safetensors").stat().st_size
 
@@ -120,7 +142,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoints_and_reports_every_epoch
 
 def test_an_onnx_teacher(files, teacher_model, tmp_path):
     summary = run_distillation(distill_spec(files["onnx"], teacher_arch=False, epochs=1), out_dir=tmp_path,
-                               export_onnx_file=False)
+                               export_onnx_file=False).to_dict()
     test = load_builtin("digits")["test"]
     t, s = summary["teacher"], summary["student"]
     assert t["accuracy"] == pytest.approx(_accuracy(teacher_model, test.x, test.y), abs=0.01)
@@ -135,7 +157,7 @@ def test_an_onnx_teacher(files, teacher_model, tmp_path):
 def test_a_precomputed_logits_teacher(files, tmp_path):
     cb = PhaseRecorder()
     summary = run_distillation(distill_spec(files["logits"], teacher_arch=False, epochs=1), out_dir=tmp_path,
-                               callbacks=cb, export_onnx_file=False)
+                               callbacks=cb, export_onnx_file=False).to_dict()
     # The logits cover the training source only: validation (carved from it) has agreement, test has not.
     assert all(m.val_agreement is not None for m in cb.epochs if m.run == "student")
     assert summary["teacher"]["accuracy"] is None and summary["agreement"] is None
@@ -151,13 +173,13 @@ def test_precomputed_logits_with_noise_augmentation_follow_the_training_rows(fil
     # Pure distillation (alpha 0): the student can only learn the digits from the right teacher rows.
     spec = distill_spec(files["logits"], teacher_arch=False, baseline=False, epochs=4, alpha=0.0,
                  augment="noise", noise_std=0.1)
-    summary = run_distillation(spec, out_dir=tmp_path, export_onnx_file=False)
+    summary = run_distillation(spec, out_dir=tmp_path, export_onnx_file=False).to_dict()
     assert summary["student"]["accuracy"] > 0.6
 
 
 def test_standardize_stores_the_standardizer_and_the_teacher_still_sees_raw_inputs(files, tmp_path, state_dict_run):
     spec = distill_spec(files["state_dict"], dataset={"builtin": "digits", "standardize": True}, baseline=False)
-    summary = run_distillation(spec, out_dir=tmp_path, export_onnx_file=False)
+    summary = run_distillation(spec, out_dir=tmp_path, export_onnx_file=False).to_dict()
     assert summary["standardized"] is True
     meta = read_student_metadata(tmp_path / "student.safetensors")
     expected = load_splits(spec).standardizer
@@ -168,7 +190,7 @@ def test_standardize_stores_the_standardizer_and_the_teacher_still_sees_raw_inpu
     assert meta["standardizer"] == fitted.state_dict()
 
     # The teacher was trained on raw pixels: standardising is for the student only.
-    assert summary["teacher"]["accuracy"] == pytest.approx(state_dict_run[0]["teacher"]["accuracy"], abs=0.006)
+    assert summary["teacher"]["accuracy"] == pytest.approx(state_dict_run[0].teacher.accuracy, abs=0.006)
 
     # Inference with the stored standardizer reproduces the reported accuracy.
     student = kdcore.load_student(tmp_path / "student.safetensors")
@@ -204,7 +226,7 @@ def test_uploaded_train_and_validation_files(files, teacher_model, tmp_path):
     spec = distill_spec(files["state_dict"], baseline=False, epochs=1,
                  dataset={"train_path": str(train_path), "validation_path": str(val_path)})
     cb = PhaseRecorder()
-    summary = run_distillation(spec, out_dir=tmp_path / "out", callbacks=cb, export_onnx_file=False)
+    summary = run_distillation(spec, out_dir=tmp_path / "out", callbacks=cb, export_onnx_file=False).to_dict()
     loaded = dict(cb.events)["data_loaded"]
     assert (loaded["train"], loaded["validation"], loaded["test"]) == (1200, 238, None)
     assert summary["evaluated_on"] == "validation" and summary["num_eval_samples"] == 238
@@ -217,7 +239,7 @@ def test_uploaded_train_and_validation_files(files, teacher_model, tmp_path):
     test_path = _write_npz(tmp_path / "test.npz", test.x, test.y)
     spec = distill_spec(files["state_dict"], baseline=False, epochs=1,
                  dataset={"train_path": str(train_path), "test_path": str(test_path)})
-    summary = run_distillation(spec, out_dir=tmp_path / "out2", export_onnx_file=False)
+    summary = run_distillation(spec, out_dir=tmp_path / "out2", export_onnx_file=False).to_dict()
     assert summary["evaluated_on"] == "test" and summary["num_eval_samples"] == test.num_samples
 
 

@@ -93,7 +93,7 @@ class Recorder(PipelineCallbacks):
 def test_a_2x2_sweep_picks_the_best_point_and_exports_it(files, tmp_path):
     spec = distill_spec(files["state_dict"], temperature=[1.0, 8.0], alpha=[0.0, 0.9])
     cb = Recorder()
-    summary = run_distillation(spec, out_dir=tmp_path, callbacks=cb, export_onnx_file=False)
+    summary = run_distillation(spec, out_dir=tmp_path, callbacks=cb, export_onnx_file=False).to_dict()
     sweep = summary["sweep"]
     points = sweep["points"]
     assert [(p["temperature"], p["alpha"]) for p in points] == [(1.0, 0.0), (1.0, 0.9), (8.0, 0.0), (8.0, 0.9)]
@@ -123,21 +123,21 @@ def test_a_2x2_sweep_picks_the_best_point_and_exports_it(files, tmp_path):
 
 def test_no_sweep_keeps_sweep_null(files, tmp_path):
     summary = run_distillation(distill_spec(files["state_dict"], baseline=False, epochs=1), out_dir=tmp_path,
-                               export_onnx_file=False)
+                               export_onnx_file=False).to_dict()
     assert summary["sweep"] is None and summary["temperature"] == 4.0
     assert summary["student"]["epochs_run"] == 1 and summary["student"]["stopped_early"] is False
 
 
 def test_an_interrupted_sweep_resumes_per_point_bit_identically(files, tmp_path):
     spec = distill_spec(files["state_dict"], baseline=False, temperature=[2.0, 6.0], epochs=2)
-    whole = run_distillation(spec, out_dir=tmp_path / "a", checkpoint_dir=tmp_path / "ca", export_onnx_file=False)
+    whole = run_distillation(spec, out_dir=tmp_path / "a", checkpoint_dir=tmp_path / "ca", export_onnx_file=False).to_dict()
     with pytest.raises(Stopped):  # point 0 done, point 1 stopped after its first epoch
         run_distillation(spec, out_dir=tmp_path / "b", checkpoint_dir=tmp_path / "cb",
                          callbacks=Recorder(stop_after_checkpoints=3), export_onnx_file=False)
     assert sorted(p.name for p in (tmp_path / "cb").iterdir()) == ["student-0", "student-1"]
     cb = Recorder()
     resumed = run_distillation(spec, out_dir=tmp_path / "b", checkpoint_dir=tmp_path / "cb", callbacks=cb,
-                               export_onnx_file=False)
+                               export_onnx_file=False).to_dict()
     assert [t for t, _ in cb.events].count("sweep_epoch") == 1  # only point 1's epoch 2 trained again
     strip = lambda pts: [{k: v for k, v in p.items() if k != "history"} for p in pts]  # noqa: E731
     assert strip(resumed["sweep"]["points"]) == strip(whole["sweep"]["points"])
@@ -208,7 +208,7 @@ def test_early_stopping_and_restore_best_resume_bit_identically(tmp_path, stop_a
 
 def test_the_summary_records_epochs_and_best_epoch_for_student_and_baseline(files, tmp_path):
     spec = distill_spec(files["state_dict"], epochs=4, learning_rate=1e-12, early_stopping_patience=1, restore_best=True)
-    summary = run_distillation(spec, out_dir=tmp_path, export_onnx_file=False)
+    summary = run_distillation(spec, out_dir=tmp_path, export_onnx_file=False).to_dict()
     for run in ("student", "baseline"):
         s = summary[run]
         assert (s["epochs_run"], s["best_epoch"], s["stopped_early"], s["restored_best"]) == (2, 1, True, True), run

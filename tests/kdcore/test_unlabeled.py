@@ -182,7 +182,7 @@ def test_labels_per_class_keeps_validation_labels_and_counts_rows(files):
 
 def test_baseline_trains_on_labelled_rows_for_the_distilled_runs_steps(files, tmp_path):
     spec = _spec(files["state_dict"], {"builtin": "digits", "labels_per_class": 5})
-    summary = run_distillation(spec, out_dir=tmp_path, export_onnx_file=False)
+    summary = run_distillation(spec, out_dir=tmp_path, export_onnx_file=False).to_dict()
     n = load_splits(spec).train.num_samples
     steps = planned_steps(n, spec.hyperparameters)
     assert summary["student"]["steps"] == steps == summary["baseline"]["steps"]
@@ -201,7 +201,7 @@ def test_unlabelled_files_join_the_training_inputs(files, tmp_path):
                                        "test_path": str(tmp_path / "labelled.npz")})
     splits = load_splits(spec)
     assert splits.train.num_samples == 90 + len(digits["train"].y) - 100 and splits.train.num_labeled == 90
-    summary = run_distillation(spec, out_dir=tmp_path / "out", export_onnx_file=False)
+    summary = run_distillation(spec, out_dir=tmp_path / "out", export_onnx_file=False).to_dict()
     assert summary["student"]["train_rows"]["unlabeled"] == len(digits["train"].y) - 100
 
 
@@ -219,14 +219,14 @@ def test_no_labels_at_all_distils_with_alpha_zero_and_agreement(files, tmp_path)
     raw = {"teacher": {"path": str(files["onnx"])}, "student": STUDENT,
            "dataset": {"train_path": str(tmp_path / "inputs.npz")},
            "hyperparameters": {"epochs": 2, "learning_rate": 0.01, "device": "cpu"}}
-    summary = run_distillation(DistillSpec.from_dict(raw), out_dir=tmp_path / "a", export_onnx_file=False)
+    summary = run_distillation(DistillSpec.from_dict(raw), out_dir=tmp_path / "a", export_onnx_file=False).to_dict()
     assert summary["alpha"] == 0.0 and summary["baseline"] is None
     assert summary["evaluated_on"] == "validation" and summary["student"]["accuracy"] is None
     assert summary["student"]["agreement"] > 0.5  # it learned the teacher's function from inputs alone
     # a labelled test file gives test accuracy
     np.savez(tmp_path / "test.npz", x=digits["test"].x.numpy(), y=digits["test"].y.numpy())
     raw["dataset"]["test_path"] = str(tmp_path / "test.npz")
-    summary = run_distillation(DistillSpec.from_dict(raw), out_dir=tmp_path / "b", export_onnx_file=False)
+    summary = run_distillation(DistillSpec.from_dict(raw), out_dir=tmp_path / "b", export_onnx_file=False).to_dict()
     assert summary["evaluated_on"] == "test" and summary["student"]["accuracy"] > 0.3
     # an explicit alpha > 0 or baseline true is refused, naming the field
     for extra, field in (({"hyperparameters": {**raw["hyperparameters"], "alpha": 0.5}}, "hyperparameters.alpha"),
@@ -238,7 +238,7 @@ def test_no_labels_at_all_distils_with_alpha_zero_and_agreement(files, tmp_path)
 
 def test_augmented_distillation_runs_the_teacher_on_the_view(files, tmp_path):
     spec = _spec(files["state_dict"], {"builtin": "digits", "labels_per_class": 5}, augment=["shift", "mixup"])
-    summary = run_distillation(spec, out_dir=tmp_path, export_onnx_file=False)
+    summary = run_distillation(spec, out_dir=tmp_path, export_onnx_file=False).to_dict()
     assert summary["student"]["accuracy"] is not None and summary["baseline"]["steps"] == summary["student"]["steps"]
 
 
@@ -283,7 +283,7 @@ def test_the_onnx_student_takes_raw_inputs_and_scores_the_reported_accuracy(file
     import onnxruntime as ort
 
     spec = _spec(files["state_dict"], dataset)
-    summary = run_distillation(spec, out_dir=tmp_path)
+    summary = run_distillation(spec, out_dir=tmp_path).to_dict()
     test = load_builtin("digits")["test"]
     session = ort.InferenceSession(str(tmp_path / "student.onnx"), providers=["CPUExecutionProvider"])
     (logits,) = session.run(["logits"], {"input": test.x.numpy()})

@@ -11,6 +11,7 @@ import torch
 
 from kdcore import load_builtin, verdict
 from kdcore.pipeline import EVENT_LEVELS, run_distillation
+from kdcore.results import Comparison
 from kdcore.verdict import (CHANCE_MARGIN, diverged, mcnemar_exact, near_chance, paired_comparison,
                             quality_warnings)
 from tests.kdcore.factories import PhaseRecorder, distill_spec, save_state_dict, train_digits_teacher
@@ -68,13 +69,13 @@ def test_paired_comparison_counts_the_disagreements_and_decides_at_alpha():
     student = torch.tensor([True] * 10 + [False] * 2 + [False] * 6)
     baseline = torch.tensor([True] * 10 + [False] * 2 + [True] * 6)
     out = paired_comparison(student, baseline)
-    assert out == {"test": "mcnemar_exact", "alpha": 0.05, "rows": 18, "student_only_right": 0,
-                   "baseline_only_right": 6, "p_value": 0.03125, "verdict": "worse"}
-    assert paired_comparison(baseline, student)["verdict"] == "better"
+    assert out == Comparison(test="mcnemar_exact", alpha=0.05, rows=18, student_only_right=0,
+                             baseline_only_right=6, p_value=0.03125, verdict="worse")
+    assert paired_comparison(baseline, student).verdict == "better"
     five = paired_comparison(torch.tensor([True] * 5), torch.tensor([False] * 5))
-    assert (five["student_only_right"], five["p_value"], five["verdict"]) == (5, 0.0625, "not distinguishable")
+    assert (five.student_only_right, five.p_value, five.verdict) == (5, 0.0625, "not distinguishable")
     same = paired_comparison(torch.tensor([True, False, True]), torch.tensor([True, False, True]))
-    assert (same["p_value"], same["verdict"]) == (1.0, "not distinguishable")
+    assert (same.p_value, same.verdict) == (1.0, "not distinguishable")
     with pytest.raises(ValueError):
         paired_comparison(torch.tensor([True]), torch.tensor([True, False]))
 
@@ -97,13 +98,13 @@ def test_diverged_is_a_last_epoch_that_gave_back_more_than_half_of_the_gain():
 
 
 def test_quality_warnings_name_the_model_the_rule_and_the_numbers():
-    summary = {"evaluated_on": "test", "student": {"accuracy": 0.12}, "teacher": {"accuracy": 0.97}}
-    out = quality_warnings(summary, num_classes=10, losses={"student": [2.3, 0.4, 0.3], "baseline": [2.2, 0.2, 2.0]})
+    out = quality_warnings(accuracies={"student": 0.12, "teacher": 0.97}, evaluated_on="test", num_classes=10,
+                           losses={"student": [2.3, 0.4, 0.3], "baseline": [2.2, 0.2, 2.0]})
     assert [(w["code"], w["model"]) for w in out] == [("near_chance", "student"), ("diverged", "baseline")]
     assert out[0]["chance"] == 0.1 and out[0]["accuracy"] == 0.12
     assert "12.0 %" in out[0]["message"] and "10.0 %" in out[0]["message"] and "10 classes" in out[0]["message"]
     assert out[1]["last_loss"] == 2.0 and "diverged" in out[1]["message"]
-    assert quality_warnings({"student": {"accuracy": None}, "teacher": {"accuracy": None}}, num_classes=10,
+    assert quality_warnings(accuracies={"student": None, "teacher": None}, evaluated_on="test", num_classes=10,
                             losses={}) == []
 
 
@@ -115,7 +116,7 @@ def teacher_file(tmp_path_factory):
 
 
 def test_a_run_reports_the_paired_comparison_of_the_same_rows(teacher_file, tmp_path):
-    summary = run_distillation(distill_spec(teacher_file), out_dir=tmp_path, export_onnx_file=False)
+    summary = run_distillation(distill_spec(teacher_file), out_dir=tmp_path, export_onnx_file=False).to_dict()
     comparison, rows = summary["comparison"], summary["num_eval_samples"]
     b, c = comparison["student_only_right"], comparison["baseline_only_right"]
     assert comparison["rows"] == rows and comparison["test"] == "mcnemar_exact" and comparison["alpha"] == 0.05
@@ -128,8 +129,9 @@ def test_a_run_reports_the_paired_comparison_of_the_same_rows(teacher_file, tmp_
 
 
 def test_no_baseline_no_comparison(teacher_file, tmp_path):
-    summary = run_distillation(distill_spec(teacher_file, baseline=False), out_dir=tmp_path, export_onnx_file=False)
-    assert "comparison" not in summary and summary["baseline"] is None
+    result = run_distillation(distill_spec(teacher_file, baseline=False), out_dir=tmp_path, export_onnx_file=False)
+    assert result.comparison is None and result.baseline is None and result.distillation_gain is None
+    assert result.to_dict()["comparison"] is None
 
 
 def test_a_student_near_chance_is_warned_about_in_the_result_and_an_event(teacher_file, tmp_path):
@@ -143,9 +145,9 @@ def test_a_student_near_chance_is_warned_about_in_the_result_and_an_event(teache
     cb = PhaseRecorder()
     spec = distill_spec(teacher_file, dataset={"train_path": str(tmp_path / "train.npz"),
                                         "test_path": str(tmp_path / "test.npz")}, alpha=1.0, baseline=False)
-    summary = run_distillation(spec, out_dir=tmp_path / "out", callbacks=cb, export_onnx_file=False)
-    assert summary["student"]["accuracy"] < 0.15 < 0.9 < summary["teacher"]["accuracy"]
-    codes = [(w["code"], w["model"]) for w in summary["warnings"]]
+    result = run_distillation(spec, out_dir=tmp_path / "out", callbacks=cb, export_onnx_file=False)
+    assert result.student.accuracy < 0.15 < 0.9 < result.teacher.accuracy
+    codes = [(w["code"], w["model"]) for w in result.warnings]
     assert codes == [("near_chance", "student")]
     events = [data for type, data in cb.events if type == "warning"]
-    assert events == summary["warnings"] and EVENT_LEVELS["warning"] == "warning"
+    assert events == result.warnings and EVENT_LEVELS["warning"] == "warning"
