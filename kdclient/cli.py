@@ -447,10 +447,13 @@ def _arch(section: dict[str, Any]) -> str:
 
 def _progress_line(job: Job, epoch: dict[str, Any] | None = None, *, phase: bool = True) -> str:
     """`training · epoch 3/10 · loss 0.4123 · acc 93.1% · ETA 12s` (the latest epoch's train loss and
-    validation accuracy; `baseline epoch` while the from-scratch baseline trains)."""
+    validation accuracy; `baseline epoch` while the from-scratch baseline trains). Once the job has
+    ended, `epoch` is the student's last epoch and its own numbers are shown."""
     p = job.progress
     parts = [p.phase or "-"] if phase else []
-    if p.epoch is not None and p.epochs:
+    if job.done and epoch and epoch.get("epoch") is not None and epoch.get("epochs"):
+        parts.append(f"epoch {epoch['epoch']}/{epoch['epochs']}")
+    elif p.epoch is not None and p.epochs:
         run = "baseline " if epoch and epoch.get("run") == "baseline" else ""
         parts.append(f"{run}epoch {p.epoch}/{p.epochs}")
     if epoch:
@@ -495,6 +498,11 @@ def _job_summary(out: Console, job: Job) -> None:
     augment = _augment_text(hp)
     if augment:
         rows.append(("augment", augment))
+    if job.status == "queued" and job.queue:
+        where = f", {job.queue_position} older job(s) ahead" if job.queue_position is not None else ""
+        rows.append(("queue", f"{job.queue}{where}"))
+    if job.status == "queued" and job.waiting_reason:
+        rows.append(("waiting", job.waiting_reason))
     if job.error:
         rows.append(("error", f"{job.error.code}: {job.error.message}"))
     for key, value in rows:
@@ -537,7 +545,9 @@ def _job_table(jobs: list[Job]) -> Table:
 def watch_job(state: State, job_id: str, *, poll: float = 1.0) -> Job:
     """Follow a job to its end: a live progress bar on stderr (a terminal) and each new event as a line."""
     client, err = state.client, state.err
-    seen = {"event": 0, "epoch": None}
+    # the latest epoch event (the run training now) and the student's: once the job has ended, the line
+    # under its status shows the student, the model it delivers, not the baseline that trained last
+    seen: dict[str, Any] = {"event": 0, "latest": None, "student": None, "waiting": None}
     columns = [SpinnerColumn(), TextColumn("{task.description:<15}"), BarColumn(bar_width=16), TaskProgressColumn(),
                TextColumn("{task.fields[info]}")]
     try:
@@ -548,16 +558,25 @@ def watch_job(state: State, job_id: str, *, poll: float = 1.0) -> Job:
                 for event in client.events(job_id, after=seen["event"]):
                     seen["event"] = event.id
                     if event.type == "epoch" and event.data:
-                        seen["epoch"] = event.data
+                        seen["latest"] = event.data
+                        if event.data.get("run", "student") == "student":
+                            seen["student"] = event.data
                     stamp = event.created_at.astimezone().strftime("%H:%M:%S") if event.created_at else ""
                     level = "" if event.level == "info" else f"{event.level.upper()}: "
                     bar.console.print(f"{stamp} {level}{event.message}", markup=False)
+                reason = job.waiting_reason if job.status == "queued" else None
+                if reason and reason != seen["waiting"]:
+                    bar.console.print(f"waiting: {reason}", markup=False)
+                seen["waiting"] = reason
                 running = job.status == "running" and job.progress.phase
                 bar.update(task, completed=job.progress.fraction,
                            description=job.progress.phase if running else job.status,
-                           info=_progress_line(job, seen["epoch"], phase=False))
+                           info=_progress_line(job, seen["student"] if job.done else seen["latest"], phase=False))
 
-            return client.wait(job_id, poll=poll, on_update=update)
+            job = client.wait(job_id, poll=poll, on_update=update)
+        if not err.is_terminal:  # no bar to show the final status under: one line instead
+            err.print(f"{job.id} {job.status} · {_progress_line(job, seen['student'], phase=False)}", markup=False)
+        return job
     except KeyboardInterrupt:
         err.print(f"\nstopped watching; {job_id} keeps running (kd jobs cancel {job_id} stops it)", markup=False)
         raise typer.Exit(130) from None

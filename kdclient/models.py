@@ -99,6 +99,9 @@ class Job:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     updated_at: datetime | None = None
+    queue: str | None = None  # kd.cpu or kd.cuda.<gpus>
+    queue_position: int | None = None  # while queued: older queued jobs on the same queue (0 = next)
+    waiting_reason: str | None = None  # while queued: why no worker takes it (None: one will)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -119,7 +122,8 @@ class Job:
                    error=JobError(code=err.get("code", ""), message=err.get("message", "")) if err else None,
                    result=d.get("result"), created_at=_time(d.get("created_at")),
                    started_at=_time(d.get("started_at")), finished_at=_time(d.get("finished_at")),
-                   updated_at=_time(d.get("updated_at")), raw=d)
+                   updated_at=_time(d.get("updated_at")), queue=d.get("queue"),
+                   queue_position=d.get("queue_position"), waiting_reason=d.get("waiting_reason"), raw=d)
 
 
 @dataclass(frozen=True)

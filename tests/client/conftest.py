@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
-from kdclient import Client
+from kdclient import Client, cli
 from tests.utils import API_KEY
 
 
@@ -113,3 +114,26 @@ FEW_LABELS_RESULT = {
 @pytest.fixture
 def fake_service() -> FakeService:
     return FakeService(job_result=FEW_LABELS_RESULT)
+
+
+@pytest.fixture
+def kd_cli(client, monkeypatch):
+    """Run `kd ARGS...` against the in-process API; returns the CliRunner result."""
+    monkeypatch.setattr(cli, "make_client",
+                        lambda url, key: Client(api_key=API_KEY, http_client=client, max_retries=0))
+
+    def run(*args: str):
+        return CliRunner().invoke(cli.app, list(args))
+
+    return run
+
+
+@pytest.fixture
+def kd_fake(fake_service, monkeypatch):
+    """Run `kd ARGS...` against a FakeService that records each request."""
+    monkeypatch.setattr(cli, "make_client", lambda url, key: fake_service.client())
+
+    def run(*args: str):
+        return CliRunner().invoke(cli.app, list(args))
+
+    return run

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from kdclient import Client, cli
-from tests.utils import API_KEY, ROOT
+from kdclient import cli
+from tests.utils import ROOT
 
 runner = CliRunner()
 
@@ -120,18 +120,6 @@ def test_the_console_script_is_declared():
 
 # --- against the in-process API -----------------------------------------------------------------------
 
-@pytest.fixture
-def kd_cli(client, monkeypatch):
-    """Run `kd ARGS...` against the in-process API; returns the CliRunner result."""
-    monkeypatch.setattr(cli, "make_client",
-                        lambda url, key: Client(api_key=API_KEY, http_client=client, max_retries=0))
-
-    def run(*args: str):
-        return runner.invoke(cli.app, list(args))
-
-    return run
-
-
 def test_files_and_jobs_commands(kd_cli, digits_teacher, tmp_path):
     path, arch = digits_teacher
     up = kd_cli("files", "upload", str(path), "--purpose", "teacher", "-q")
@@ -195,17 +183,6 @@ def test_an_unreachable_service_is_one_line(monkeypatch):
 
 
 # --- unlabelled inputs, labels per class, augmentation: the requests, captured (no server needed) ---------
-
-@pytest.fixture
-def kd_fake(fake_service, monkeypatch):
-    """Run `kd ARGS...` against a FakeService that records each request."""
-    monkeypatch.setattr(cli, "make_client", lambda url, key: fake_service.client())
-
-    def run(*args: str):
-        return runner.invoke(cli.app, list(args))
-
-    return run
-
 
 def test_distill_uploads_each_unlabelled_file_and_lists_their_ids(kd_fake, fake_service, tmp_path):
     teacher, data = tmp_path / "teacher.onnx", tmp_path / "labelled.npz"
