@@ -227,7 +227,7 @@ def download_student(job_id: str, request: Request, session: SessionDep, tenant:
     409: PROBLEM_SCHEMA})
 def job_report(job_id: str, session: SessionDep, tenant: TenantDep) -> HTMLResponse:
     """A self-contained HTML report of a succeeded job (409 before it has succeeded)."""
-    from jobs.report import render_report  # matplotlib is loaded on the first report only
+    from api.report import render_report  # matplotlib is loaded on the first report only
 
     row = jobs_repo.get(session, tenant_id=tenant.id, job_id=job_id)
     if row.status != "succeeded":

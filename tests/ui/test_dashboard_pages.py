@@ -64,7 +64,7 @@ def test_the_report_frame_is_sandboxed(client):
     dashboard's origin, with the tenant's key in sessionStorage (issue 16 item 10). The frame carries
     an empty sandbox (no token: no script, same origin, form, popup, navigation or download), the
     script never loosens it, and the report needs nothing it forbids."""
-    from jobs.report import render_report
+    from api.report import render_report
     from tests.worker.test_report import hand_made
 
     page = client.get("/ui/jobs/job_123").text

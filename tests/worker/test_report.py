@@ -1,4 +1,4 @@
-"""The job report (jobs.report.render_report, GET /v1/jobs/{id}/report) and the live event stream
+"""The job report (api.report.render_report, GET /v1/jobs/{id}/report) and the live event stream
 of a running job: a hand-made job renders without a database; a real worker (marked slow) runs a
 job that is followed over SSE and whose report is fetched."""
 
@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from jobs.report import render_report, verdict
+from api.report import render_report, verdict
 from tests.utils import problem, submit, wait_for
 
 SENTENCE = re.compile(r'<p class="verdict" id="verdict">(.*?)</p>', re.S)
@@ -74,7 +74,7 @@ def test_arch_names_are_escaped_and_nothing_heavy_is_imported():
     job["result"]["student"]["arch"] = '"><img src=x onerror=alert(1)>'
     page = render_report(job, metrics)
     assert "<img src=x" not in page and "&lt;img src=x" in page
-    code = "import sys, jobs.report; print(sorted({'torch', 'fastapi', 'celery'} & set(sys.modules)))"
+    code = "import sys, api.report; print(sorted({'torch', 'fastapi', 'celery'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
