@@ -99,7 +99,32 @@ HYPER_FLAGS = {  # CLI parameter name -> hyperparameters field
     "optimizer": "optimizer", "momentum": "momentum", "schedule": "schedule", "step_size": "step_size",
     "gamma": "gamma", "grad_clip_norm": "grad_clip_norm", "seed": "seed", "augment": "augment",
     "noise_std": "noise_std", "device": "device", "shift_max": "shift_max", "mixup_alpha": "mixup_alpha",
+    "early_stopping_patience": "early_stopping_patience", "restore_best": "restore_best",
 }
+SWEEP_FLAGS = {"temperature": "--temperature", "alpha": "--alpha"}
+"""Flags that take one number or several (repeated, or comma-separated: `-T 2,4,8`) to sweep."""
+
+
+def _sweep_value(values: list[str] | None, flag: str) -> float | list[float] | None:
+    """`-T 4` -> 4.0; `-T 2,4 -T 8` -> [2.0, 4.0, 8.0] (a sweep over every value given)."""
+    if not values:
+        return None
+    numbers = []
+    for item in (part.strip() for value in values for part in value.split(",")):
+        try:
+            numbers.append(float(item))
+        except ValueError:
+            raise typer.BadParameter(f"{item!r} is not a number (give one, or several separated by commas to "
+                                     "sweep them)", param_hint=flag) from None
+    return numbers[0] if len(numbers) == 1 else numbers
+
+
+def hyperparameters_from(options: dict[str, Any]) -> dict[str, Any]:
+    """The hyperparameters section from a command's options (its locals), sweep lists parsed."""
+    hyper = {HYPER_FLAGS[k]: v for k, v in options.items() if k in HYPER_FLAGS}
+    for name, flag in SWEEP_FLAGS.items():
+        hyper[name] = _sweep_value(hyper.get(name), flag)
+    return hyper
 
 
 def _augment_value(value: str | None) -> str | list[str] | None:
@@ -404,6 +429,12 @@ def result_table(result: dict[str, Any]) -> Table:
                           f"McNemar's exact test at alpha {_fmt(comparison.get('alpha'), 'g')}: "
                           f"{_fmt(comparison.get('student_only_right'))} rows only the student got right, "
                           f"{_fmt(comparison.get('baseline_only_right'))} only the baseline)")
+    sweep = result.get("sweep")
+    if isinstance(sweep, dict) and isinstance(sweep.get("best"), dict):
+        best = sweep["best"]
+        table.caption += (f"\nsweep: {len(sweep.get('points') or [])} (T, alpha) points; the student is "
+                          f"T {_fmt(best.get('temperature'), 'g')}, alpha {_fmt(best.get('alpha'), 'g')}, the best "
+                          "on validation")
     for warning in result.get("warnings") or []:
         if isinstance(warning, dict) and warning.get("message"):
             table.caption += f"\nwarning: {warning['message']}"
@@ -674,10 +705,17 @@ ValidationFraction = Annotated[Optional[float], typer.Option("--validation-fract
                                "out for validation when there is no validation file", rich_help_panel=_D)]
 Standardize = Annotated[Optional[bool], typer.Option("--standardize/--no-standardize", help="standardise "
                         "features with the training split's mean and std", show_default=False, rich_help_panel=_D)]
-Temperature = Annotated[Optional[float], typer.Option("--temperature", "-T", help="softmax temperature T",
+Temperature = Annotated[Optional[list[str]], typer.Option("--temperature", "-T", metavar="T[,T...]", help=(
+    "softmax temperature T; several (-T 2,4,8 or repeated) sweep them: every (T, alpha) point is trained and "
+    "the best on validation becomes the student"), rich_help_panel=_H)]
+Alpha = Annotated[Optional[list[str]], typer.Option("--alpha", metavar="A[,A...]", help="weight of the hard-label "
+                  "loss (0..1); several (--alpha 0.1,0.5 or repeated) sweep them", rich_help_panel=_H)]
+EarlyStopping = Annotated[Optional[int], typer.Option("--early-stopping-patience", min=1, metavar="EPOCHS",
+                          help="stop a run after this many epochs without a better validation accuracy "
+                               "(default: off)", rich_help_panel=_H)]
+RestoreBest = Annotated[Optional[bool], typer.Option("--restore-best/--no-restore-best", show_default=False,
+                        help="end each run with the weights of its best validation epoch (default: no)",
                         rich_help_panel=_H)]
-Alpha = Annotated[Optional[float], typer.Option("--alpha", help="weight of the hard-label loss (0..1)",
-                  rich_help_panel=_H)]
 Loss = Annotated[Optional[str], typer.Option("--loss", help="forward_kl, reverse_kl, js or mse_logits",
                  rich_help_panel=_H)]
 Epochs = Annotated[Optional[int], typer.Option("--epochs", help="training epochs", rich_help_panel=_H)]
@@ -810,6 +848,7 @@ def jobs_create(
         momentum: Momentum = None, schedule: Schedule = None, step_size: StepSize = None, gamma: Gamma = None,
         grad_clip_norm: GradClip = None, seed: Seed = None, augment: Augment = None, noise_std: NoiseStd = None,
         shift_max: ShiftMax = None, mixup_alpha: MixupAlpha = None,
+        early_stopping_patience: EarlyStopping = None, restore_best: RestoreBest = None,
         device: Device = None, baseline: Baseline = None, metadata: Metadata = None,
         resources_device: ResDevice = None, gpus: Gpus = None, processes: Processes = None,
         watch: Annotated[bool, typer.Option("--watch", "-w", help="follow the job until it ends")] = False,
@@ -820,7 +859,7 @@ def jobs_create(
     """Submit a job from flags and/or a spec file (flags override the file). Local files a spec
     names (`teacher.path`, `dataset.train_path`, ... as in examples/*.json) are uploaded first."""
     state = _state(ctx)
-    hyper = {HYPER_FLAGS[k]: v for k, v in locals().items() if k in HYPER_FLAGS}
+    hyper = hyperparameters_from(locals())
     spec = build_spec(load_spec_file(spec_file), teacher_file=teacher_file, teacher_arch=teacher_arch,
                       teacher_params=_json_option(teacher_params, "--teacher-params"), student=student,
                       student_arch=student_arch, student_params=_json_option(student_params, "--student-params"),
@@ -986,6 +1025,7 @@ def distill(
         momentum: Momentum = None, schedule: Schedule = None, step_size: StepSize = None, gamma: Gamma = None,
         grad_clip_norm: GradClip = None, seed: Seed = None, augment: Augment = None, noise_std: NoiseStd = None,
         shift_max: ShiftMax = None, mixup_alpha: MixupAlpha = None,
+        early_stopping_patience: EarlyStopping = None, restore_best: RestoreBest = None,
         device: Device = None, baseline: Baseline = None, metadata: Metadata = None,
         resources_device: ResDevice = None, gpus: Gpus = None, processes: Processes = None,
         output: Annotated[Path, typer.Option("--output", "-o", help="where to write the student")] = Path(
@@ -997,7 +1037,7 @@ def distill(
     if data is not None and builtin is not None:
         raise typer.BadParameter("give either --data or --builtin", param_hint="--data")
     state = _state(ctx)
-    hyper = {HYPER_FLAGS[k]: v for k, v in locals().items() if k in HYPER_FLAGS}
+    hyper = hyperparameters_from(locals())
     t_params = _json_option(teacher_params, "--teacher-params")
     s_params = _json_option(student_params, "--student-params")
     meta = _json_option(metadata, "--metadata")
