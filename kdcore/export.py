@@ -31,6 +31,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from kdcore.checkpoint import atomic_write
+from kdcore.data import Standardizer
 from kdcore.errors import FormatError, KDError
 from kdcore.models import build_model, count_params
 
@@ -97,9 +98,11 @@ def read_student_metadata(path: Path) -> dict[str, Any]:
     return meta
 
 
-def load_student(path: Path, *, device: str | torch.device = "cpu") -> nn.Module:
+def load_student(path: Path, *, device: str | torch.device = "cpu", raw_inputs: bool = True) -> nn.Module:
     """Rebuild the module from the file alone (architecture from the metadata, weights loaded
-    strictly), in eval mode on `device`."""
+    strictly), in eval mode on `device`. A student trained behind `dataset.standardize` comes back
+    taking raw inputs, as its ONNX file does: its standardizer (from the metadata) is the module's
+    first step. `raw_inputs=False` gives the bare network, which expects standardised inputs."""
     meta = read_student_metadata(path)
     model = build_model(
         meta["arch"], meta["arch_params"], input_shape=tuple(meta["input_shape"]), num_classes=meta["num_classes"]
@@ -109,6 +112,9 @@ def load_student(path: Path, *, device: str | torch.device = "cpu") -> nn.Module
     except RuntimeError as exc:
         raise FormatError(f"{Path(path).name}: weights do not fit architecture {meta['arch']!r}: {exc}",
                           field="file") from None
+    if raw_inputs and meta.get("standardizer") is not None:
+        scaler = Standardizer.from_state_dict(meta["standardizer"])
+        model = _RawInputs(model, scaler.mean, scaler.std)
     return model.to(device).eval()
 
 
@@ -119,6 +125,7 @@ class _RawInputs(nn.Module):
     def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor):
         super().__init__()
         self.model = model
+        self.input_shape, self.num_classes = getattr(model, "input_shape", None), getattr(model, "num_classes", None)
         self.register_buffer("mean", mean.detach().float().cpu().clone())
         self.register_buffer("std", std.detach().float().cpu().clone())
 
