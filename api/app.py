@@ -21,7 +21,7 @@ from swagger_ui_bundle import swagger_ui_path
 from api import housekeeping, problems, sse
 from api.body_limit import BodyLimitMiddleware
 from api.enqueue import Enqueuer
-from api.routes import files, health, jobs, ui
+from api.routes import files, health, jobs, ui, webhooks
 from jobs import api_keys
 from jobs.artifact_store import make_store
 from jobs.db import make_engine, make_sessionmaker
@@ -110,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(files.router)
     app.include_router(jobs.router)
+    app.include_router(webhooks.router)
     app.include_router(ui.router)  # the dashboard at /ui (api/routes/ui.py)
     app.mount(DOCS_ASSETS, StaticFiles(directory=Path(swagger_ui_path)), name="docs-assets")
 

@@ -1,6 +1,6 @@
 """`python -m worker`: one Celery worker process (solo pool: one job at a time, no fork after CUDA),
 consuming the queues its machine can serve (worker/presence.py), advertising them in `workers`,
-with the reaper running beside it in a thread."""
+with the reaper and the webhook sender running beside it in threads."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from worker.celery_app import app
 from worker import context
 from worker.presence import Presence, detect
 from worker.reaper import start_reaper_thread
+from worker.webhook_sender import WebhookSender
 
 log = logging.getLogger("worker")
 _presence: Presence | None = None
@@ -24,6 +25,7 @@ def _on_ready(**_):
     if _presence is not None:
         _presence.start()
     start_reaper_thread(context.current())
+    WebhookSender(context.current()).start()
 
 
 @signals.worker_shutdown.connect

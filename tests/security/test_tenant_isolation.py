@@ -16,7 +16,7 @@ from sqlalchemy import text
 from jobs import api_keys
 from tests.utils import API_KEY, problem, upload
 
-UNKNOWN = {"file_id": "file_" + "0" * 24, "job_id": "job_" + "0" * 24}
+UNKNOWN = {"file_id": "file_" + "0" * 24, "job_id": "job_" + "0" * 24, "webhook_id": "wh_" + "0" * 24}
 
 # Every route that takes an id, with the query strings each must be tried with. A route added to the
 # API with an id in its path fails test_the_id_routes_below_are_all_of_them until it is listed here.
@@ -33,6 +33,11 @@ ID_ROUTES = [
     ("GET", "/v1/jobs/{job_id}/student", "?format=safetensors"),
     ("GET", "/v1/jobs/{job_id}/student", "?format=onnx"),
     ("GET", "/v1/jobs/{job_id}/report", ""),
+    ("GET", "/v1/webhooks/{webhook_id}", ""),
+    ("DELETE", "/v1/webhooks/{webhook_id}", ""),
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries", ""),
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries", "?limit=5&status=pending"),
+    ("POST", "/v1/webhooks/{webhook_id}/test", ""),
 ]
 # Routes that take an id in the query: the listing cursor `after`.
 CURSOR_ROUTES = [
@@ -56,14 +61,16 @@ def test_the_id_routes_below_are_all_of_them(client):
 
 @pytest.fixture
 def owned(client, digits_teacher) -> dict[str, str]:
-    """A file and a queued job of the default tenant."""
+    """A file, a queued job and a webhook of the default tenant."""
     file_id = upload(client, digits_teacher[0], "teacher").json()["id"]
     spec = {"teacher": {"file_id": file_id, "arch": "mlp", "arch_params": {"hidden_sizes": [128]}},
             "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}},
             "dataset": {"builtin": "digits"}, "hyperparameters": {"epochs": 1}}
     job = client.post("/v1/jobs", json=spec)
     assert job.status_code == 201, job.text
-    return {"file_id": file_id, "job_id": job.json()["id"]}
+    hook = client.post("/v1/webhooks", json={"url": "https://hooks.example/kd"})
+    assert hook.status_code == 201, hook.text
+    return {"file_id": file_id, "job_id": job.json()["id"], "webhook_id": hook.json()["id"]}
 
 
 @pytest.mark.parametrize("method, template, query", ID_ROUTES + CURSOR_ROUTES,
@@ -71,7 +78,7 @@ def owned(client, digits_teacher) -> dict[str, str]:
 def test_another_tenants_id_answers_exactly_like_an_unknown_one(client, owned, other_tenant_headers,
                                                                method, template, query):
     url = template + query
-    param = "file_id" if "{file_id}" in url else "job_id"
+    param = next(name for name in UNKNOWN if f"{{{name}}}" in url)
     theirs_id, unknown_id = owned[param], UNKNOWN[param]
     assert len(theirs_id) == len(unknown_id)  # so a length difference cannot leak either
     theirs = client.request(method, url.format(**{param: theirs_id}), headers=other_tenant_headers)
@@ -85,6 +92,8 @@ def test_another_tenants_id_answers_exactly_like_an_unknown_one(client, owned, o
     assert client.get(f"/v1/files/{owned['file_id']}").status_code == 200
     assert client.get(f"/v1/jobs/{owned['job_id']}").json()["status"] == "queued"
     assert client.get(f"/v1/files/{owned['file_id']}/content").status_code == 200
+    assert client.get(f"/v1/webhooks/{owned['webhook_id']}").status_code == 200
+    assert client.get(f"/v1/webhooks/{owned['webhook_id']}/deliveries").json()["data"] == []
 
 
 def test_lists_show_only_the_tenants_own(client, owned, other_tenant_headers):
@@ -93,6 +102,7 @@ def test_lists_show_only_the_tenants_own(client, owned, other_tenant_headers):
     for status in ("queued", "cancelled"):
         assert client.get("/v1/jobs", params={"status": status}, headers=other_tenant_headers).json()["data"] == []
     assert client.get("/v1/files", params={"purpose": "teacher"}, headers=other_tenant_headers).json()["data"] == []
+    assert client.get("/v1/webhooks", headers=other_tenant_headers).json()["data"] == []
 
 
 def test_a_job_spec_naming_another_tenants_file_reads_like_an_unknown_file(client, owned, other_tenant_headers,
@@ -158,7 +168,9 @@ V1_ROUTES = [("GET", "/v1/files"), ("POST", "/v1/files"), ("GET", "/v1/files/{fi
              ("GET", "/v1/files/{file_id}/content"), ("DELETE", "/v1/files/{file_id}"), ("GET", "/v1/jobs"),
              ("POST", "/v1/jobs"), ("GET", "/v1/jobs/{job_id}"), ("POST", "/v1/jobs/{job_id}/cancel"),
              ("GET", "/v1/jobs/{job_id}/events"), ("GET", "/v1/jobs/{job_id}/metrics"),
-             ("GET", "/v1/jobs/{job_id}/student"), ("GET", "/v1/jobs/{job_id}/report")]
+             ("GET", "/v1/jobs/{job_id}/student"), ("GET", "/v1/jobs/{job_id}/report"), ("GET", "/v1/webhooks"),
+             ("POST", "/v1/webhooks"), ("GET", "/v1/webhooks/{webhook_id}"), ("DELETE", "/v1/webhooks/{webhook_id}"),
+             ("GET", "/v1/webhooks/{webhook_id}/deliveries"), ("POST", "/v1/webhooks/{webhook_id}/test")]
 
 
 @pytest.mark.parametrize("case", list(BAD_AUTH))
@@ -173,6 +185,8 @@ def test_every_v1_route_refuses_a_bad_key_with_401(client, owned, revoked_key, c
         kwargs = {}
         if method == "POST" and path == "/v1/jobs":
             kwargs["json"] = {"teacher": {"file_id": owned["file_id"]}}
+        elif method == "POST" and path == "/v1/webhooks":
+            kwargs["json"] = {"url": "https://hooks.example/other"}
         elif method == "POST" and path == "/v1/files":
             kwargs.update(files={"file": ("a.csv", b"f0,label\n1,0\n")}, data={"purpose": "dataset"})
         headers = {} if auth is None else {"Authorization": auth.encode("latin-1")}
@@ -184,6 +198,7 @@ def test_every_v1_route_refuses_a_bad_key_with_401(client, owned, revoked_key, c
     client.headers["Authorization"] = f"Bearer {API_KEY}"
     assert client.get(f"/v1/jobs/{owned['job_id']}").json()["status"] == "queued"
     assert client.get(f"/v1/files/{owned['file_id']}").status_code == 200
+    assert len(client.get("/v1/webhooks").json()["data"]) == 1
     assert len(client.get("/v1/files").json()["data"]) == 1 and len(client.get("/v1/jobs").json()["data"]) == 1
 
 

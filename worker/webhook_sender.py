@@ -1,0 +1,141 @@
+"""The webhook sender: a daemon thread in every worker process, beside the reaper and the presence beat.
+
+Each round (every KD_WEBHOOK_POLL_SECONDS, at once again after a full one) it claims up to
+SENDS_PER_ROUND due deliveries in one short transaction (jobs/webhooks_repo.py:claim_due), makes the
+attempts at once in its own threads holding no database connection, and records each outcome in a
+transaction of its own. A job never waits for it: the job's transaction only inserted the rows.
+
+One attempt:
+1. resolve the URL's host (every attempt: a name may move);
+2. unless KD_WEBHOOK_ALLOW_PRIVATE_NETWORKS, refuse when any address it resolves to is not a globally
+   routable unicast address (jobs/webhooks.py:address_kind), recording why;
+3. connect to the checked address itself (the URL's host is sent as Host and, for https, as the TLS
+   server name the certificate must match), so a second DNS answer cannot swap in another address
+   between the check and the connection; no proxy from the environment, no redirect followed;
+4. POST the body with `KD-Signature`, `KD-Event-Id`, `KD-Event-Type`, `KD-Delivery-Id`; a 2xx within
+   KD_WEBHOOK_TIMEOUT_SECONDS (per connect and per read) succeeds; the response body is never read.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import ssl
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import httpx
+
+from jobs import webhooks_repo
+from jobs.tables import utcnow
+from jobs.webhooks import (DELIVERY_ID_HEADER, EVENT_ID_HEADER, EVENT_TYPE_HEADER, SIGNATURE_HEADER, USER_AGENT,
+                           IPAddress, address_kind, refusal, sign)
+from worker.context import WorkerContext
+
+log = logging.getLogger("worker.webhooks")
+SENDS_PER_ROUND = 8  # deliveries claimed per round, attempted at once
+# A claim keeps its row from other senders for this many times KD_WEBHOOK_TIMEOUT_SECONDS (httpx bounds
+# the connect, the write and each read by it), plus webhooks_repo.CLAIM_MARGIN_SECONDS.
+CLAIM_TIMEOUTS = 4
+
+
+def resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address `host` resolves to, in the resolver's order (OSError when it does not resolve)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos))
+
+
+class WebhookSender:
+    def __init__(self, ctx: WorkerContext, *, resolver: Callable[[str, int], list[IPAddress]] = resolve):
+        self.cfg, self.sessions, self.resolver = ctx.cfg, ctx.sessions, resolver
+        self.ssl_context = ssl.create_default_context()  # made once: loading the CA bundle costs ~20 ms
+        self.pool = ThreadPoolExecutor(SENDS_PER_ROUND, thread_name_prefix="webhook")
+
+    def run_once(self) -> int:
+        """One round: claim, attempt, record. The number of deliveries attempted."""
+        cfg = self.cfg
+        with self.sessions() as s:
+            claimed = webhooks_repo.claim_due(s, now=utcnow(), limit=SENDS_PER_ROUND,
+                                              attempt_seconds=cfg.webhook_timeout_seconds * CLAIM_TIMEOUTS,
+                                              max_attempts=cfg.webhook_max_attempts)
+            s.commit()
+        for _ in self.pool.map(self._deliver, claimed):
+            pass
+        return len(claimed)
+
+    def _deliver(self, claimed: webhooks_repo.Claimed) -> None:
+        outcome, ok = self.attempt(claimed)
+        cfg = self.cfg
+        with self.sessions() as s:
+            status = webhooks_repo.record_attempt(
+                s, delivery_id=claimed.delivery_id, attempt=claimed.attempt, outcome=outcome, ok=ok, now=utcnow(),
+                max_attempts=cfg.webhook_max_attempts, retry_base=cfg.webhook_retry_base_seconds,
+                retry_max=cfg.webhook_retry_max_seconds)
+            s.commit()
+        log.info("webhook delivery %s (%s) attempt %d: %s -> %s", claimed.delivery_id, claimed.event_type,
+                 claimed.attempt, outcome.get("status_code") or outcome.get("error"), status or "taken over")
+
+    def attempt(self, claimed: webhooks_repo.Claimed) -> tuple[dict[str, Any], bool]:
+        """Make one attempt; its outcome as recorded, and whether it succeeded (a 2xx)."""
+        started, clock = utcnow(), time.monotonic()
+        outcome: dict[str, Any] = {"started_at": started.isoformat().replace("+00:00", "Z"), "address": None,
+                                   "status_code": None, "error": None}
+
+        def done(ok: bool = False, **values: Any) -> tuple[dict[str, Any], bool]:
+            outcome.update(values, duration_ms=round((time.monotonic() - clock) * 1000))
+            return outcome, ok
+
+        parts = urlsplit(claimed.url)
+        host, port = parts.hostname or "", parts.port or (443 if parts.scheme.lower() == "https" else 80)
+        try:
+            addresses = self.resolver(host, port)
+        except (OSError, UnicodeError, ValueError) as exc:
+            return done(error=f"could not resolve {host}: {getattr(exc, 'strerror', None) or exc}")
+        if not addresses:
+            return done(error=f"could not resolve {host}: no address")
+        if not self.cfg.webhook_allow_private_networks:
+            for ip in addresses:
+                if address_kind(ip) is not None:
+                    return done(error=refusal(host, ip), address=str(ip))
+        ip = addresses[0]
+        outcome["address"] = str(ip)
+        body = claimed.body.encode()
+        headers = {"Host": parts.netloc, "Content-Type": "application/json", "User-Agent": USER_AGENT,
+                   SIGNATURE_HEADER: sign(claimed.secret, int(time.time()), body),
+                   EVENT_ID_HEADER: claimed.event_id, EVENT_TYPE_HEADER: claimed.event_type,
+                   DELIVERY_ID_HEADER: claimed.delivery_id}
+        target = httpx.URL(claimed.url).copy_with(host=str(ip))
+        extensions = {"sni_hostname": host} if parts.scheme.lower() == "https" else {}
+        timeout = self.cfg.webhook_timeout_seconds
+        try:
+            with httpx.Client(verify=self.ssl_context, trust_env=False, follow_redirects=False,
+                              timeout=timeout) as client:
+                with client.stream("POST", target, content=body, headers=headers, extensions=extensions) as resp:
+                    code = resp.status_code
+        except httpx.TimeoutException:
+            return done(error=f"no answer from {ip} within {timeout:g} s (KD_WEBHOOK_TIMEOUT_SECONDS)")
+        except httpx.HTTPError as exc:
+            return done(error=f"could not post to {ip} port {port}: {exc or type(exc).__name__}")
+        if 200 <= code < 300:
+            return done(ok=True, status_code=code)
+        reason = "; redirects are not followed" if 300 <= code < 400 else ""
+        return done(status_code=code, error=f"the receiver answered {code}{reason}")
+
+    def start(self) -> threading.Event:
+        """Run rounds in a daemon thread; set the returned event to stop it."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(self.cfg.webhook_poll_seconds):
+                try:
+                    while self.run_once() == SENDS_PER_ROUND and not stop.is_set():
+                        pass  # a full round: more may be due
+                except Exception:  # the database is away: try again next round
+                    log.exception("webhook round failed")
+
+        threading.Thread(target=loop, name="webhook-sender", daemon=True).start()
+        return stop
