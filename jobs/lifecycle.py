@@ -123,10 +123,11 @@ def _fence(session: Session, *, job_id: str, attempt: int, now: datetime, return
                    returning=returning, updated_at=now, **values)
 
 
-def require_lease(ok: bool | int | None, *, job_id: str) -> None:
-    """Raise LeaseLost when a fenced write reports that it changed nothing."""
+def require_lease(ok: bool | int | None, *, job_id: str, attempt: int) -> None:
+    """Raise LeaseLost when a fenced write reports that it changed nothing (None or False)."""
     if ok is None or ok is False:
-        raise LeaseLost(f"job {job_id!r}: lease lost (re-claimed by a newer attempt, or finished)")
+        raise LeaseLost(f"job {job_id}: attempt {attempt} no longer owns the job (re-claimed by a newer "
+                        "attempt, or finished)")
 
 
 # --- claim and lease -------------------------------------------------------------------------------

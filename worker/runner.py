@@ -62,6 +62,12 @@ STUCK_GRACE_SECONDS = 60.0
 # should_stop within this (plus one database read), not within KD_HEARTBEAT_SECONDS. A read of one
 # row by primary key, never a query per training step.
 CANCEL_POLL_SECONDS = 0.5
+# Writes that only report (phase and informational events, throttled progress) wait up to this long
+# to be committed with the next write that must go at once (the epoch's report, a checkpoint's event,
+# the job's end), or by the heartbeat thread when none comes: a tiny job's dozen reports cost a
+# commit or two instead of a dozen (bench/RESULTS.md, B6). Well under the event stream's poll
+# interval (0.5 s), so a watcher sees them no later in practice; each keeps the time it was made.
+REPORT_DELAY_SECONDS = 0.25
 
 def run_job(job_id: str, ctx: WorkerContext | None = None) -> str:
     """Run one job if this worker can claim it. Returns what happened (for logs and tests):
@@ -102,6 +108,12 @@ class JobRun(PipelineCallbacks):
         # the job's wall-clock limit, on this process's monotonic clock (set once the row is read)
         self.deadline: float | None = None
         self.timed_out = threading.Event()
+        # Reports not yet written ((fn, kwargs) in order), since when, and the lock that lets one
+        # thread at a time write for this attempt, so the job's events keep the order they were made in.
+        self.pending: list[tuple] = []
+        self.pending_since: float | None = None
+        self.writing = threading.Lock()
+        self.wake = threading.Event()  # wakes the heartbeat thread: a report waits, or the attempt ends
 
     # --- the attempt --------------------------------------------------------------------------
     def run(self) -> str:
@@ -147,6 +159,7 @@ class JobRun(PipelineCallbacks):
             return outcome
         finally:
             self.stop_heartbeat.set()
+            self.wake.set()
             heartbeat.join(timeout=5)
             shutil.rmtree(work, ignore_errors=True)
             with contextlib.suppress(OSError):
@@ -188,7 +201,8 @@ class JobRun(PipelineCallbacks):
                 if (out / filename).exists():
                     key = f"jobs/{self.job_id}/attempt-{self.attempt}/{filename}"
                     stored.append((kind, self.store.put_file(key, out / filename)))
-            with self.sessions() as s:
+            with self.writing, self.sessions() as s:
+                self._fenced(self._drain(s))
                 for kind, obj in stored:
                     self._fenced(lifecycle.add_artifact(s, job_id=self.job_id, attempt=self.attempt, kind=kind,
                                                         storage_key=obj.key, bytes=obj.bytes, sha256=obj.sha256))
@@ -210,7 +224,8 @@ class JobRun(PipelineCallbacks):
             log.warning("job %s attempt %d lost its lease; stopping without further writes",
                         self.job_id, self.attempt)
             return "lease_lost"
-        with self.sessions() as s:
+        with self.writing, self.sessions() as s:
+            self._drain(s)
             lifecycle.add_event(s, job_id=self.job_id, attempt=self.attempt, type="stopped",
                                 message="stopped at a step boundary; the last checkpoint is kept")
             done = lifecycle.finish_cancelled(s, job_id=self.job_id, attempt=self.attempt)
@@ -231,7 +246,8 @@ class JobRun(PipelineCallbacks):
                 "student, or have the operator raise the limit")
 
     def _fail(self, code: str, message: str) -> str:
-        with self.sessions() as s:
+        with self.writing, self.sessions() as s:
+            self._drain(s)
             done = lifecycle.fail(s, job_id=self.job_id, attempt=self.attempt, code=code, message=message)
             s.commit()
         return "failed" if done else "lease_lost"
@@ -239,11 +255,24 @@ class JobRun(PipelineCallbacks):
     def _heartbeat_loop(self) -> None:
         """A beat (lease renewal, which also reports the cancel flag) every KD_HEARTBEAT_SECONDS;
         between beats, a read of the cancel flag every CANCEL_POLL_SECONDS; at every tick, the
-        job's time limit."""
+        job's time limit; and the reports that waited REPORT_DELAY_SECONDS."""
         next_beat = time.monotonic() + self.cfg.heartbeat_seconds
-        while not self.stop_heartbeat.wait(max(0.0, min(CANCEL_POLL_SECONDS, next_beat - time.monotonic()))):
+        next_poll = time.monotonic() + CANCEL_POLL_SECONDS
+        while True:
+            due = min(next_beat, next_poll)
+            since = self.pending_since
+            if since is not None:
+                due = min(due, since + REPORT_DELAY_SECONDS)
+            self.wake.wait(max(0.0, due - time.monotonic()))
+            self.wake.clear()
+            if self.stop_heartbeat.is_set():
+                return
+            since = self.pending_since
+            if since is not None and time.monotonic() >= since + REPORT_DELAY_SECONDS:
+                self._flush_reports()
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + self.cfg.heartbeat_seconds
+                next_poll = time.monotonic() + CANCEL_POLL_SECONDS
                 try:
                     with self.sessions() as s:
                         beat = lifecycle.heartbeat(s, job_id=self.job_id, attempt=self.attempt,
@@ -257,7 +286,8 @@ class JobRun(PipelineCallbacks):
                     return
                 if beat.cancel_requested:
                     self.cancel_requested.set()
-            elif not self.cancel_requested.is_set():
+            elif time.monotonic() >= next_poll and not self.cancel_requested.is_set():
+                next_poll = time.monotonic() + CANCEL_POLL_SECONDS
                 try:
                     with self.sessions() as s:
                         if lifecycle.cancel_requested(s, job_id=self.job_id, attempt=self.attempt):
@@ -284,24 +314,69 @@ class JobRun(PipelineCallbacks):
         finally:
             self.lease_lost.set()
 
-    def _fenced(self, ok: bool) -> None:
+    def _fenced(self, ok: bool | int | None) -> None:
+        try:
+            lifecycle.require_lease(ok, job_id=self.job_id, attempt=self.attempt)
+        except LeaseLost:
+            self.lease_lost.set()
+            raise
+
+    def _write(self, fn, *, report: bool = False, **kwargs) -> None:
+        self._write_all((fn, kwargs), report=report)
+
+    def _write_all(self, *writes, report: bool = False) -> None:
+        """Fenced writes `(fn, kwargs)` in one transaction (one round of commits for what belongs
+        together, e.g. a phase's event and its progress), after the reports still waiting.
+        `report`: these only report, so they may wait (REPORT_DELAY_SECONDS) to go with the next
+        write; they are stamped now."""
+        if report:
+            now = utcnow()
+            with self.writing:
+                self.pending.extend((fn, {**kwargs, "now": now}) for fn, kwargs in writes)
+                if self.pending_since is None:
+                    self.pending_since = time.monotonic()
+                    self.wake.set()
+            return
+        with self.writing, self.sessions() as s:
+            ok = self._drain(s)
+            for fn, kwargs in writes:
+                result = fn(s, job_id=self.job_id, attempt=self.attempt, **kwargs)
+                ok = ok and result is not None and result is not False
+            s.commit()
+        self._fenced(ok)
+
+    def _drain(self, s: Session) -> bool:
+        """Write the waiting reports in `s` (the caller holds `writing` and commits); False when one
+        was fenced out (the lease is lost)."""
+        pending, self.pending, self.pending_since = self.pending, [], None
+        ok = True
+        for fn, kwargs in pending:
+            result = fn(s, job_id=self.job_id, attempt=self.attempt, **kwargs)
+            ok = ok and result is not None and result is not False
+        return ok
+
+    def _flush_reports(self) -> None:
+        """The heartbeat thread's write of reports that waited long enough. A lost lease is seen by
+        should_stop; a failing database is tried again after another delay. While the job's thread
+        writes (and so takes the reports with it), this gives up after a moment: the lease's beat
+        must not wait behind a slow write."""
+        if not self.writing.acquire(timeout=0.05):
+            return
+        try:
+            pending = list(self.pending)
+            try:
+                with self.sessions() as s:
+                    ok = self._drain(s)
+                    s.commit()
+            except Exception:
+                self.pending[:0] = pending
+                self.pending_since = time.monotonic()
+                log.exception("job %s: writing its progress reports failed", self.job_id)
+                return
+        finally:
+            self.writing.release()
         if not ok:
             self.lease_lost.set()
-            raise LeaseLost(f"job {self.job_id}: attempt {self.attempt} no longer owns the job")
-
-    def _write(self, fn, **kwargs) -> None:
-        self._write_all((fn, kwargs))
-
-    def _write_all(self, *writes) -> None:
-        """Fenced writes `(fn, kwargs)` in one transaction (one round of commits for what belongs
-        together, e.g. a phase's event and its progress)."""
-        results = []
-        with self.sessions() as s:
-            for fn, kwargs in writes:
-                results.append(fn(s, job_id=self.job_id, attempt=self.attempt, **kwargs))
-            s.commit()
-        for result in results:
-            self._fenced(result is not None and result is not False)
 
     # --- pipeline callbacks ---------------------------------------------------------------------
     def should_stop(self) -> bool:
@@ -312,11 +387,11 @@ class JobRun(PipelineCallbacks):
     def on_phase(self, phase: str) -> None:
         self.phase = phase
         self._write_all((lifecycle.add_event, {"type": "phase", "message": f"phase {phase}", "data": {"phase": phase}}),
-                        (lifecycle.set_progress, {"progress": self._progress_now(force=True)}))
+                        (lifecycle.set_progress, {"progress": self._progress_now(force=True)}), report=True)
 
     def on_event(self, type: str, message: str, data: dict | None = None) -> None:
         self._write(lifecycle.add_event, type=type, message=message, data=data,
-                    level=EVENT_LEVELS.get(type, "info"))
+                    level=EVENT_LEVELS.get(type, "info"), report=True)
         if type == "sweep_checkpoint" and self.checkpoints is not None:  # a sweep point's checkpoint
             self.checkpoints.push()
 
@@ -331,16 +406,18 @@ class JobRun(PipelineCallbacks):
         # reported an epoch that the next attempt trains (and reports) again: the metric row is
         # replaced and the event written once, in one transaction, so the two always agree.
         self.current_run = m.run
-        with self.sessions() as s:
+        self.run_epochs = m.epochs  # (before the progress row below, which reports it)
+        progress = self._progress_now(epoch=m.epoch, step=None, steps=None, force=True)
+        with self.writing, self.sessions() as s:
+            self._fenced(self._drain(s))
             self._fenced(lifecycle.add_metric(s, job_id=self.job_id, attempt=self.attempt, run=m.run,
                                               epoch=m.epoch, values=m.to_dict()))
             self._fenced(lifecycle.add_event_once(
                 s, job_id=self.job_id, attempt=self.attempt, type="epoch", data=m.to_dict(), key=EPOCH_KEY,
                 message=_epoch_line(m)) is not None)
+            # a run's own epoch count: the baseline on few labelled rows runs more (shorter) epochs
+            self._fenced(lifecycle.set_progress(s, job_id=self.job_id, attempt=self.attempt, progress=progress))
             s.commit()
-        # a run's own epoch count: the baseline on few labelled rows runs more (shorter) epochs
-        self.run_epochs = m.epochs
-        self._progress(epoch=m.epoch, step=None, steps=None, run=m.run, force=True)
 
     def on_checkpoint(self, info) -> None:
         # To the store first (another machine resumes from there), then the event that announces it.
@@ -367,7 +444,7 @@ class JobRun(PipelineCallbacks):
     def _progress(self, *, epoch=None, step=None, steps=None, run=None, force=False) -> None:
         progress = self._progress_now(epoch=epoch, step=step, steps=steps, force=force)
         if progress is not None:
-            self._write(lifecycle.set_progress, progress=progress)
+            self._write(lifecycle.set_progress, progress=progress, report=True)
 
     def _progress_now(self, *, epoch=None, step=None, steps=None, force=False) -> dict | None:
         """The progress row as of now, or None when the last one is under PROGRESS_INTERVAL_SECONDS old."""

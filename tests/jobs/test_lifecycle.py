@@ -72,7 +72,7 @@ def test_stale_attempt_writes_change_nothing(session, make_job):
     assert lifecycle.finish_cancelled(session, job_id=job.id, attempt=1) is False
     with pytest.raises(LeaseLost):
         lifecycle.require_lease(lifecycle.set_progress(session, job_id=job.id, attempt=1, progress={}),
-                                job_id=job.id)
+                                job_id=job.id, attempt=1)
     session.commit()
 
     after = fresh(session, job.id)
