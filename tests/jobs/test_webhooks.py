@@ -84,3 +84,23 @@ def test_backoff_doubles_up_to_its_cap():
     assert [retry_delay(n, base=30, cap=3600) for n in range(1, 10)] == [
         30, 60, 120, 240, 480, 960, 1920, 3600, 3600]
     assert retry_delay(10_000, base=0.2, cap=5) == 5
+
+
+def test_the_readmes_verification_snippet_accepts_our_signature_and_nothing_else():
+    """README's receiver-side check, run as written, against the signature the sender makes."""
+    import re
+    import time
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Webhooks", 1)[1].split("\n### ", 1)[0]
+    [snippet] = re.findall(r"```python\n(.*?)```", section, re.S)
+    namespace: dict = {}
+    exec(snippet, namespace)  # our own documentation, not user content
+    verify = namespace["verify"]
+    body, now = b'{"id":"evt_1"}', int(time.time())
+    assert verify("whsec_abc", sign("whsec_abc", now, body), body)
+    assert not verify("whsec_abd", sign("whsec_abc", now, body), body)
+    assert not verify("whsec_abc", sign("whsec_abc", now, body), body + b" ")
+    assert not verify("whsec_abc", sign("whsec_abc", now - 3600, body), body)  # a replay an hour later
+    assert not verify("whsec_abc", "garbage", body)
