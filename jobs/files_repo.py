@@ -39,11 +39,13 @@ def get(session: Session, *, tenant_id: str, file_id: str) -> File:
 
 
 def list_files(session: Session, *, tenant_id: str, limit: int = 20, after: str | None = None,
-               purpose: str | None = None) -> tuple[list[File], bool]:
+               purpose: str | None = None, sha256: str | None = None) -> tuple[list[File], bool]:
     """Newest first; `after` is the last id of the previous page. Returns (rows, has_more)."""
     stmt = select(File).where(File.tenant_id == tenant_id)
     if purpose is not None:
         stmt = stmt.where(File.purpose == purpose)
+    if sha256 is not None:
+        stmt = stmt.where(File.sha256 == sha256)
     return newest_first_page(session, stmt, File, tenant_id=tenant_id, after=after, limit=limit)
 
 

@@ -1043,27 +1043,39 @@ def distill(
     meta = _json_option(metadata, "--metadata")
     build_spec(student=student)  # a bad --student is a usage error before anything is uploaded
     client, err = state.client, state.err
-    uploaded: dict[str, str] = {}
-    for key, path, purpose in (("teacher", teacher, "teacher_logits" if teacher_logits else "teacher"),
-                               ("train", data, "dataset"), ("validation", validation_data, "dataset"),
-                               ("test", test_data, "dataset")):
-        if path is not None:
-            f = client.upload_file(path, purpose)
-            uploaded[key] = f.id
-            err.print(f"uploaded {path} -> {_describe_file(f)}", markup=False)
-    unlabeled_ids = []
-    for path in unlabeled or []:
-        f = client.upload_file(path, "dataset")
-        unlabeled_ids.append(f.id)
+    new_uploads: list[str] = []  # ids this command uploaded: deleted again if the submission fails
+
+    def upload(path: Path, purpose: str) -> str:
+        """The id of a file with this content: one uploaded before (same sha256 and purpose), else a new upload."""
+        found = client.find_file(path, purpose)
+        if found is not None:
+            err.print(f"reusing {found.id} for {path} (uploaded before: same sha256)", markup=False)
+            return found.id
+        f = client.upload_file(path, purpose)
+        new_uploads.append(f.id)
         err.print(f"uploaded {path} -> {_describe_file(f)}", markup=False)
-    spec = build_spec(teacher_file=uploaded["teacher"], teacher_arch=teacher_arch, teacher_params=t_params,
-                      student=student, student_arch=student_arch, student_params=s_params,
-                      builtin=builtin, train_file=uploaded.get("train"), validation_file=uploaded.get("validation"),
-                      test_file=uploaded.get("test"), validation_fraction=validation_fraction,
-                      standardize=standardize, hyperparameters=hyper, baseline=baseline, metadata=meta,
-                      resources={"device": resources_device, "gpus": gpus, "processes": processes},
-                      unlabeled_files=unlabeled_ids, labels_per_class=labels_per_class)
-    job = client.create_job(spec)
+        return f.id
+
+    try:
+        uploaded: dict[str, str] = {}
+        for key, path, purpose in (("teacher", teacher, "teacher_logits" if teacher_logits else "teacher"),
+                                   ("train", data, "dataset"), ("validation", validation_data, "dataset"),
+                                   ("test", test_data, "dataset")):
+            if path is not None:
+                uploaded[key] = upload(path, purpose)
+        unlabeled_ids = [upload(path, "dataset") for path in unlabeled or []]
+        spec = build_spec(teacher_file=uploaded["teacher"], teacher_arch=teacher_arch, teacher_params=t_params,
+                          student=student, student_arch=student_arch, student_params=s_params,
+                          builtin=builtin, train_file=uploaded.get("train"),
+                          validation_file=uploaded.get("validation"), test_file=uploaded.get("test"),
+                          validation_fraction=validation_fraction, standardize=standardize, hyperparameters=hyper,
+                          baseline=baseline, metadata=meta,
+                          resources={"device": resources_device, "gpus": gpus, "processes": processes},
+                          unlabeled_files=unlabeled_ids, labels_per_class=labels_per_class)
+        job = client.create_job(spec)
+    except (KDClientError, KeyboardInterrupt):
+        _delete_uploads(client, new_uploads, err)
+        raise
     err.print(f"job {job.id} submitted; following it (Ctrl-C stops following, not the job)", markup=False)
     job = watch_job(state, job.id, poll=poll)
     _finish(state, job)
@@ -1073,6 +1085,17 @@ def distill(
     state.out.print(result_table(job.result or {}))
     state.out.print(f"student: {path} ({path.stat().st_size:,} bytes, sha256 verified) from job {job.id}",
                     markup=False)
+
+
+def _delete_uploads(client: Client, file_ids: list[str], err: Console) -> None:
+    """After a failed submission: delete the files this command uploaded for it (best effort: a
+    file that cannot be deleted is named, and the original error is what the command reports)."""
+    for file_id in file_ids:
+        try:
+            client.delete_file(file_id)
+            err.print(f"deleted {file_id}: this command uploaded it for the job that was not submitted", markup=False)
+        except KDClientError as e:
+            err.print(f"could not delete {file_id} ({e}); delete it with kd files delete {file_id}", markup=False)
 
 
 def main() -> None:

@@ -225,10 +225,30 @@ class Client:
                               headers=self._idempotency(idempotency_key))
         return File.from_dict(body)
 
-    def list_files(self, *, purpose: str | None = None, limit: int = 20, after: str | None = None) -> Page[File]:
-        """One page of files, newest first."""
-        body = self._json("GET", "/v1/files", params={"purpose": purpose, "limit": limit, "after": after})
+    def list_files(self, *, purpose: str | None = None, limit: int = 20, after: str | None = None,
+                   sha256: str | None = None) -> Page[File]:
+        """One page of files, newest first (only those with this content's `sha256` when given)."""
+        body = self._json("GET", "/v1/files", params={"purpose": purpose, "limit": limit, "after": after,
+                                                      "sha256": sha256})
         return Page([File.from_dict(d) for d in body["data"]], bool(body.get("has_more")))
+
+    def find_file(self, path: str | os.PathLike, purpose: str, *, max_pages: int = 10) -> File | None:
+        """The newest file already uploaded with this local file's content (sha256) and purpose, or
+        None. The service filters by sha256; the match is checked here too, over at most `max_pages`
+        pages, so a service that ignored the filter costs a bounded listing, never a wrong file."""
+        digest = hashlib.sha256()
+        with Path(path).open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        sha256, after = digest.hexdigest(), None
+        for _ in range(max_pages):
+            page = self.list_files(purpose=purpose, sha256=sha256, limit=100, after=after)
+            for f in page:
+                if f.sha256 == sha256 and f.purpose == purpose:
+                    return f
+            if (after := page.next_after) is None:
+                return None
+        return None
 
     def iter_files(self, *, purpose: str | None = None, page_size: int = 100) -> Iterator[File]:
         """Every file, newest first, fetching pages as needed."""

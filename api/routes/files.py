@@ -114,10 +114,13 @@ async def upload_file(request: Request, tenant: BriefTenantDep, store: StoreDep,
 def list_files(session: SessionDep, tenant: TenantDep,
                limit: PageLimit = 20,
                after: PageAfter = None,
-               purpose: Purpose | None = None) -> FileList:
+               purpose: Purpose | None = None,
+               sha256: Annotated[str | None, Query(pattern="^[0-9a-f]{64}$", description=(
+                   "only the files with this content (lowercase hex sha256), e.g. to reuse an upload"))] = None,
+               ) -> FileList:
     """List files, newest first."""
     rows, has_more = files_repo.list_files(session, tenant_id=tenant.id, limit=limit, after=after,
-                                     purpose=purpose.value if purpose else None)
+                                           purpose=purpose.value if purpose else None, sha256=sha256)
     return FileList(data=[FileOut.from_row(r) for r in rows], has_more=has_more)
 
 

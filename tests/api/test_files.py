@@ -121,6 +121,26 @@ def test_list_paginates_newest_first(client, tmp_path):
     assert seen == ids[::-1]
 
 
+def test_list_filters_by_sha256(client, tmp_path, other_tenant_headers):
+    """`sha256=` finds an earlier upload of the same content (what `kd distill` reuses); a value that is
+    not a lowercase hex sha256 is a 422 naming it; another tenant's copy is not listed."""
+    paths = []
+    for i in range(2):
+        p = tmp_path / f"d{i}.npz"
+        np.savez(p, x=np.full((4, 2), i, dtype=np.float32), y=np.array([0, 1, 0, 1]))
+        paths.append(p)
+    first = upload(client, paths[0], "dataset").json()
+    upload(client, paths[1], "dataset")
+    again = upload(client, paths[0], "dataset").json()
+    upload(client, paths[0], "dataset", headers=other_tenant_headers)
+    found = client.get("/v1/files", params={"sha256": first["sha256"]}).json()
+    assert [f["id"] for f in found["data"]] == [again["id"], first["id"]] and not found["has_more"]
+    assert client.get("/v1/files", params={"sha256": first["sha256"], "purpose": "teacher"}).json()["data"] == []
+    assert client.get("/v1/files", params={"sha256": "0" * 64}).json()["data"] == []
+    body = problem(client.get("/v1/files", params={"sha256": first["sha256"].upper()}), 422)
+    assert "sha256" in str(body)
+
+
 def test_delete_removes_row_and_bytes(client, settings, digits_teacher):
     body = upload(client, digits_teacher[0], "teacher").json()
     assert len(_stored_files(settings)) == 1

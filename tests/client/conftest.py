@@ -38,6 +38,8 @@ class FakeService:
 
     def __init__(self, job_result: dict | None = None, job_spec: dict | None = None):
         self.requests: list[dict] = []
+        self.uploads = 0
+        self.refuse_jobs: dict | None = None  # a problem body: POST /v1/jobs answers it as a 422
         self.files: dict[str, dict] = {}
         self.jobs: dict[str, dict] = {}
         self.job_result = job_result
@@ -70,17 +72,26 @@ class FakeService:
             body = request.read()
             purpose = re.search(rb'name="purpose"\r\n\r\n([^\r]*)', body).group(1).decode()
             filename = re.search(rb'name="file"; filename="([^"]*)"', body).group(1).decode()
+            content = re.search(rb'filename="[^"]*"\r\n(?:[^\r]*\r\n)*\r\n(.*?)\r\n--', body, re.S).group(1)
             entry.update(purpose=purpose, filename=filename)
-            f = self.file(f"file_{len(self.files) + 1}", purpose=purpose, num_samples=1193, num_labeled=0,
-                          input_shape=[64])
+            self.uploads += 1
+            f = self.file(f"file_{self.uploads}", purpose=purpose, num_samples=1193, num_labeled=0,
+                          input_shape=[64], sha256=hashlib.sha256(content).hexdigest())
             f["filename"] = filename
             return httpx.Response(201, json=f)
         if method == "GET" and path == "/v1/files":
-            return httpx.Response(200, json={"data": list(self.files.values())[::-1], "has_more": False})
+            wanted = {k: request.url.params[k] for k in ("purpose", "sha256") if k in request.url.params}
+            data = [f for f in self.files.values() if all(f[k] == v for k, v in wanted.items())]
+            return httpx.Response(200, json={"data": data[::-1], "has_more": False})
+        if method == "DELETE" and path.startswith("/v1/files/"):
+            del self.files[path.rsplit("/", 1)[1]]
+            return httpx.Response(204)
         if method == "GET" and path.startswith("/v1/files/"):
             return httpx.Response(200, json=self.files[path.rsplit("/", 1)[1]])
         if method == "POST" and path == "/v1/jobs":
             entry["json"] = json.loads(request.read())
+            if self.refuse_jobs is not None:
+                return httpx.Response(422, json=self.refuse_jobs, headers={"content-type": "application/problem+json"})
             return httpx.Response(201, json=self.job(f"job_{len(self.jobs) + 1}", "queued",
                                                      self.job_spec or entry["json"]))
         if method == "GET" and path == "/v1/jobs":

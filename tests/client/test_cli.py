@@ -188,7 +188,7 @@ def test_distill_uploads_each_unlabelled_file_and_lists_their_ids(kd_fake, fake_
     teacher, data = tmp_path / "teacher.onnx", tmp_path / "labelled.npz"
     unlabeled = [tmp_path / "inputs_a.npz", tmp_path / "inputs_b.csv"]
     for p in (teacher, data, *unlabeled):
-        p.write_bytes(b"x")
+        p.write_bytes(p.name.encode())  # four contents: an equal one would be reused, not uploaded again
     result = kd_fake("distill", "--teacher", str(teacher), "--data", str(data), "--unlabeled", str(unlabeled[0]),
                      "--unlabeled", str(unlabeled[1]), "--labels-per-class", "10", "--augment", "shift, mixup",
                      "--shift-max", "3", "--mixup-alpha", "0.2", "--student", "mlp:hidden_sizes=16",
