@@ -27,7 +27,9 @@ import math
 import os
 import pickletools
 import struct
+import threading
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -400,9 +402,20 @@ def _looks_like_safetensors(head: bytes, size: int) -> bool:
     return not head[:8].decode("latin-1").isprintable()
 
 
+# The last headers read, by file identity (path, device, inode, size, mtime): one upload or one
+# teacher load asks for its header up to four times (sniffing, logits or state dict, classes,
+# shapes), and at 10,000 tensors each parse costs about 0.3 s. Only headers up to
+# HEADER_CACHE_MAX_BYTES are kept, at most HEADER_CACHE_ENTRIES of them.
+HEADER_CACHE_ENTRIES = 2
+HEADER_CACHE_MAX_BYTES = 2 * 1024 * 1024
+_headers: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
+_headers_lock = threading.Lock()
+
+
 def read_safetensors_header(path: str | os.PathLike) -> dict[str, Any]:
     """Validate and return the header of a safetensors file: {name: {"dtype", "shape",
-    "data_offsets"}, ...} plus "__metadata__" (str -> str) when the file has it.
+    "data_offsets"}, ...} plus "__metadata__" (str -> str) when the file has it. A file read again
+    unchanged gives the same dict (do not modify it).
 
     Checked: an 8-byte little-endian length capped at MAX_SAFETENSORS_HEADER and inside the file;
     UTF-8 JSON object without duplicate keys; at most MAX_SAFETENSORS_TENSORS tensors; each
@@ -412,8 +425,22 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, Any]:
     FormatError(field="file") with the reason.
     """
     path = Path(path)
-    size = path.stat().st_size
+    st = path.stat()
+    key = (os.fspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    with _headers_lock:
+        if key in _headers:
+            _headers.move_to_end(key)
+            return _headers[key]
+    header, header_bytes = _parse_safetensors_header(path, st.st_size)
+    if header_bytes <= HEADER_CACHE_MAX_BYTES:
+        with _headers_lock:
+            _headers[key] = header
+            while len(_headers) > HEADER_CACHE_ENTRIES:
+                _headers.popitem(last=False)
+    return header
 
+
+def _parse_safetensors_header(path: Path, size: int) -> tuple[dict[str, Any], int]:
     def bad(reason: str) -> FormatError:
         return FormatError(f"not a valid safetensors file: {reason}", field="file")
 
@@ -483,7 +510,7 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, Any]:
         position, previous = end, name
     if position != buffer_len:
         raise bad(f"{buffer_len - position} trailing bytes belong to no tensor")
-    return header
+    return header, n
 
 
 def _short(value: Any, limit: int = 120) -> str:

@@ -301,3 +301,21 @@ def test_onnx_without_inputs_is_not_accepted(tmp_path):
     with pytest.raises(FormatError, match="no graph with inputs"):
         read_onnx_model(path)
     _assert_refused(path, "unrecognised")
+
+
+def test_a_teacher_header_is_parsed_once_per_inspection_and_again_when_the_file_changes(tmp_path, monkeypatch):
+    from kdcore import formats
+    from kdcore.teachers import inspect_teacher_file
+
+    parses = []
+    parse = formats._parse_safetensors_header
+    monkeypatch.setattr(formats, "_parse_safetensors_header", lambda *a: parses.append(a) or parse(*a))
+    path = tmp_path / "teacher.safetensors"
+    save_file({"fc.weight": torch.randn(10, 4), "fc.bias": torch.zeros(10)}, str(path))
+    assert inspect_teacher_file(path)["num_classes"] == 10
+    assert len(parses) == 1  # sniffing, the logits test and the state dict's report share one parse
+    # the same path rewritten (another upload's temp file, say): read afresh, never the old header
+    save_file({"fc.weight": torch.randn(7, 4), "fc.bias": torch.zeros(7), "extra": torch.zeros(3)}, str(path))
+    assert inspect_teacher_file(path)["num_classes"] == 7 and len(parses) == 2
+    header = formats.read_safetensors_header(path)
+    assert set(header) == {"fc.weight", "fc.bias", "extra"} and len(parses) == 2
