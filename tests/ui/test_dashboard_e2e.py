@@ -1,11 +1,16 @@
 """The /ui dashboard in a real browser (Debian's /usr/bin/chromium driven by Playwright's sync API)
 against the real stack: `python -m api` under uvicorn and a `python -m worker` Celery process on
-PostgreSQL + Redis. Log in with the API key, upload a teacher, a dataset and two unlabelled input
-files through the form, submit a job, watch its page advance (and show what each run trained on), read
-the report in its iframe and download the student, whose bytes must hash to the sha256 the API stores
-for it (the download's ETag).
+PostgreSQL + Redis.
 
-Screenshots of each page go to tests/artifacts/ (git-ignored) for a person to look at."""
+One short job goes through the form and runs to success: a wrong key is refused at login, the form's
+422 lands next to the fields it names and clears, the job page draws its charts from the SSE stream
+(never from the metrics list), shows the report at full height and downloads files named after the job.
+A second, long job is watched while running (chart points arrive before it ends) and cancelled from its
+page (when, why, the kept checkpoint); a third asks for a GPU no worker serves and waits (its
+waiting_reason in the list and on its page). Then paging, the comparison view, an unknown job, a new
+tab and a phone-width viewport.
+
+Screenshots of every page and state go to var/screenshots/ (git-ignored) for a person to look at."""
 
 from __future__ import annotations
 
@@ -26,7 +31,8 @@ KEY = "kd_ui_e2e_" + "u" * 40
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
-SHOTS = ROOT / "tests" / "artifacts"
+SHOTS = ROOT / "var" / "screenshots"
+PHONE = {"width": 390, "height": 844}
 expect = None  # playwright.sync_api.expect, imported by the browser fixture (the module loads without it)
 
 
@@ -73,106 +79,213 @@ def digits_npz(path: Path) -> Path:
     return path
 
 
-def test_dashboard_login_upload_submit_watch_report_download(live_api, browser, digits_teacher, tmp_path):
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def no_horizontal_scroll(page) -> None:
+    width = page.evaluate("() => document.documentElement.scrollWidth")
+    assert width <= page.viewport_size["width"], f"{page.url} is {width} px wide at {page.viewport_size}"
+
+
+def test_dashboard(live_api, browser, digits_teacher, tmp_path):
     base, worker = live_api
     teacher_path, arch = digits_teacher
     dataset_path = digits_npz(tmp_path / "digits.npz")
-    SHOTS.mkdir(exist_ok=True)
-    page = browser.new_context(accept_downloads=True, viewport={"width": 1200, "height": 900}).new_page()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(accept_downloads=True, viewport={"width": 1200, "height": 900})
+    page = context.new_page()
     page.set_default_timeout(30_000)
     console_errors: list[str] = []
     page.on("console", lambda m: console_errors.append(f"{m.text} {m.location}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: console_errors.append(f"uncaught: {e}"))
+    requests: list[tuple[str, str]] = []  # (url, accept) of every /v1 call the pages make
+    page.on("request", lambda r: requests.append((r.url, r.headers.get("accept", ""))) if "/v1/" in r.url else None)
+    api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"})
 
-    # not logged in: every page sends you to the login page
-    page.goto(f"{base}/ui")
-    page.wait_for_url(f"{base}/ui/login")
-    page.screenshot(path=str(SHOTS / "ui_1_login.png"))
+    # --- login: not logged in, every page sends you there; a wrong key says so ---------------------
+    page.goto(f"{base}/ui/new")
+    page.wait_for_url(re.compile(r"/ui/login\?next="))
+    page.fill("#api-key", "kd_wrong_" + "x" * 40)
+    page.click("#login-form button[type=submit]")
+    expect(page.locator("#error")).to_have_text(re.compile(r"^Wrong API key"))
+    assert page.url.startswith(f"{base}/ui/login")
+    shot(page, "01_login_wrong_key")
     page.fill("#api-key", KEY)
     page.click("#login-form button[type=submit]")
-    page.wait_for_url(f"{base}/ui")
-    page.screenshot(path=str(SHOTS / "ui_2_jobs_empty.png"))
+    page.wait_for_url(f"{base}/ui/new")  # back where it was going
+    assert page.evaluate("() => localStorage.getItem('kd_api_key')") == KEY  # survives a new tab (README)
 
-    # upload the teacher and the dataset through the form; each fills its id into the job form
-    page.goto(f"{base}/ui/new")
-    page.set_input_files("#upload-file", str(teacher_path))
-    page.select_option("#upload-purpose", "teacher")
-    page.click("#upload-form button[type=submit]")
-    # (locator waits, not wait_for_function: the page's CSP forbids eval, and that stays on here)
+    # --- the form: per-field uploads, then a 422 next to its fields, cleared on the next submit -----
+    page.set_input_files(".field[data-field='teacher.file_id'] .upload-file", str(teacher_path))
     expect(page.locator("#teacher_file_id")).to_have_value(re.compile(r"^file_"))
-    page.set_input_files("#upload-file", str(dataset_path))
-    page.select_option("#upload-purpose", "dataset")
-    page.click("#upload-form button[type=submit]")
+    page.set_input_files(".field[data-field='dataset.train_file_id'] .upload-file", str(dataset_path))
     expect(page.locator("#dataset_file_id")).to_have_value(re.compile(r"^file_"))
-    assert "(dataset)" in page.text_content("#upload-result")
-    # unlabelled inputs: two x-only files chosen at once, each uploaded as a dataset, both ids in the form
+    assert page.input_value("#builtin") == ""  # a training file replaces the builtin
+    expect(page.locator(".field[data-field='dataset.train_file_id'] .upload-result")).to_have_text(
+        re.compile(r"digits\.npz → file_\w+, 1438 rows, 1438 labelled"))
     x = np.load(dataset_path)["x"]
     inputs = [tmp_path / "inputs_a.npz", tmp_path / "inputs_b.npz"]
     np.savez(inputs[0], x=x[:60])
     np.savez(inputs[1], x=x[60:100])
     page.set_input_files("#unlabeled_files", [str(p) for p in inputs])
     expect(page.locator("#unlabeled-result li.uploaded")).to_have_count(2)
-    assert page.locator("#unlabeled-result li").all_text_contents() == [
-        f"inputs_a.npz → {page.input_value('#unlabeled_file_ids').split(', ')[0]}: 60 rows, 0 labelled",
-        f"inputs_b.npz → {page.input_value('#unlabeled_file_ids').split(', ')[1]}: 40 rows, 0 labelled"]
     assert re.fullmatch(r"file_\w+, file_\w+", page.input_value("#unlabeled_file_ids"))
     page.fill("#teacher_arch", arch["arch"])
     page.fill("#teacher_params", '{"hidden_sizes": [128]}')
     page.fill("#student_params", '{"hidden_sizes": [16]}')
+    page.fill("#alpha", "2")
+    page.fill("#epochs", "0")
+    page.click("#submit")
+    alpha_error = page.locator(".field[data-field='hyperparameters.alpha'] .field-error")
+    epochs_error = page.locator(".field[data-field='hyperparameters.epochs'] .field-error")
+    expect(alpha_error).to_have_text(re.compile(r"between 0 and 1"))
+    expect(epochs_error).not_to_be_empty()
+    assert page.get_attribute("#alpha", "aria-invalid") == "true"
+    shot(page, "02_form_with_errors")
+    page.fill("#alpha", "0.3")
+    page.click("#submit")
+    expect(alpha_error).to_be_empty()  # cleared: alpha is fine now
+    expect(epochs_error).not_to_be_empty()
     page.fill("#epochs", "4")
-    page.screenshot(path=str(SHOTS / "ui_3_new_job.png"), full_page=True)
-    page.click("#job-form button[type=submit]")
+    page.click("#submit")
     page.wait_for_url(f"{base}/ui/jobs/**")
     job_id = page.url.rsplit("/", 1)[1]
     assert page.text_content("#job-id") == job_id
 
-    # the job page polls the API: record what it shows until the job is done
-    shown_progress, shown_status, shown_epochs = [], [], set()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        status = page.text_content("dd.field-status") if page.query_selector("dd.field-status") else None
-        progress = page.eval_on_selector("#progress", "e => e.value")
-        if page.query_selector("dd.field-epoch"):
-            shown_epochs.add(page.text_content("dd.field-epoch"))
-        shown_status.append(status)
-        shown_progress.append(progress)
-        if status in ("succeeded", "failed", "cancelled"):
-            break
-        time.sleep(0.2)
-    assert shown_status[-1] == "succeeded", (shown_status[-5:], page.text_content("#error"), worker.output()[-3000:])
-    assert len(set(shown_progress)) > 1 and shown_progress[-1] == 1, shown_progress  # the bar advanced to full
-    assert shown_epochs <= {f"{k}/4 epochs" for k in range(5)}, shown_epochs  # what a running job shows
-    assert page.text_content("dd.field-progress") == "100 %"
-    assert page.query_selector("dd.field-epoch") is None  # a finished job shows no stale phase/epoch
-    float(page.text_content("dd.field-val-accuracy"))  # the latest metrics row, from /v1/jobs/{id}/metrics
-    # the result: what each run trained on (the 100 unlabelled inputs join the student's rows only)
-    student_rows = page.text_content("dd.field-student-trained-on")
-    assert re.fullmatch(r"\d+ labelled \+ 100 unlabelled rows, \d+ steps", student_rows), student_rows
-    assert re.fullmatch(r"\d+ labelled \+ 0 unlabelled rows, \d+ steps", page.text_content("dd.field-baseline-trained-on"))
-    float(page.text_content("dd.field-student-accuracy"))
-
-    # the report, in its iframe (srcdoc, an empty sandbox: no script, opaque origin): its known heading
-    # and this job's id
-    assert page.get_attribute("#report", "sandbox") == ""
+    # --- the job page: SSE drives the charts and the log; the result, report and downloads ---------
+    try:
+        expect(page.locator("#status-badge")).to_have_text("succeeded", timeout=60_000)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{console_errors}\n{worker.output()[-2000:]}") from None
+    metrics = api.get(f"/v1/jobs/{job_id}/metrics").json()["data"]
+    runs = {m["run"] for m in metrics}
+    assert runs == {"student", "baseline"}, runs
+    # a point per (run, epoch), each drawn from an `epoch` event of the stream
+    expect(page.locator("#chart-loss circle.pt")).to_have_count(len(metrics))
+    expect(page.locator("#chart-accuracy circle.pt")).to_have_count(len(metrics))
+    assert page.locator("#chart-loss circle.pt[data-run='student']").count() == 4
+    assert any("/events" in url and "text/event-stream" in accept for url, accept in requests), requests
+    assert not [url for url, _ in requests if "/metrics" in url], "the job page polled the metrics list"
+    expect(page.locator("#events li[data-type='status']").last).to_contain_text("succeeded")
+    assert page.locator("#events li[data-type='epoch']").count() == len(metrics)
+    assert page.locator("#state").is_hidden()
+    assert re.fullmatch(r"\d+\.\d\d %", page.text_content("dd.field-student-accuracy"))
+    assert re.fullmatch(r"[+−±]\d+\.\d pts", page.text_content("dd.field-gain-over-baseline"))
+    assert re.fullmatch(r"\d+ labelled \+ 100 unlabelled rows, \d+ steps", page.text_content("dd.field-student-trained-on"))
+    assert page.text_content("dd.field-teacher-student") == "mlp [128] → mlp [16]"
+    assert re.search(r'"hidden_sizes": \[\s*16\s*\]', page.text_content("#spec"))  # the spec, as JSON
+    expect(page.locator("#cancel")).to_be_hidden()
+    # the report: sandboxed (no script token), its known heading, and shown whole (the frame is as tall
+    # as its document: no scrollbar inside the page)
+    assert page.get_attribute("#report", "sandbox") == "allow-same-origin"
     frame = page.frame_locator("#report")
-    frame.locator("h1").wait_for()
-    assert frame.locator("h1").text_content() == "Distillation report"
+    expect(frame.locator("h1")).to_have_text("Distillation report")
     assert job_id in frame.locator("p.sub").text_content()
-    page.screenshot(path=str(SHOTS / "ui_4_job.png"), full_page=True)
-
-    # download the student; its bytes hash to the artifact sha256 the API serves as the ETag
+    inner = page.frame(url="about:srcdoc").evaluate("() => document.documentElement.scrollHeight")
+    outer = page.locator("#report").bounding_box()["height"]
+    assert inner > 600 and outer >= inner, (inner, outer)
+    shot(page, "03_job_succeeded")
     with page.expect_download() as dl:
         page.click("#download-safetensors")
+    assert dl.value.suggested_filename == f"{job_id}-student.safetensors"
     got = Path(dl.value.path()).read_bytes()
-    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}) as api:
-        head = api.get(f"/v1/jobs/{job_id}/student", headers={"Range": "bytes=0-0"})
-        assert head.status_code == 206
-        assert head.headers["etag"] == f'"{hashlib.sha256(got).hexdigest()}"'
-    assert dl.value.suggested_filename == "student.safetensors"
+    head = api.get(f"/v1/jobs/{job_id}/student", headers={"Range": "bytes=0-0"})
+    assert head.headers["etag"] == f'"{hashlib.sha256(got).hexdigest()}"'
+    with page.expect_download() as dl:
+        page.click("#download-metrics")
+    assert dl.value.suggested_filename == f"{job_id}-metrics.csv"
 
-    # the job list shows the job as succeeded
+    # --- a long job, watched running and cancelled from its page ----------------------------------
+    teacher_file = api.get(f"/v1/jobs/{job_id}").json()["spec"]["teacher"]["file_id"]
+    long_job = api.post("/v1/jobs", json={
+        "teacher": {"file_id": teacher_file, **arch}, "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [32]}},
+        "dataset": {"builtin": "digits"}, "hyperparameters": {"epochs": 1000}}).json()["id"]
+    page.goto(f"{base}/ui/jobs/{long_job}")
+    expect(page.locator("#chart-loss circle.pt").nth(2)).to_be_attached(timeout=60_000)  # 3 epochs, live
+    expect(page.locator("#status-badge")).to_have_text("running")
+    expect(page.locator("#progress-text")).to_contain_text("left")
+    shot(page, "04_job_running")
+    page.click("#cancel")
+    expect(page.locator("#status-badge")).to_have_text("cancelled")
+    state = page.locator("#state")
+    expect(state.locator(".checkpoint")).to_have_text(re.compile(r"^Kept checkpoint: student after epoch \d+ \("))
+    expect(state.locator(".why")).to_contain_text("cancel requested")
+    expect(state).to_contain_text(re.compile(r"^Cancelled .+ \((just now|\d+ s ago)\)\."))
+    expect(page.locator("#cancel")).to_be_hidden()
+    shot(page, "05_job_cancelled")
+
+    # --- a job no worker can take: queued, and why --------------------------------------------------
+    waiting_job = api.post("/v1/jobs", json={"teacher": {"file_id": teacher_file, **arch},
+                                             "resources": {"device": "cuda", "gpus": 1}}).json()["id"]
     page.goto(f"{base}/ui")
-    page.wait_for_selector(f"tr[data-job='{job_id}'] td.status:text('succeeded')")
-    assert page.text_content(f"tr[data-job='{job_id}'] td.progress") == "100 %"
-    page.screenshot(path=str(SHOTS / "ui_5_jobs.png"), full_page=True)
-    assert page.text_content("#error") == ""
-    assert not console_errors, console_errors
+    row = page.locator(f"tr[data-job='{waiting_job}']")
+    expect(row.locator(".badge")).to_have_text("queued")
+    expect(row.locator(".waiting")).to_contain_text("no live worker serves device=cuda gpus=1")
+    done = page.locator(f"tr[data-job='{job_id}']")
+    expect(done.locator(".badge")).to_have_text("succeeded")
+    assert re.fullmatch(r"\d+\.\d %", done.locator("td.accuracy").text_content())
+    assert re.fullmatch(r"[+−±]\d+\.\d pts", done.locator("td.gain").text_content())
+    assert re.fullmatch(r"[\d.]+ k? ?params\d+× smaller", done.locator("td.size").text_content())
+    assert re.fullmatch(r"\d+ s|\d+ min \d\d s", done.locator("td.duration").text_content())
+    assert re.fullmatch(r"just now|\d+ s ago|\d+ min ago", done.locator("td.created").text_content())
+    assert done.locator("td.archs").text_content() == "mlp [128] → mlp [16]"
+    expect(page.locator(f"tr[data-job='{long_job}'] .badge")).to_have_text("cancelled")
+    no_horizontal_scroll(page)
+    shot(page, "06_list")
+    page.goto(f"{base}/ui/jobs/{waiting_job}")
+    expect(page.locator("#state .waiting")).to_contain_text("no live worker serves device=cuda gpus=1")
+    expect(page.locator("#status-badge")).to_have_text("queued")
+    shot(page, "07_job_queued")
+    page.click("#cancel")
+    expect(page.locator("#state .checkpoint")).to_have_text("It never started, so there is no checkpoint.")
+
+    # --- paging with the API's cursor: three jobs, two a page ---------------------------------------
+    page.goto(f"{base}/ui?limit=2")
+    expect(page.locator("#jobs tbody tr")).to_have_count(2)
+    assert page.locator("#jobs tbody tr").first.get_attribute("data-job") == waiting_job  # newest first
+    expect(page.locator("#newer")).to_be_disabled()
+    page.click("#older")
+    expect(page.locator("#jobs tbody tr")).to_have_count(1)
+    assert page.locator("#jobs tbody tr").first.get_attribute("data-job") == job_id
+    expect(page.locator("#older")).to_be_disabled()
+    expect(page.locator("#page-info")).to_have_text("page 2")
+    page.click("#newer")
+    expect(page.locator("#jobs tbody tr")).to_have_count(2)
+
+    # --- the comparison: the one succeeded job's student, its baseline and its teacher -------------
+    page.goto(f"{base}/ui/compare")
+    expect(page.locator("#scatter .pt-student")).to_have_count(1)
+    expect(page.locator("#scatter .pt-teacher")).to_have_count(1)
+    expect(page.locator("#scatter .pt-baseline")).to_have_count(1)
+    expect(page.locator("#compare-table tbody tr")).to_have_count(3)
+    assert page.locator("#compare-table tbody tr.kind-teacher td").nth(2).text_content() == "9.6 k"  # 64·128+128+128·10+10
+    shot(page, "08_compare")
+
+    # --- an unknown job ------------------------------------------------------------------------------
+    page.goto(f"{base}/ui/jobs/job_doesnotexist")
+    expect(page.locator("#status-badge")).to_have_text("unknown")
+    expect(page.locator("#state")).to_contain_text("There is no job job_doesnotexist for this API key")
+    assert page.locator("#job").is_hidden() and page.locator("#cancel").is_hidden()
+    shot(page, "09_job_unknown")
+
+    # --- a job opened in a new tab is still logged in ------------------------------------------------
+    tab = context.new_page()
+    tab.goto(f"{base}/ui/jobs/{job_id}")
+    expect(tab.locator("#status-badge")).to_have_text("succeeded")
+    assert tab.url == f"{base}/ui/jobs/{job_id}"
+    tab.close()
+
+    # --- phone width: no page scrolls sideways ------------------------------------------------------
+    page.set_viewport_size(PHONE)
+    for path, name in ((f"/ui", "10_phone_list"), (f"/ui/jobs/{job_id}", "11_phone_job"),
+                       ("/ui/new", "12_phone_form"), ("/ui/compare", "13_phone_compare")):
+        page.goto(base + path)
+        page.wait_for_load_state("networkidle") if path != f"/ui/jobs/{job_id}" else expect(
+            page.frame_locator("#report").locator("h1")).to_be_visible()
+        no_horizontal_scroll(page)
+        shot(page, name)
+
+    expected = ("401 (Unauthorized)", "404 (Not Found)", "422 (Unprocessable")  # the wrong key, the unknown job, the 422
+    assert not [e for e in console_errors if not any(x in e for x in expected)], console_errors
+    api.close()
