@@ -200,6 +200,18 @@ def claim_due(session: Session, *, now: datetime, limit: int, attempt_seconds: f
             for t in sorted(taken, key=lambda t: ids.index(t.id))]
 
 
+def purge_finished(session: Session, *, before: datetime, batch: int = 1000) -> int:
+    """Delete up to `batch` deliveries that finished (succeeded or failed) before `before`, oldest
+    first; the number deleted. Pending ones are never deleted here."""
+    old = (select(WebhookDelivery.id).where(WebhookDelivery.status != PENDING, WebhookDelivery.finished_at < before)
+           .order_by(WebhookDelivery.finished_at).limit(batch))
+    ids = list(session.scalars(old))
+    if ids:
+        session.execute(delete(WebhookDelivery).where(WebhookDelivery.id.in_(ids), WebhookDelivery.status != PENDING)
+                        .execution_options(synchronize_session=False))
+    return len(ids)
+
+
 def record_attempt(session: Session, *, delivery_id: str, attempt: int, outcome: dict[str, Any], ok: bool,
                    now: datetime, max_attempts: int, retry_base: float, retry_max: float) -> str | None:
     """Record attempt `attempt`'s `outcome` ({started_at, duration_ms, address, status_code, error}):

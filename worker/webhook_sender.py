@@ -25,6 +25,7 @@ import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -41,6 +42,8 @@ SENDS_PER_ROUND = 8  # deliveries claimed per round, attempted at once
 # A claim keeps its row from other senders for this many times KD_WEBHOOK_TIMEOUT_SECONDS (httpx bounds
 # the connect, the write and each read by it), plus webhooks_repo.CLAIM_MARGIN_SECONDS.
 CLAIM_TIMEOUTS = 4
+PURGE_INTERVAL_SECONDS = 3600  # how often finished deliveries past their retention are deleted
+PURGE_BATCH = 1000  # rows per delete statement
 
 
 def resolve(host: str, port: int) -> list[IPAddress]:
@@ -125,13 +128,30 @@ class WebhookSender:
         reason = "; redirects are not followed" if 300 <= code < 400 else ""
         return done(status_code=code, error=f"the receiver answered {code}{reason}")
 
+    def purge(self) -> int:
+        """Delete the deliveries that finished more than KD_WEBHOOK_DELIVERY_RETENTION_SECONDS ago; how many."""
+        before = utcnow() - timedelta(seconds=self.cfg.webhook_delivery_retention_seconds)
+        total = 0
+        while True:
+            with self.sessions() as s:
+                deleted = webhooks_repo.purge_finished(s, before=before, batch=PURGE_BATCH)
+                s.commit()
+            total += deleted
+            if deleted < PURGE_BATCH:
+                return total
+
     def start(self) -> threading.Event:
         """Run rounds in a daemon thread; set the returned event to stop it."""
         stop = threading.Event()
 
         def loop() -> None:
+            purged_at = None
             while not stop.wait(self.cfg.webhook_poll_seconds):
                 try:
+                    if purged_at is None or time.monotonic() - purged_at > PURGE_INTERVAL_SECONDS:
+                        purged_at = time.monotonic()
+                        if purged := self.purge():
+                            log.info("deleted %d webhook deliveries past KD_WEBHOOK_DELIVERY_RETENTION_SECONDS", purged)
                     while self.run_once() == SENDS_PER_ROUND and not stop.is_set():
                         pass  # a full round: more may be due
                 except Exception:  # the database is away: try again next round

@@ -216,3 +216,16 @@ def test_concurrent_senders_never_claim_the_same_delivery(pg_engine):
     for t in threads:
         t.join()
     assert len(taken) == 12 and len(set(taken)) == 12
+
+
+def test_finished_deliveries_are_purged_after_their_retention_and_pending_ones_never(session, make_job, hook):
+    now = utcnow()
+    old_done, old_pending, new_done = (
+        webhooks_repo.enqueue_ping(session, tenant_id=hook.tenant_id, webhook_id=hook.id, now=now) for _ in range(3))
+    old_done.status, old_done.finished_at = "succeeded", now - timedelta(days=40)
+    new_done.status, new_done.finished_at = "failed", now - timedelta(days=1)
+    old_pending.created_at = now - timedelta(days=40)
+    session.commit()
+    assert webhooks_repo.purge_finished(session, before=now - timedelta(days=30)) == 1
+    session.commit()
+    assert {d.id for d in deliveries(session)} == {old_pending.id, new_done.id}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
@@ -159,3 +160,15 @@ def test_https_verifies_the_urls_name_on_the_checked_address(settings, tmp_path)
         assert row.status == "pending" and "certificate" in row.last_error.lower(), row.last_error
     finally:
         receiver.close()
+
+
+def test_the_sender_deletes_finished_deliveries_past_their_retention(settings, receiver):
+    sender = make(settings, webhook_allow_private_networks=True, webhook_delivery_retention_seconds=3600)
+    delivery_id, _ = ping(sender, receiver.url())
+    sender.run_once()
+    assert sender.purge() == 0  # finished just now: kept
+    with sender.sessions() as s:
+        row = s.get(WebhookDelivery, delivery_id)
+        row.finished_at = utcnow() - timedelta(hours=2)
+        s.commit()
+    assert sender.purge() == 1 and delivery(sender, delivery_id) is None
