@@ -35,7 +35,7 @@ th:first-child,td:first-child{text-align:left}thead th{background:#fafafa}
 .plots img{max-width:100%;display:block;margin:1rem 0}pre{background:#f7f7f7;padding:.8rem;
 overflow:auto;font-size:.85rem}.note{color:#666;font-size:.85rem}
 .warnings{padding:.6rem 1rem;background:#fff8e1;border-left:4px solid #c77700;margin:1rem 0}
-.warnings p{margin:.3rem 0}
+.warnings p{margin:.3rem 0}.scroll{overflow-x:auto;margin:.6rem 0}
 """
 DASH = "\u2014"
 
@@ -182,74 +182,112 @@ def _finish(fig: Figure, ax: Any, has_data: bool) -> str:
     return _png(fig)
 
 
+LOG_SCALE_RATIO = 20  # the loss plot goes logarithmic when its largest value is this many times its smallest
+
+
+def loss_scale(series: list[list[float]]) -> str:
+    """"log" when one loss term would flatten another on a linear axis (largest / smallest above
+    LOG_SCALE_RATIO, every value positive), else "linear"."""
+    values = [v for ys in series for v in ys]
+    if not values or min(values) <= 0:
+        return "linear"
+    return "log" if max(values) / min(values) > LOG_SCALE_RATIO else "linear"
+
+
 def _loss_plot(metrics: list[dict[str, Any]]) -> str:
-    fig, ax = _figure("Training loss of the student: hard and soft terms", "loss")
-    has = False
-    for key, label, style in (("train_hard", "hard (labels)", "-o"), ("train_soft", "soft (teacher)", "-s"),
-                              ("train_loss", "total", "--")):
-        x, y = _series(metrics, "student", key)
+    lines = [(label, style, *_series(metrics, "student", key))
+             for key, label, style in (("train_hard", "hard (labels)", "-o"), ("train_soft", "soft (teacher)", "-s"),
+                                       ("train_loss", "total", "--"))]
+    lines = [line for line in lines if line[2]]
+    scale = loss_scale([ys for *_, ys in lines])
+    fig, ax = _figure("Training loss of the student: hard and soft terms"
+                      + (" (log scale)" if scale == "log" else ""), "loss")
+    for label, style, x, y in lines:
+        ax.plot(x, y, style, label=label, markersize=3)
+    ax.set_yscale(scale)
+    return _finish(fig, ax, bool(lines))
+
+
+def teacher_reference(result: dict[str, Any]) -> float | None:
+    """The teacher's accuracy on the split the training curves are on (validation), or None: a
+    figure on another split (the test split) is never drawn against validation curves."""
+    teacher = result.get("teacher") or {}
+    if _num(teacher.get("val_accuracy")) is not None:
+        return _num(teacher["val_accuracy"])
+    if result.get("evaluated_on") == "validation":
+        return _num(teacher.get("accuracy"))
+    return None
+
+
+def _percent_plot(metrics: list[dict[str, Any]], key: str, title: str, ylabel: str,
+                  reference: tuple[float, str] | None = None) -> str:
+    """Validation curves of the student and the baseline in %, with an optional horizontal reference
+    line kept clear of the frame (the axis ends above the highest value drawn)."""
+    fig, ax = _figure(title, ylabel)
+    highest = []
+    for run, style in (("student", "-o"), ("baseline", "-s")):
+        x, y = _series(metrics, run, key)
         if x:
-            ax.plot(x, y, style, label=label, markersize=3)
-            has = True
-    return _finish(fig, ax, has)
+            ax.plot(x, [100 * v for v in y], style, label=run, markersize=3)
+            highest.append(100 * max(y))
+    if reference is not None:
+        ax.axhline(100 * reference[0], color="#444", linestyle=":", label=reference[1])
+        highest.append(100 * reference[0])
+    if highest:
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, max(high, max(highest) + max(1.0, 0.06 * (max(highest) - low))))
+    return _finish(fig, ax, bool(highest))
 
 
 def _accuracy_plot(metrics: list[dict[str, Any]], result: dict[str, Any]) -> str:
-    fig, ax = _figure("Validation accuracy", "accuracy")
-    has = False
-    for run, style in (("student", "-o"), ("baseline", "-s")):
-        x, y = _series(metrics, run, "val_accuracy")
-        if x:
-            ax.plot(x, y, style, label=run, markersize=3)
-            has = True
-    teacher = _num((result.get("teacher") or {}).get("accuracy"))
-    if teacher is not None:
-        ax.axhline(teacher, color="#444", linestyle=":",
-                   label=f"teacher ({result.get('evaluated_on') or 'evaluation'} split)")
-        has = True
-    return _finish(fig, ax, has)
+    teacher = teacher_reference(result)
+    return _percent_plot(metrics, "val_accuracy", "Validation accuracy", "accuracy (%)",
+                         None if teacher is None else (teacher, "teacher (validation split)"))
 
 
 def _agreement_plot(metrics: list[dict[str, Any]]) -> str:
-    fig, ax = _figure("Top-1 agreement with the teacher (validation)", "agreement")
-    has = False
-    for run, style in (("student", "-o"), ("baseline", "-s")):
-        x, y = _series(metrics, run, "val_agreement")
-        if x:
-            ax.plot(x, y, style, label=run, markersize=3)
-            has = True
-    return _finish(fig, ax, has)
+    return _percent_plot(metrics, "val_agreement", "Top-1 agreement with the teacher (validation)", "agreement (%)")
 
 
-def _table(job: dict[str, Any], result: dict[str, Any]) -> str:
+def _html_table(table_id: str, head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    out = [f'<div class="scroll"><table id="{table_id}"><thead><tr>', *(f"<th>{_e(h)}</th>" for h in head),
+           "</tr></thead><tbody>"]
+    out += ["<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows]
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
+def _tables(job: dict[str, Any], result: dict[str, Any]) -> str:
+    """Quality (accuracy, agreement, calibration, KL to the teacher, what each trained on), then size
+    and speed; the baseline has the student's architecture, so its size and speed are the student's."""
     teacher = result.get("teacher") or {}
     student = result.get("student") or {}
     baseline = result.get("baseline")
     spec = job.get("spec") or {}
     t_arch = (spec.get("teacher") or {}).get("arch") or "teacher"
     s_arch = student.get("arch") or (spec.get("student") or {}).get("arch") or "student"
-    rows = [
-        ("teacher", t_arch, teacher.get("accuracy"), teacher.get("parameters"),
-         teacher.get("size_bytes", job.get("teacher_file_bytes")), teacher.get("latency_ms"), 1.0, 1.0,
-         None, None, None),
-        ("student", s_arch, student.get("accuracy"), student.get("parameters"), student.get("size_bytes"),
-         student.get("latency_ms"), result.get("compression"), result.get("speedup"), result.get("temperature"),
-         result.get("alpha"), student.get("train_rows")),
-    ]
-    if baseline:  # the same architecture as the student, trained on the labels alone
-        rows.append(("baseline", s_arch, baseline.get("accuracy"), baseline.get("parameters", student.get("parameters")),
-                     baseline.get("size_bytes", student.get("size_bytes")),
-                     baseline.get("latency_ms", student.get("latency_ms")), result.get("compression"),
-                     result.get("speedup"), None, None, baseline.get("train_rows")))
-    head = ("model", "architecture", "accuracy", "parameters", "size on disk", "CPU latency", "compression",
-            "speed-up", "T", "\u03b1", "trained on")
-    out = ["<table><thead><tr>", *(f"<th>{_e(h)}</th>" for h in head), "</tr></thead><tbody>"]
-    for name, arch, acc, params, size, lat, comp, speed, temp, alpha, train_rows in rows:
-        cells = (name, arch, _pct(acc), _int(params), _bytes(size), _ms(lat), _times(comp), _times(speed),
-                 _plain(temp), _plain(alpha), _trained_on(train_rows))
-        out.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
-    out.append("</tbody></table>")
-    return "".join(out)
+    quality = [("teacher", t_arch, _pct(teacher.get("accuracy")), DASH, _pct(teacher.get("ece")), DASH, DASH),
+               ("student", s_arch, _pct(student.get("accuracy")), _pct(student.get("agreement")),
+                _pct(student.get("ece")), _kl(student.get("mean_kl")), _trained_on(student.get("train_rows")))]
+    size = [("teacher", _int(teacher.get("parameters")), _int(teacher.get("macs")),
+             _bytes(teacher.get("size_bytes", job.get("teacher_file_bytes"))), _ms(teacher.get("latency_ms")),
+             _times(1.0), _times(1.0), DASH, DASH),
+            ("student", _int(student.get("parameters")), _int(student.get("macs")), _bytes(student.get("size_bytes")),
+             _ms(student.get("latency_ms")), _times(result.get("compression")), _times(result.get("speedup")),
+             _plain(result.get("temperature")), _plain(result.get("alpha")))]
+    if baseline:
+        quality.append(("baseline", s_arch, _pct(baseline.get("accuracy")), _pct(baseline.get("agreement")),
+                        _pct(baseline.get("ece")), _kl(baseline.get("mean_kl")),
+                        _trained_on(baseline.get("train_rows"))))
+    return (_html_table("quality", ("model", "architecture", "accuracy", "agreement with the teacher",
+                                    "calibration error (ECE)", "KL(teacher \u2016 model)", "trained on"), quality)
+            + _html_table("size", ("model", "parameters", "MACs per sample", "size on disk", "CPU latency",
+                                   "compression", "speed-up", "T", "\u03b1"), size))
+
+
+def _kl(value: Any) -> str:
+    v = _num(value)
+    return DASH if v is None else f"{v:.4f} nats"
 
 
 def _trained_on(train_rows: Any) -> str:
@@ -350,9 +388,12 @@ def render_report(job: dict[str, Any], metrics: list[dict[str, Any]]) -> str:
         f'<p class="verdict" id="verdict">{_e(verdict(result))}</p>',
         *_warnings_section(result),
         f"<h2>Models (accuracy on the {_e(split)} split, {_e(_int(result.get('num_eval_samples')))} samples)</h2>",
-        _table(job, result),
-        '<p class="note">Compression and speed-up are relative to the teacher (parameters, CPU latency of one '
-        "batch). The baseline has the student's architecture and training budget, without the teacher.</p>",
+        _tables(job, result),
+        '<p class="note">Agreement: the share of rows where the model\'s top class is the teacher\'s. ECE: '
+        "expected calibration error (15 bins; 0 % is perfectly calibrated). KL: mean KL divergence from the "
+        "teacher's predicted distribution to the model's at T = 1. MACs: multiply-accumulates of one forward pass "
+        "of one sample. Compression and speed-up are relative to the teacher (parameters, CPU latency of one batch "
+        "of 64). The baseline has the student's architecture and training budget, without the teacher.</p>",
         '<h2>Training</h2><div class="plots">',
         *(f'<img alt="{_e(name)}" src="data:image/png;base64,{data}">' for name, data in plots),
         "</div>",

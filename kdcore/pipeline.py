@@ -25,7 +25,7 @@ from kdcore import augment
 from kdcore.data import (ArrayDataset, Standardizer, keep_labels_per_class, load_builtin, read_dataset_file,
                          split_indices)
 from kdcore.errors import DataError, SpecError, TeacherError
-from kdcore.evaluation import agreement, evaluate, mean_kl, predict_logits, size_report
+from kdcore.evaluation import accuracy, agreement, evaluate, mean_kl, predict_logits, size_report
 from kdcore.export import export_onnx, save_student
 from kdcore.formats import sniff_format
 from kdcore.models import build_model, check_input_shape, resolve_arch_params
@@ -281,6 +281,7 @@ def _distill(spec: DistillSpec, *, out_dir: Path, checkpoint_dir: Path | None, c
 
     cb.on_phase("evaluating")
     result = _evaluate_models(spec, splits, teacher, student, baseline, eval_logits)
+    result.teacher.val_accuracy = _labeled_accuracy(val_logits, splits.val)
     result.temperature, result.alpha = chosen_hp.temperature, chosen_hp.alpha
     result.student.record_run(student_run, labeled=labeled, unlabeled=splits.train.num_samples - labeled)
     if baseline_run is not None:
@@ -509,6 +510,14 @@ def _evaluate_models(spec: DistillSpec, splits: Splits, teacher: Teacher, studen
             # the same labelled rows, so a paired test: McNemar's exact test on the rows one gets right
             result.comparison = paired_comparison(scores.correct, base.correct)
     return result
+
+
+def _labeled_accuracy(logits: torch.Tensor | None, data: ArrayDataset) -> float | None:
+    """Accuracy of given logits on the labelled rows of `data` (None without logits or labels)."""
+    labeled = data.labeled
+    if logits is None or not bool(labeled.any()):
+        return None
+    return accuracy(logits.cpu()[labeled], data.y[labeled])
 
 
 @dataclass

@@ -51,6 +51,8 @@ class Scores:
 
 @dataclass
 class TeacherReport(Scores):
+    val_accuracy: float | None = _f(help="top-1 accuracy on the labelled validation rows, the split the training "
+                                         "curves are on (None without teacher logits for them)")
     parameters: int | None = _f(help="parameter count (None for an ONNX teacher or precomputed logits)")
     macs: int | None = _f(help="multiply-accumulates per sample (None unless the teacher is a module)")
     latency_ms: float | None = _f(help="median CPU milliseconds per batch of 64")

@@ -47,6 +47,10 @@ def test_summary_reports_teacher_student_baseline_and_their_relations(state_dict
     t, s, b = result.teacher, result.student, result.baseline
     assert result.evaluated_on == "test" and result.num_eval_samples == test.num_samples
     assert t.accuracy == _accuracy(teacher_model, test.x, test.y) and t.accuracy > 0.8
+    # the teacher on the validation rows too: the split the training curves are on
+    train = load_builtin("digits")["train"]
+    _, val_rows = split_indices(train.y, fraction=0.1, seed=0)
+    assert t.val_accuracy == pytest.approx(_accuracy(teacher_model, train.x[val_rows], train.y[val_rows]))
     assert 0 < s.accuracy <= 1 and 0 < b.accuracy <= 1
     assert 0 <= s.agreement <= 1 and result.agreement == s.agreement
     assert t.parameters == count_params(teacher_model) == 64 * 64 + 64 + 64 * 10 + 10
@@ -69,7 +73,7 @@ def test_the_result_serialises_to_the_documented_json(state_dict_run):
     assert json.loads(json.dumps(d)) == d
     assert set(d) == {f.name for f in dataclasses.fields(DistillResult)} | {"agreement"}
     assert set(d["student"]) == {f.name for f in dataclasses.fields(StudentReport)}
-    assert set(d["teacher"]) == {"accuracy", "ece", "parameters", "macs", "latency_ms"}
+    assert set(d["teacher"]) == {"accuracy", "ece", "val_accuracy", "parameters", "macs", "latency_ms"}
     assert set(d["baseline"]) == {f.name for f in dataclasses.fields(ModelReport)}
     assert d["student"]["train_rows"] == {"labeled": result.student.train_rows.labeled, "unlabeled": 0}
     assert d["comparison"]["verdict"] == result.comparison.verdict and d["agreement"] == result.student.agreement

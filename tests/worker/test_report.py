@@ -196,3 +196,36 @@ def test_the_report_shows_the_results_warnings_and_a_stored_result_without_them_
     assert "11.0 %, is near chance" in box and "&lt;b&gt;" in box and "<b>" not in box
     assert "the baseline&#x27;s training loss diverged" in box
     assert page.index('id="verdict"') < page.index('id="warnings"')
+
+
+def test_the_tables_show_calibration_kl_agreement_and_macs():
+    job, metrics = hand_made()
+    job["result"]["student"].update(ece=0.031, mean_kl=0.1234, macs=1184)
+    job["result"]["baseline"].update(ece=0.052, mean_kl=0.4321)
+    page = render_report(job, metrics)
+    quality = re.search(r'<table id="quality">(.*?)</table>', page, re.S).group(1)
+    size = re.search(r'<table id="size">(.*?)</table>', page, re.S).group(1)
+    for cell in ("<td>2.00 %</td>", "<td>3.10 %</td>", "<td>5.20 %</td>", "<td>0.1234 nats</td>",
+                 "<td>0.4321 nats</td>", "<td>95.00 %</td>", "<td>91.00 %</td>"):
+        assert cell in quality, cell
+    for cell in ("<td>9,472</td>", "<td>1,184</td>", "<td>7.94\u00d7</td>"):
+        assert cell in size, cell
+    assert "ECE" in page and "MACs" in page
+
+
+def test_the_accuracy_plot_is_never_drawn_against_a_figure_on_another_split():
+    from api.report import teacher_reference
+
+    result = {"evaluated_on": "test", "teacher": {"accuracy": 0.97}}
+    assert teacher_reference(result) is None  # a test-split figure is not a reference for validation curves
+    result["teacher"]["val_accuracy"] = 0.95
+    assert teacher_reference(result) == 0.95
+    assert teacher_reference({"evaluated_on": "validation", "teacher": {"accuracy": 0.93}}) == 0.93
+
+
+def test_the_loss_plot_goes_logarithmic_when_one_term_would_flatten_another():
+    from api.report import loss_scale
+
+    assert loss_scale([[2.3, 1.1, 0.9], [40.0, 12.0, 8.0]]) == "log"  # the soft term at T^2 dwarfs the hard one
+    assert loss_scale([[2.3, 1.1, 0.9], [1.5, 1.2, 1.0]]) == "linear"
+    assert loss_scale([[2.3, 1.1], [0.0, 0.0]]) == "linear"  # alpha = 1: no soft term to put on a log axis
