@@ -167,18 +167,21 @@ def claim_due(session: Session, *, now: datetime, limit: int, attempt_seconds: f
               max_attempts: int) -> list[Claimed]:
     """Take up to `limit` due deliveries for one attempt each (oldest due first). A due delivery whose
     attempts are already spent (its sender died during the last one) is failed instead."""
-    session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now,
-               WebhookDelivery.attempt_count >= max_attempts)
-        .values(status=FAILED, next_attempt_at=None, finished_at=now,
-                last_error=f"gave up after {max_attempts} attempts; the sender stopped during the last one")
-        .execution_options(synchronize_session=False))
-    due = (select(WebhookDelivery.id)
-           .where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now)
-           .order_by(WebhookDelivery.next_attempt_at).limit(limit)
-           .with_for_update(skip_locked=True))
-    ids = list(session.scalars(due))
+    # Nothing is written when nothing is due (an idle sender asks every KD_WEBHOOK_POLL_SECONDS; on SQLite
+    # a write would take the database's lock each time).
+    due = session.execute(
+        select(WebhookDelivery.id, WebhookDelivery.attempt_count)
+        .where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now)
+        .order_by(WebhookDelivery.next_attempt_at).limit(limit)
+        .with_for_update(skip_locked=True)).all()
+    spent = [row.id for row in due if row.attempt_count >= max_attempts]
+    if spent:
+        session.execute(
+            update(WebhookDelivery).where(WebhookDelivery.id.in_(spent), WebhookDelivery.status == PENDING)
+            .values(status=FAILED, next_attempt_at=None, finished_at=now,
+                    last_error=f"gave up after {max_attempts} attempts; the sender stopped during the last one")
+            .execution_options(synchronize_session=False))
+    ids = [row.id for row in due if row.attempt_count < max_attempts]
     if not ids:
         return []
     # Pushed past the attempt: no other sender takes the row while this one is at it.
