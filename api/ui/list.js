@@ -71,6 +71,7 @@ async function loadPage() {
     $("older").disabled = !list.has_more;
     $("older").dataset.after = list.data.length ? list.data[list.data.length - 1].id : "";
     $("page-info").textContent = list.data.length ? "page " + (page + 1) : "";
+    document.querySelector(".pager").hidden = page === 0 && !list.has_more;  // one page: nothing to page
     showError("");
   } catch (e) {
     if (e.status === 404 && page > 0) { listState.cursors = [null]; return loadPage(); }  // its cursor job was deleted

@@ -117,8 +117,15 @@ def test_dashboard(live_api, browser, digits_teacher, tmp_path):
     assert page.evaluate("() => localStorage.getItem('kd_api_key')") == KEY  # survives a new tab (README)
 
     # --- the form: per-field uploads, then a 422 next to its fields, cleared on the next submit -----
+    # an upload the API refuses: its reason under that field, and no id taken
+    teacher_field = page.locator(".field[data-field='teacher.file_id']")
+    (tmp_path / "notes.txt").write_text("not a model")
+    page.set_input_files(".field[data-field='teacher.file_id'] .upload-file", str(tmp_path / "notes.txt"))
+    expect(teacher_field.locator(".field-error")).to_contain_text("notes.txt: ")
+    assert page.input_value("#teacher_file_id") == ""
     page.set_input_files(".field[data-field='teacher.file_id'] .upload-file", str(teacher_path))
     expect(page.locator("#teacher_file_id")).to_have_value(re.compile(r"^file_"))
+    expect(teacher_field.locator(".field-error")).to_be_empty()  # cleared by the upload that worked
     page.set_input_files(".field[data-field='dataset.train_file_id'] .upload-file", str(dataset_path))
     expect(page.locator("#dataset_file_id")).to_have_value(re.compile(r"^file_"))
     assert page.input_value("#builtin") == ""  # a training file replaces the builtin
@@ -136,7 +143,16 @@ def test_dashboard(live_api, browser, digits_teacher, tmp_path):
     page.fill("#student_params", '{"hidden_sizes": [16]}')
     page.fill("#alpha", "2")
     page.fill("#epochs", "0")
-    page.click("#submit")
+    page.fill("#temperature", "2, 4")
+    page.fill("#learning_rate", "0.01")
+    page.select_option("#loss", "js")
+    with page.expect_request(lambda r: r.url.endswith("/v1/jobs") and r.method == "POST") as sent:
+        page.click("#submit")
+    body = sent.value.post_data_json  # what the form made of its fields
+    assert body["hyperparameters"] == {"temperature": [2, 4], "alpha": 2, "loss": "js", "epochs": 0,
+                                       "batch_size": 128, "learning_rate": 0.01}, body
+    assert body["dataset"]["train_file_id"].startswith("file_") and "builtin" not in body["dataset"]
+    assert body["resources"] == {"device": "cpu"} and body["baseline"] is True
     alpha_error = page.locator(".field[data-field='hyperparameters.alpha'] .field-error")
     epochs_error = page.locator(".field[data-field='hyperparameters.epochs'] .field-error")
     expect(alpha_error).to_have_text(re.compile(r"between 0 and 1"))
@@ -144,6 +160,7 @@ def test_dashboard(live_api, browser, digits_teacher, tmp_path):
     assert page.get_attribute("#alpha", "aria-invalid") == "true"
     shot(page, "02_form_with_errors")
     page.fill("#alpha", "0.3")
+    page.fill("#temperature", "4")
     page.click("#submit")
     expect(alpha_error).to_be_empty()  # cleared: alpha is fine now
     expect(epochs_error).not_to_be_empty()
@@ -245,6 +262,7 @@ def test_dashboard(live_api, browser, digits_teacher, tmp_path):
     expect(page.locator("#jobs tbody tr")).to_have_count(2)
     assert page.locator("#jobs tbody tr").first.get_attribute("data-job") == waiting_job  # newest first
     expect(page.locator("#newer")).to_be_disabled()
+    expect(page.locator(".pager")).to_be_visible()
     page.click("#older")
     expect(page.locator("#jobs tbody tr")).to_have_count(1)
     assert page.locator("#jobs tbody tr").first.get_attribute("data-job") == job_id
@@ -261,6 +279,9 @@ def test_dashboard(live_api, browser, digits_teacher, tmp_path):
     expect(page.locator("#compare-table tbody tr")).to_have_count(3)
     assert page.locator("#compare-table tbody tr.kind-teacher td").nth(2).text_content() == "9.6 k"  # 64·128+128+128·10+10
     shot(page, "08_compare")
+    page.select_option("#x-axis", "latency_ms")
+    expect(page.locator("#scatter text.label").first).to_contain_text("latency")
+    expect(page.locator("#scatter .pt-teacher")).to_have_count(1)
 
     # --- an unknown job ------------------------------------------------------------------------------
     page.goto(f"{base}/ui/jobs/job_doesnotexist")
