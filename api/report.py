@@ -14,7 +14,7 @@ import html
 import io
 import json
 import math
-from typing import Any
+from typing import Any, Callable
 
 import matplotlib
 
@@ -50,46 +50,31 @@ def _num(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _pct(value: Any) -> str:
-    v = _num(value)
-    return DASH if v is None else f"{v * 100:.2f} %"
+def _formatter(fmt: Callable[[float], str]) -> Callable[[Any], str]:
+    """A cell formatter: `fmt` of the value when it is a finite number, else a dash."""
+    def cell(value: Any) -> str:
+        v = _num(value)
+        return DASH if v is None else fmt(v)
+    return cell
 
 
-def _int(value: Any) -> str:
-    v = _num(value)
-    return DASH if v is None else f"{int(v):,}"
-
-
-def _bytes(value: Any) -> str:
-    v = _num(value)
-    if v is None:
-        return DASH
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if v < 1024 or unit == "GiB":
+def _size(v: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if v < 1024:
             return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
         v /= 1024
-    return DASH
+    return f"{v:.1f} GiB"
 
 
-def _ms(value: Any) -> str:
-    v = _num(value)
-    return DASH if v is None else f"{v:.3f} ms"
-
-
-def _times(value: Any) -> str:
-    v = _num(value)
-    return DASH if v is None else f"{v:.2f}\u00d7"
-
-
-def _plain(value: Any) -> str:
-    v = _num(value)
-    return DASH if v is None else f"{v:g}"
-
-
-def p_value(value: Any) -> str:
-    """A p-value with three significant digits: 0.0312, 0.41, 1, 2.3e-07."""
-    v = _num(value)
-    return DASH if v is None else f"{v:.3g}"
+_pct = _formatter(lambda v: f"{v * 100:.2f} %")
+_int = _formatter(lambda v: f"{int(v):,}")
+_bytes = _formatter(_size)
+_ms = _formatter(lambda v: f"{v:.3f} ms")
+_times = _formatter(lambda v: f"{v:.2f}\u00d7")
+_plain = _formatter(lambda v: f"{v:g}")
+_kl = _formatter(lambda v: f"{v:.4f} nats")
+# A p-value with three significant digits: 0.0312, 0.41, 1, 2.3e-07.
+p_value = _formatter(lambda v: f"{v:.3g}")
 
 
 def _significance(comparison: dict[str, Any]) -> str:
@@ -283,11 +268,6 @@ def _tables(job: dict[str, Any], result: dict[str, Any]) -> str:
                                     "calibration error (ECE)", "KL(teacher \u2016 model)", "trained on"), quality)
             + _html_table("size", ("model", "parameters", "MACs per sample", "size on disk", "CPU latency",
                                    "compression", "speed-up", "T", "\u03b1"), size))
-
-
-def _kl(value: Any) -> str:
-    v = _num(value)
-    return DASH if v is None else f"{v:.4f} nats"
 
 
 def _trained_on(train_rows: Any) -> str:
