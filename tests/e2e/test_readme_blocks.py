@@ -199,3 +199,5 @@ def test_readme_blocks_run_against_a_live_service(service):
     assert (work / "metrics.csv").read_text().startswith("run,epoch,")
     # The resources block's claim: a cuda job nobody serves says why it waits.
     assert "no live worker serves device=cuda gpus=2 (queue kd.cuda.2)" in output
+    # The CLI block's claim: the second `kd distill` reuses the teacher the first one uploaded.
+    assert "reusing file_" in output and "(uploaded before: same sha256)" in output
