@@ -182,7 +182,7 @@ def job_page(job_id: str) -> HTMLResponse:
                  "<section id='state' class='notice' hidden></section>"
                  "<div id='live'><progress id='progress' max='1' value='0'></progress> <span id='progress-text'>"
                  "</span></div>"
-                 "<dl id='job' class='facts'></dl><p id='downloads' class='actions'></p>"
+                 "<div id='headline' class='headline' hidden></div><dl id='job' class='facts'></dl><p id='downloads' class='actions'></p>"
                  "<section class='charts'><figure><figcaption>Training loss</figcaption>"
                  "<svg id='chart-loss' class='chart' role='img' aria-label='training loss per epoch'></svg></figure>"
                  "<figure><figcaption>Validation accuracy</figcaption>"

@@ -61,7 +61,7 @@ function frame(svg, {xLo, xHi, yLo, yHi, logX = false, xLabel, yLabel, xFormat =
   const x = (v) => CHART.left + (xHi === xLo ? iw / 2 : (lx(v) - lx(xLo)) / (lx(xHi) - lx(xLo)) * iw);
   const y = (v) => CHART.top + ih - (yHi === yLo ? ih / 2 : (v - yLo) / (yHi - yLo) * ih);
   const g = svgEl("g", {class: "axes"});
-  for (const t of ticks(yLo, yHi)) {
+  for (const t of ticks(yLo, yHi, 5)) {
     g.append(svgEl("line", {x1: CHART.left, x2: CHART.w - CHART.right, y1: y(t), y2: y(t), class: "grid"}));
     g.append(svgEl("text", {x: CHART.left - 6, y: y(t) + 4, "text-anchor": "end"}, yFormat(t)));
   }

@@ -22,6 +22,7 @@ async function followEvents() {
     try {
       const r = await api(jobPath(jobState.id, "/events?after=" + jobState.lastEventId),
         {headers: {Accept: "text/event-stream"}, signal: controller.signal});
+      if (jobState.streamError) { jobState.streamError = false; showError(""); }
       const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";
       for (;;) {
@@ -39,7 +40,7 @@ async function followEvents() {
       if (controller.signal.aborted || e.status === 401) return;
       if (e.status === 404) { showUnknown(); return; }
       // 429 (too many open streams), a restart, a dropped connection: try again shortly
-      if (e.status === 429) showError("Live updates paused: " + e.message + " Retrying…");
+      if (e.status === 429) { jobState.streamError = true; showError("Live updates paused: " + e.message + " Retrying…"); }
       await new Promise((r) => setTimeout(r, 3000));
       continue;
     }
@@ -101,9 +102,10 @@ async function refreshJob() {
   try {
     jobState.job = await apiJson(jobPath(jobState.id));
   } catch (e) {
-    if (e.status === 404) showUnknown(); else showError(e.message);
+    if (e.status === 404) showUnknown(); else { jobState.refreshError = true; showError(e.message); }
     return;
   }
+  if (jobState.refreshError) { jobState.refreshError = false; showError(""); }  // it was passing
   render(jobState.job);
   if (TERMINAL.includes(jobState.job.status) && jobState.timer) { clearInterval(jobState.timer); jobState.timer = null; }
 }
@@ -113,7 +115,7 @@ function showUnknown() {
   jobState.unknown = true;
   if (jobState.timer) clearInterval(jobState.timer);
   setBadge($("status-badge"), "unknown");
-  for (const id of ["live", "job", "downloads", "cancel", "spec-box", "report-box"]) $(id).hidden = true;
+  for (const id of ["live", "headline", "job", "downloads", "cancel", "spec-box", "report-box"]) $(id).hidden = true;
   document.querySelector(".charts").hidden = true;
   $("events").closest("section").hidden = true;
   const state = $("state");
@@ -187,6 +189,23 @@ function facts(j) {
   return rows;
 }
 
+// The result in four numbers, above the details: what the user came for
+function headline(j) {
+  const r = j.result || {}, s = r.student || {}, b = r.baseline || {}, t = r.teacher || {};
+  const tile = (label, value, note, cls) => value == null ? null
+    : el("div", {class: "metric " + (cls || "")}, el("span", {class: "metric-label", text: label}),
+      el("span", {class: "metric-value", text: value}), note ? el("span", {class: "metric-note", text: note}) : null);
+  const accuracy = (run) => (run.accuracy != null ? pct(run.accuracy) : run.agreement != null ? pct(run.agreement) : null);
+  const agreementOnly = s.accuracy == null && s.agreement != null;
+  return [
+    tile("Student", accuracy(s), agreementOnly ? "agreement with the teacher" : r.evaluated_on ? "on " + r.evaluated_on : null, "student"),
+    tile("Gain over baseline", points(r.distillation_gain), b.accuracy != null ? "baseline " + pct(b.accuracy) : null,
+      r.distillation_gain > 0 ? "up" : r.distillation_gain < 0 ? "down" : ""),
+    tile("Teacher", t.accuracy != null ? pct(t.accuracy) : null, null, "teacher"),
+    tile("Size", s.parameters != null ? count(s.parameters) : null, r.compression ? r.compression.toFixed(1) + "× smaller than the teacher" : "parameters"),
+  ].filter(Boolean);
+}
+
 function render(j) {
   setBadge($("status-badge"), j.status);
   $("cancel").hidden = !["queued", "running"].includes(j.status);
@@ -199,6 +218,9 @@ function render(j) {
   $("progress-text").textContent = Math.round(fraction * 100) + " %" +
     (j.status === "running" && p.eta_seconds != null ? " · about " + duration(p.eta_seconds) + " left" : "");
   $("live").hidden = j.status === "queued";
+  const tiles = j.status === "succeeded" ? headline(j) : [];
+  $("headline").replaceChildren(...tiles);
+  $("headline").hidden = !tiles.length;
   const dl = $("job");
   dl.replaceChildren();
   for (const [k, v] of facts(j)) {

@@ -188,6 +188,10 @@ def test_dashboard(live_api, browser, digits_teacher, tmp_path):
     assert page.locator("#events li[data-type='epoch']").count() == len(metrics)
     assert page.locator("#state").is_hidden()
     assert re.fullmatch(r"\d+\.\d\d %", page.text_content("dd.field-student-accuracy"))
+    # the headline: the student's accuracy, the gain with the baseline's, the teacher's, the size
+    assert page.locator("#headline .metric-label").all_text_contents() == ["Student", "Gain over baseline", "Teacher", "Size"]
+    assert re.fullmatch(r"\d+\.\d %", page.text_content("#headline .metric.student .metric-value"))
+    assert page.text_content("#headline .metric:nth-child(2) .metric-value") == page.text_content("dd.field-gain-over-baseline")
     assert re.fullmatch(r"[+−±]\d+\.\d pts", page.text_content("dd.field-gain-over-baseline"))
     assert re.fullmatch(r"\d+ labelled \+ 100 unlabelled rows, \d+ steps", page.text_content("dd.field-student-trained-on"))
     assert page.text_content("dd.field-teacher-student") == "mlp [128] → mlp [16]"
