@@ -155,9 +155,8 @@ def current_tenant(session: SessionDep, credentials: BearerDep) -> Tenant:
     """The tenant that owns the presented key; 401 for a missing, malformed, unknown or revoked key."""
     tenant = api_keys.authenticate(session, plain_key=presented_key(credentials))
     # End the read transaction now (nothing was written; `tenant` stays loaded): its connection goes back
-    # to the pool while this request waits for a worker thread for its route. Held across that wait,
-    # a burst of requests deadlocks: every thread blocked on a pooled connection, every connection held
-    # by a request waiting for a thread, until the pool's 30 s timeout (bench/RESULTS.md, B4).
+    # to the pool while this request waits for a worker thread for its route (the deadlock that
+    # `database_slot` describes, if it were held across that wait).
     session.commit()
     if tenant is None:
         raise unknown_key()

@@ -1,4 +1,4 @@
-"""The distillation objective (KD_MATH.md): L = α·CE(z_s, y) + (1 − α)·T²·D(P_t ‖ Q_s).
+"""The distillation objective (docs/KD_MATH.md): L = α·CE(z_s, y) + (1 − α)·T²·D(P_t ‖ Q_s).
 
 Why T²: the gradient of the divergence between softmax(z_s/T) and softmax(z_t/T) with respect to
 z_s is (Q − P)/T, and for large T that is ≈ (z_s − z_t)/(C·T²). Without the T² factor, raising T

@@ -1,4 +1,4 @@
-"""Learning-rate schedules as pure functions of the step (STYLE.md): no scheduler object to
+"""Learning-rate schedules as pure functions of the step: no scheduler object to
 checkpoint, and a resumed run gets exactly the same rates."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The distillation spec: what to distil, into what, on which data, with which knobs.
 
-Plain dataclasses with defaults, one per component (STYLE.md). `DistillSpec.from_dict` validates a
+Plain dataclasses with defaults, one per component. `DistillSpec.from_dict` validates a
 JSON-like dict and raises SpecError naming the dotted field; `to_dict` echoes every resolved default.
 Each field carries its one line of help as `metadata["help"]` (FIELD_HELP collects them by dotted name).
 
@@ -23,7 +23,7 @@ from typing import Any, get_type_hints
 from kdcore.errors import SpecError
 
 # Limits a spec is checked against (named, so the README and the API can quote them).
-# T is kept where the T² factor does what the objective says (KD_MATH.md, facts 5 and 7). Below
+# T is kept where the T² factor does what the objective says (docs/KD_MATH.md, facts 5 and 7). Below
 # MIN_TEMPERATURE the teacher's soft targets are one-hot in float32 for any logit gap over about 10
 # (exp(-gap / T) underflows), and the soft term's gradient, T·(Q - P) with the T² factor, falls under
 # a tenth of its scale at T = 1, silently re-weighting alpha; T -> 0 divides logits by ~0 (T = 1e-300:

@@ -1,5 +1,5 @@
 """Checks a spec against its files before anything runs: a spec that cannot run is refused when it
-is submitted, not an hour into training (KD_MATH.md: classes and input shape must agree).
+is submitted, not an hour into training (docs/KD_MATH.md: classes and input shape must agree).
 
 These functions read headers and metadata only (no training data, no weights in memory): the API
 calls them inside `POST /v1/jobs`.

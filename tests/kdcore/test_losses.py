@@ -1,4 +1,4 @@
-"""The distillation objective against the numbered facts of KD_MATH.md, with fixed values."""
+"""The distillation objective against the numbered facts of docs/KD_MATH.md, with fixed values."""
 
 from __future__ import annotations
 
@@ -178,7 +178,7 @@ def test_kl_gradient_is_q_minus_p_over_t(t):
 
 
 def test_t_squared_keeps_the_soft_gradient_scale():
-    # One random 10-class sample, as in KD_MATH.md's check (0.67 → 0.0027; T²·KL within 0.67–0.75).
+    # One random 10-class sample, as in docs/KD_MATH.md's check (0.67 → 0.0027; T²·KL within 0.67–0.75).
     s, te = _logits(n=1, seed=0, scale=2.0)
     plain, scaled = {}, {}
     for t in (1.0, 2.0, 4.0, 8.0, 16.0):

@@ -129,7 +129,7 @@ def test_bad_hyperparameters_raise_spec_error_naming_the_field(hyperparameters, 
 def test_a_temperature_outside_its_limits_is_refused_naming_both(temperature):
     """T = 1e-300 divides the logits by ~0: z/T is inf, the loss NaN, the job diverged (issue 16
     item 9). Below MIN_TEMPERATURE the soft targets are one-hot in float32 and T² shrinks the soft
-    gradient T·(Q - P) out of scale (KD_MATH.md facts 5 and 7); above MAX_TEMPERATURE they are uniform."""
+    gradient T·(Q - P) out of scale (docs/KD_MATH.md, facts 5 and 7); above MAX_TEMPERATURE they are uniform."""
     with pytest.raises(SpecError) as info:
         DistillSpec.from_dict(_spec(hyperparameters={"temperature": temperature}))
     assert info.value.field == "hyperparameters.temperature"
