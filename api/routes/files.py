@@ -16,6 +16,7 @@ from api.deps import (BriefTenantDep, PageAfter, PageLimit, SessionDep, Settings
 from api.file_inspection import inspect_upload_bounded
 from api.idempotency import IdempotencyKeyDep, IdempotentRequest, fingerprint
 from api.problems import PROBLEM_SCHEMA, Problem
+from api.schemas.examples import UPLOAD_EXAMPLES
 from api.schemas.files import FileList, FileOut, Purpose
 from api.uploads import receive_upload
 from jobs import files_repo
@@ -31,7 +32,7 @@ UPLOAD_BODY = {
                 "file": {"type": "string", "format": "binary"},
                 "purpose": {"type": "string", "enum": [p.value for p in Purpose]},
             },
-        }}},
+        }, "examples": UPLOAD_EXAMPLES}},
     }
 }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Body, Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
@@ -16,6 +16,7 @@ from api.deps import (BEARER_SECURITY, BriefTenantDep, KeyDep, PageAfter, PageLi
                       TenantDep, bearer, in_session, key_from_header, read, unknown_key)
 from api.idempotency import IdempotencyKeyDep, IdempotentRequest, fingerprint
 from api.problems import PROBLEM_SCHEMA, Problem
+from api.schemas.examples import JOB_EXAMPLES
 from api.schemas.jobs import EventList, EventOut, JobCreate, JobList, JobOut, MetricList, MetricOut, Status
 from api.spec_resolution import check_files_still_exist, resolve_spec
 from jobs import files_repo, jobs_repo, lifecycle, reads, workers_repo
@@ -33,7 +34,8 @@ STUDENT_ARTIFACTS = {"safetensors": ("student_safetensors", "student.safetensors
 
 @router.post("", status_code=201, response_model=JobOut,
              responses={409: PROBLEM_SCHEMA, 422: PROBLEM_SCHEMA, 429: PROBLEM_SCHEMA})
-async def create_job(body: JobCreate, request: Request, tenant: BriefTenantDep,
+async def create_job(body: Annotated[JobCreate, Body(openapi_examples=JOB_EXAMPLES)], request: Request,
+                     tenant: BriefTenantDep,
                      key: IdempotencyKeyDep) -> JSONResponse:
     """Submit a distillation job; a spec that cannot run is refused here with 422."""
     request_fingerprint = fingerprint(request.method, request.url.path, await request.json())

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from api.schemas.examples import WEBHOOK_EXAMPLE
 from jobs.tables import JOB_EVENT_TYPES
 from jobs.webhooks import MAX_URL_LENGTH, SECRET_DISPLAY_LENGTH
 
@@ -16,7 +17,7 @@ EventType = Enum("EventType", {name.replace(".", "_"): name for name in JOB_EVEN
 
 
 class WebhookCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [WEBHOOK_EXAMPLE]})
 
     url: StrictStr = Field(max_length=MAX_URL_LENGTH,
                      description="http or https; no credentials or fragment. Loopback, private, link-local and other "
