@@ -54,9 +54,11 @@ async function followEvents() {
 function onEvent(ev) {
   jobState.events.push(ev);
   appendEvent(ev);
-  if (ev.type === "epoch" && ev.data) {
+  // `epoch`: a run's epoch (student, baseline; in a sweep, the chosen point's once it is picked);
+  // `sweep_epoch`: an epoch of one sweep point, with its T and α
+  if ((ev.type === "epoch" || ev.type === "sweep_epoch") && ev.data) {
     const d = ev.data;
-    const name = d.run + (d.point != null && d.points > 1 ? " · point " + (d.point + 1) : "");
+    const name = ev.type === "sweep_epoch" ? d.run + " T=" + d.temperature + " α=" + d.alpha : d.run;
     if (!jobState.series.has(name)) jobState.series.set(name, {loss: new Map(), accuracy: new Map(), run: d.run});
     const s = jobState.series.get(name);
     if (typeof d.train_loss === "number") s.loss.set(d.epoch, d.train_loss);
@@ -143,9 +145,10 @@ function stateNotice(j) {  // queued, cancelling, cancelled, failed: what it mea
     const why = jobState.events.filter((e) => e.type === "status" && e.data && ["cancelling", "cancelled"].includes(e.data.status))
       .map((e) => e.message);
     if (why.length) parts.push(el("span", {class: "why", text: "Why: " + why.join("; ") + ". "}));
-    const ckpt = lastEvent((e) => e.type === "checkpoint" && e.data);
+    const ckpt = lastEvent((e) => (e.type === "checkpoint" || e.type === "sweep_checkpoint") && e.data);
+    const whose = ckpt && (ckpt.type === "checkpoint" ? ckpt.data.run : "sweep point " + (ckpt.data.point + 1));
     parts.push(el("span", {class: "checkpoint", text: ckpt
-      ? "Kept checkpoint: " + ckpt.data.run + " after epoch " + ckpt.data.epoch + " (" + count(ckpt.data.bytes) + "B, sha256 " + String(ckpt.data.sha256).slice(0, 12) + "…)."
+      ? "Kept checkpoint: " + whose + " after epoch " + ckpt.data.epoch + " (" + count(ckpt.data.bytes) + "B, sha256 " + String(ckpt.data.sha256).slice(0, 12) + "…)."
       : j.started_at ? "No checkpoint was kept: it stopped before its first epoch ended." : "It never started, so there is no checkpoint."}));
   } else if (j.status === "failed" && j.error) {
     parts.push(el("strong", {text: "Failed " + ago(j.finished_at) + ": "}), j.error.code + ": " + j.error.message);

@@ -217,20 +217,22 @@ def test_dashboard(live_api, browser, digits_teacher, tmp_path):
         page.click("#download-metrics")
     assert dl.value.suggested_filename == f"{job_id}-metrics.csv"
 
-    # --- a long job, watched running and cancelled from its page ----------------------------------
+    # --- a long sweep, watched running and cancelled from its page --------------------------------
     teacher_file = api.get(f"/v1/jobs/{job_id}").json()["spec"]["teacher"]["file_id"]
     long_job = api.post("/v1/jobs", json={
         "teacher": {"file_id": teacher_file, **arch}, "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [32]}},
-        "dataset": {"builtin": "digits"}, "hyperparameters": {"epochs": 1000}}).json()["id"]
+        "dataset": {"builtin": "digits"},
+        "hyperparameters": {"epochs": 1000, "temperature": [2, 4], "alpha": 0.5}}).json()["id"]  # a sweep
     page.goto(f"{base}/ui/jobs/{long_job}")
     expect(page.locator("#chart-loss circle.pt").nth(2)).to_be_attached(timeout=60_000)  # 3 epochs, live
     expect(page.locator("#status-badge")).to_have_text("running")
+    assert page.locator("#chart-loss circle.pt").first.get_attribute("data-run") == "student T=2 α=0.5"  # its point
     expect(page.locator("#progress-text")).to_contain_text("left")
     shot(page, "04_job_running")
     page.click("#cancel")
     expect(page.locator("#status-badge")).to_have_text("cancelled")
     state = page.locator("#state")
-    expect(state.locator(".checkpoint")).to_have_text(re.compile(r"^Kept checkpoint: student after epoch \d+ \("))
+    expect(state.locator(".checkpoint")).to_have_text(re.compile(r"^Kept checkpoint: sweep point 1 after epoch \d+ \("))
     expect(state.locator(".why")).to_contain_text("cancel requested")
     expect(state).to_contain_text(re.compile(r"^Cancelled .+ \((just now|\d+ s ago)\)\."))
     expect(page.locator("#cancel")).to_be_hidden()
