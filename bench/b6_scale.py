@@ -2,7 +2,9 @@
 worker processes on the production stack (PostgreSQL, Redis): jobs/min from the first submission to
 the last job finished, whether every job succeeded, whether any ran twice (from the database: the
 job's attempt counter, the attempts its events were written under, its metric rows), and the
-throughput relative to 1 worker.
+throughput relative to 1 worker. Before them, the floor: jobs/min of a Celery task that does nothing
+on the same broker with the worker's settings, 1 worker (bench/b6_profile.py), and each figure's
+share of it, which moves less with the machine's load than the figure itself.
 
     python -m bench.b6_scale            # 200 jobs per worker count
     python -m bench.b6_scale --jobs 50  # a quicker look
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
+from bench.b6_profile import measure_floor
 from bench.stack import stack, tiny_teacher
 from jobs.db import make_engine
 
@@ -83,17 +86,22 @@ def _measure(workers: int, jobs: int) -> dict:
             "jobs_per_worker": per_worker}
 
 
-def run(jobs: int = JOBS) -> dict:
-    results = [_measure(n, jobs) for n in WORKER_COUNTS]
+def run(jobs: int = JOBS, worker_counts: tuple[int, ...] = WORKER_COUNTS) -> dict:
+    floor = measure_floor(1000)
+    results = [_measure(n, jobs) for n in worker_counts]
     base = results[0]["jobs_per_min"]
     for r in results:
         r["speedup_vs_1"] = r["jobs_per_min"] / base
+        r["share_of_bare_task_floor"] = r["jobs_per_min"] / floor["jobs_per_min"]
         r["none_ran_twice"] = (r["jobs_with_attempt_not_1"] == 0 and r["jobs_with_events_from_2_attempts"] == 0
                                and r["jobs_by_metric_row_count"] == {"1": jobs})
-    return {"jobs": jobs, "results": results}
+    return {"jobs": jobs, "bare_task_floor": floor, "results": results}
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=JOBS)
-    print(json.dumps(run(parser.parse_args().jobs), indent=2))
+    parser.add_argument("--workers", type=int, nargs="+", default=list(WORKER_COUNTS),
+                        help="worker counts to measure, the first is the base of the speed-ups")
+    args = parser.parse_args()
+    print(json.dumps(run(args.jobs, tuple(args.workers)), indent=2))

@@ -37,16 +37,24 @@ def _on_shutdown(**_):
 def warm_up() -> None:
     """Pay the one-off costs of a first job before the worker says it is ready, not on that job's
     clock (and its lease): PyTorch's optimizers import torch._dynamo on first use (2-3 s on a
-    laptop CPU) and the digits builtin imports scikit-learn (about 2 s)."""
+    laptop CPU), the digits builtin imports scikit-learn (about 2 s), and the ONNX export imports
+    onnx and onnxruntime and traces for the first time (about 1 s; bench/RESULTS.md, B6)."""
+    import tempfile
+    from pathlib import Path
+
     import torch
 
     from kdcore.data import load_builtin
+    from kdcore.export import export_onnx
+    from kdcore.models import build_model
 
     weight = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.AdamW([weight])
     weight.sum().backward()
     optimizer.step()
     load_builtin("digits")
+    with tempfile.TemporaryDirectory() as tmp:
+        export_onnx(build_model("mlp", {"hidden_sizes": [2]}, input_shape=(2,), num_classes=2), Path(tmp) / "warm.onnx")
 
 
 def main() -> None:

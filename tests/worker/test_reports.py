@@ -1,0 +1,95 @@
+"""The worker's reports (phase and informational events, progress) wait up to REPORT_DELAY_SECONDS to
+be committed with the next write that must go at once, or by the heartbeat thread: fewer commits per
+job, the same rows, in the order and with the times they were made (worker/runner.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import event, select
+
+from jobs import lifecycle
+from jobs.tables import Job, JobEvent
+from tests.utils import submit
+from worker import runner
+from worker.context import WorkerContext
+from worker.runner import JobRun, run_job
+
+pytestmark = pytest.mark.slow
+
+
+def _events(ctx: WorkerContext, job_id: str) -> list[JobEvent]:
+    with ctx.sessions() as s:
+        return list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))
+
+
+def test_a_jobs_reports_ride_with_the_writes_that_must_go_at_once(client, settings, digits_teacher, monkeypatch):
+    monkeypatch.setattr(runner, "REPORT_DELAY_SECONDS", 3600.0)  # no report is written on its own
+    job_id = submit(client, digits_teacher, epochs=2, batch_size=64)["id"]
+    # no lease renewal during the job either: only the job's own writes commit
+    ctx = WorkerContext.build(settings.model_copy(update={"lease_seconds": 3600, "heartbeat_seconds": 3000}))
+    commits = []
+    event.listen(ctx.sessions.kw["bind"], "commit", lambda conn: commits.append(1))
+
+    assert run_job(job_id, ctx) == "succeeded"
+
+    # the claim, each epoch's report and its checkpoint (2 epochs of the student, 2 of the baseline),
+    # the success: the phase, data and progress reports went with them, not one commit each
+    assert len(commits) == 1 + 2 * 2 * 2 + 1
+    events = _events(ctx, job_id)
+    types = [e.type if e.type != "phase" else f"phase {e.data['phase']}" for e in events]
+    assert types[:4] == ["status", "claimed", "phase loading", "data_loaded"], types
+    order = ["phase caching_teacher", "teacher_cached", "phase training", "epoch", "checkpoint", "phase baseline",
+             "phase evaluating", "phase exporting", "result"]
+    assert [types.index(t) for t in order] == sorted(types.index(t) for t in order), types
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    # every report keeps the time it was made, not the time it was committed
+    times = [e.created_at for e in events]
+    assert times == sorted(times)
+    with ctx.sessions() as s:
+        job = s.get(Job, job_id)
+        assert job.status == "succeeded" and job.progress["fraction"] == 1.0
+
+
+def test_a_report_with_nothing_after_it_is_written_by_the_heartbeat_thread(client, settings, digits_teacher):
+    job_id = submit(client, digits_teacher)["id"]
+    ctx = WorkerContext.build(settings)
+    with ctx.sessions() as s:
+        attempt = lifecycle.claim(s, job_id=job_id, lease_seconds=60, worker=ctx.name)
+        s.commit()
+    job = JobRun(job_id, attempt, cfg=ctx.cfg, sessions=ctx.sessions, store=ctx.store, name=ctx.name)
+    heartbeat = threading.Thread(target=job._heartbeat_loop, daemon=True)
+    heartbeat.start()
+    try:
+        made = time.monotonic()
+        job.on_phase("caching_teacher")  # and then the job's thread is busy for a long time
+        deadline = made + 10
+        while not any(e.type == "phase" for e in _events(ctx, job_id)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        written = time.monotonic() - made
+        assert any(e.type == "phase" and e.data == {"phase": "caching_teacher"} for e in _events(ctx, job_id))
+        assert written >= runner.REPORT_DELAY_SECONDS * 0.9  # it waited for company first
+        with ctx.sessions() as s:
+            assert s.get(Job, job_id).progress["phase"] == "caching_teacher"
+    finally:
+        job.stop_heartbeat.set()
+        job.wake.set()
+        heartbeat.join(timeout=5)
+
+
+def test_a_report_fenced_out_in_the_heartbeat_thread_stops_the_attempt(client, settings, digits_teacher):
+    job_id = submit(client, digits_teacher)["id"]
+    ctx = WorkerContext.build(settings)
+    with ctx.sessions() as s:
+        attempt = lifecycle.claim(s, job_id=job_id, lease_seconds=60, worker=ctx.name)
+        s.commit()
+    job = JobRun(job_id, attempt, cfg=ctx.cfg, sessions=ctx.sessions, store=ctx.store, name=ctx.name)
+    job.on_event("data_loaded", "a report")
+    with ctx.sessions() as s:  # another attempt took the job meanwhile
+        s.get(Job, job_id).attempt = attempt + 1
+        s.commit()
+    job._flush_reports()
+    assert job.lease_lost.is_set() and job.should_stop()
+    assert not [e for e in _events(ctx, job_id) if e.type == "data_loaded"]
