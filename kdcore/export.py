@@ -182,7 +182,11 @@ def export_onnx(model: nn.Module, path: Path, *, opset: int = 17,
             raise KDError(f"ONNX export of {type(model).__name__} failed: {reason}") from exc
     data = buffer.getvalue()
 
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    # One thread: the check runs 3 rows, and starting onnxruntime's default pool (a thread per core)
+    # cost more than the whole check (5.7 ms against 0.7 ms for a tiny MLP; bench/RESULTS.md, B6).
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
     (onnx_out,) = session.run(["logits"], {"input": check.numpy()})
     with torch.no_grad():
         torch_out = module(check).numpy()
