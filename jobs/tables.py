@@ -297,7 +297,6 @@ class WebhookDelivery(Base):
 
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
-        UniqueConstraint("webhook_id", "event_id"),
         Index("ix_webhook_deliveries_webhook_created", "webhook_id", "created_at", "id"),
         Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
         CheckConstraint(f"status IN ({', '.join(repr(s) for s in DELIVERY_STATUSES)})", name="status"),
@@ -307,7 +306,8 @@ class WebhookDelivery(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("whd"))
     webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
-    event_id: Mapped[str] = mapped_column(String(40))  # the same for every webhook the event goes to
+    # the same for every webhook the event goes to, and for a redelivery (a new row: POST .../retry)
+    event_id: Mapped[str] = mapped_column(String(40))
     event_type: Mapped[str] = mapped_column(String(32))
     job_id: Mapped[str | None] = mapped_column(String(40))  # None for a ping
     body: Mapped[str] = mapped_column(Text)  # the JSON posted, byte for byte

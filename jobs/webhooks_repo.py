@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from jobs.errors import NotFound
+from jobs.errors import Conflict, NotFound
 from jobs.pagination import newest_first_page
 from jobs.tables import (
     DELIVERY_STATUSES,
@@ -118,6 +118,28 @@ def enqueue_ping(session: Session, *, tenant_id: str, webhook_id: str, now: date
                           event_type=PING, job_id=None, status=PENDING, attempt_count=0, attempts=[],
                           body=_body(event_id, PING, now, {"webhook_id": webhook_id}),
                           next_attempt_at=now, created_at=now)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def redeliver(session: Session, *, tenant_id: str, webhook_id: str, delivery_id: str, now: datetime) -> WebhookDelivery:
+    """A new delivery of a finished delivery's event (same event id and body), due at once, with a
+    fresh KD_WEBHOOK_MAX_ATTEMPTS. A delivery still pending is a Conflict."""
+    get(session, tenant_id=tenant_id, webhook_id=webhook_id)
+    if not could_be_id(delivery_id):
+        raise NotFound(f"no delivery {delivery_id!r}")
+    old = session.scalar(select(WebhookDelivery).where(WebhookDelivery.id == delivery_id,
+                                                       WebhookDelivery.webhook_id == webhook_id,
+                                                       WebhookDelivery.tenant_id == tenant_id)
+                        .execution_options(populate_existing=True))
+    if old is None:
+        raise NotFound(f"no delivery {delivery_id!r}")
+    if old.status == PENDING:
+        raise Conflict(f"delivery {delivery_id!r} is still pending; it is retried on its own")
+    row = WebhookDelivery(id=new_id("whd"), webhook_id=webhook_id, tenant_id=tenant_id, event_id=old.event_id,
+                          event_type=old.event_type, job_id=old.job_id, body=old.body, status=PENDING,
+                          attempt_count=0, attempts=[], next_attempt_at=now, created_at=now)
     session.add(row)
     session.flush()
     return row

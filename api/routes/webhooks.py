@@ -1,4 +1,5 @@
-"""/v1/webhooks: register endpoints for job events, read every delivery and its attempts, send a ping.
+"""/v1/webhooks: register endpoints for job events, read every delivery and its attempts, send a ping,
+send a finished delivery's event again.
 
 The URL is checked here from its text (jobs/webhooks.py:check_url; no DNS lookup in a request); the
 worker's sender checks the resolved addresses again on every delivery (worker/webhook_sender.py).
@@ -74,6 +75,17 @@ def list_deliveries(webhook_id: str, session: SessionDep, tenant: TenantDep,
 def ping_webhook(webhook_id: str, session: SessionDep, tenant: TenantDep) -> DeliveryOut:
     """Queue a `ping` event to this webhook; follow it in its deliveries."""
     row = webhooks_repo.enqueue_ping(session, tenant_id=tenant.id, webhook_id=webhook_id, now=utcnow())
+    out = DeliveryOut.from_row(row)
+    session.commit()
+    return out
+
+
+@router.post("/{webhook_id}/deliveries/{delivery_id}/retry", status_code=202, response_model=DeliveryOut,
+             responses={409: PROBLEM_SCHEMA})
+def redeliver(webhook_id: str, delivery_id: str, session: SessionDep, tenant: TenantDep) -> DeliveryOut:
+    """Send a finished delivery's event again, as a new delivery (409 while it is still pending)."""
+    row = webhooks_repo.redeliver(session, tenant_id=tenant.id, webhook_id=webhook_id, delivery_id=delivery_id,
+                                  now=utcnow())
     out = DeliveryOut.from_row(row)
     session.commit()
     return out

@@ -63,7 +63,6 @@ def upgrade() -> None:
                                 ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name="fk_webhook_deliveries_tenant_id_tenants",
                                 ondelete="CASCADE"),
-        sa.UniqueConstraint("webhook_id", "event_id", name="uq_webhook_deliveries_webhook_id_event_id"),
         sa.CheckConstraint("status IN ('pending', 'succeeded', 'failed')", name="ck_webhook_deliveries_status"),
         sa.CheckConstraint("attempt_count >= 0", name="ck_webhook_deliveries_attempt_count"),
     )

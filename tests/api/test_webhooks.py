@@ -189,7 +189,7 @@ def test_a_receiver_that_is_down_is_retried_with_backoff_until_it_answers(client
 
 
 @pytest.mark.slow
-def test_a_receiver_that_always_fails_is_given_up_after_the_attempt_limit(client, hook_worker):
+def test_a_receiver_that_always_fails_is_given_up_after_the_attempt_limit_and_can_be_sent_again(client, hook_worker):
     receiver = Receiver(status=500)
     try:
         hook = register(client, receiver.url())
@@ -204,5 +204,17 @@ def test_a_receiver_that_always_fails_is_given_up_after_the_attempt_limit(client
         assert len(receiver.requests) == 5
         assert client.get(f"/v1/webhooks/{hook['id']}/deliveries", params={"status": "failed"}).json()["data"]
         assert client.get(f"/v1/webhooks/{hook['id']}/deliveries", params={"status": "pending"}).json()["data"] == []
+
+        # the receiver is fixed: the tenant sends the event again, as a new delivery with its own attempts
+        receiver.status = 204
+        retry = client.post(f"/v1/webhooks/{hook['id']}/deliveries/{failed['id']}/retry")
+        assert retry.status_code == 202, retry.text
+        again = retry.json()
+        assert again["id"] != failed["id"] and again["event_id"] == failed["event_id"] and again["status"] == "pending"
+        problem(client.post(f"/v1/webhooks/{hook['id']}/deliveries/{again['id']}/retry"), 409)  # still pending
+        listed = deliveries_until(client, hook["id"], lambda d: d[0]["status"] == "succeeded", hook_worker)
+        assert [d["id"] for d in listed] == [again["id"], failed["id"]] and listed[1]["status"] == "failed"
+        assert listed[0]["attempt_count"] == 1 and receiver.requests[-1].body == receiver.requests[0].body
+        assert receiver.requests[-1].headers["kd-event-id"] == failed["event_id"]
     finally:
         receiver.close()

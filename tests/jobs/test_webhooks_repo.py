@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from jobs import lifecycle, tenants_repo, webhooks_repo
 from jobs.db import make_sessionmaker
-from jobs.errors import NotFound
+from jobs.errors import Conflict, NotFound
 from jobs.tables import WebhookDelivery, utcnow
 
 ALL = ["job.succeeded", "job.failed", "job.cancelled"]
@@ -229,3 +229,24 @@ def test_finished_deliveries_are_purged_after_their_retention_and_pending_ones_n
     assert webhooks_repo.purge_finished(session, before=now - timedelta(days=30)) == 1
     session.commit()
     assert {d.id for d in deliveries(session)} == {old_pending.id, new_done.id}
+
+
+def test_a_finished_delivery_can_be_sent_again_as_a_new_one(session, make_tenant, hook):
+    now = utcnow()
+    first = webhooks_repo.enqueue_ping(session, tenant_id=hook.tenant_id, webhook_id=hook.id, now=now)
+    session.commit()
+    with pytest.raises(Conflict):  # still pending: it is retried on its own
+        webhooks_repo.redeliver(session, tenant_id=hook.tenant_id, webhook_id=hook.id, delivery_id=first.id, now=now)
+    [claimed] = webhooks_repo.claim_due(session, now=now, **CLAIM)
+    webhooks_repo.record_attempt(session, delivery_id=claimed.delivery_id, attempt=1, outcome={"status_code": 500},
+                                 ok=False, now=now, **{**RETRY, "max_attempts": 1})
+    session.commit()
+    other = make_tenant("other")
+    with pytest.raises(NotFound):
+        webhooks_repo.redeliver(session, tenant_id=other.id, webhook_id=hook.id, delivery_id=first.id, now=now)
+    again = webhooks_repo.redeliver(session, tenant_id=hook.tenant_id, webhook_id=hook.id, delivery_id=first.id,
+                                    now=now)
+    session.commit()
+    assert (again.event_id, again.body, again.status, again.attempt_count) == (first.event_id, first.body, "pending", 0)
+    [claimed] = webhooks_repo.claim_due(session, now=now, **CLAIM)
+    assert claimed.delivery_id == again.id and claimed.attempt == 1

@@ -16,7 +16,8 @@ from sqlalchemy import text
 from jobs import api_keys
 from tests.utils import API_KEY, problem, upload
 
-UNKNOWN = {"file_id": "file_" + "0" * 24, "job_id": "job_" + "0" * 24, "webhook_id": "wh_" + "0" * 24}
+UNKNOWN = {"file_id": "file_" + "0" * 24, "job_id": "job_" + "0" * 24, "webhook_id": "wh_" + "0" * 24,
+           "delivery_id": "whd_" + "0" * 24}
 
 # Every route that takes an id, with the query strings each must be tried with. A route added to the
 # API with an id in its path fails test_the_id_routes_below_are_all_of_them until it is listed here.
@@ -38,6 +39,7 @@ ID_ROUTES = [
     ("GET", "/v1/webhooks/{webhook_id}/deliveries", ""),
     ("GET", "/v1/webhooks/{webhook_id}/deliveries", "?limit=5&status=pending"),
     ("POST", "/v1/webhooks/{webhook_id}/test", ""),
+    ("POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry", ""),
 ]
 # Routes that take an id in the query: the listing cursor `after`.
 CURSOR_ROUTES = [
@@ -61,7 +63,7 @@ def test_the_id_routes_below_are_all_of_them(client):
 
 @pytest.fixture
 def owned(client, digits_teacher) -> dict[str, str]:
-    """A file, a queued job and a webhook of the default tenant."""
+    """A file, a queued job, a webhook and a delivery (a ping) of the default tenant."""
     file_id = upload(client, digits_teacher[0], "teacher").json()["id"]
     spec = {"teacher": {"file_id": file_id, "arch": "mlp", "arch_params": {"hidden_sizes": [128]}},
             "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}},
@@ -70,7 +72,10 @@ def owned(client, digits_teacher) -> dict[str, str]:
     assert job.status_code == 201, job.text
     hook = client.post("/v1/webhooks", json={"url": "https://hooks.example/kd"})
     assert hook.status_code == 201, hook.text
-    return {"file_id": file_id, "job_id": job.json()["id"], "webhook_id": hook.json()["id"]}
+    ping = client.post(f"/v1/webhooks/{hook.json()['id']}/test")
+    assert ping.status_code == 202, ping.text
+    return {"file_id": file_id, "job_id": job.json()["id"], "webhook_id": hook.json()["id"],
+            "delivery_id": ping.json()["id"]}
 
 
 @pytest.mark.parametrize("method, template, query", ID_ROUTES + CURSOR_ROUTES,
@@ -78,22 +83,25 @@ def owned(client, digits_teacher) -> dict[str, str]:
 def test_another_tenants_id_answers_exactly_like_an_unknown_one(client, owned, other_tenant_headers,
                                                                method, template, query):
     url = template + query
-    param = next(name for name in UNKNOWN if f"{{{name}}}" in url)
-    theirs_id, unknown_id = owned[param], UNKNOWN[param]
-    assert len(theirs_id) == len(unknown_id)  # so a length difference cannot leak either
-    theirs = client.request(method, url.format(**{param: theirs_id}), headers=other_tenant_headers)
-    unknown = client.request(method, url.format(**{param: unknown_id}), headers=other_tenant_headers)
+    params = [name for name in UNKNOWN if f"{{{name}}}" in url]
+    assert all(len(owned[p]) == len(UNKNOWN[p]) for p in params)  # so a length difference cannot leak either
+    theirs = client.request(method, url.format(**{p: owned[p] for p in params}), headers=other_tenant_headers)
+    unknown = client.request(method, url.format(**{p: UNKNOWN[p] for p in params}), headers=other_tenant_headers)
     assert theirs.status_code == unknown.status_code, (theirs.text, unknown.text)
     assert theirs.status_code == 404
     problem(theirs, 404)
     assert theirs.headers["content-type"] == unknown.headers["content-type"]
-    assert theirs.text.replace(theirs_id, "{id}") == unknown.text.replace(unknown_id, "{id}")
+    theirs_text, unknown_text = theirs.text, unknown.text
+    for p in params:
+        theirs_text, unknown_text = theirs_text.replace(owned[p], "{id}"), unknown_text.replace(UNKNOWN[p], "{id}")
+    assert theirs_text == unknown_text
     # and nothing happened to the owner's things
     assert client.get(f"/v1/files/{owned['file_id']}").status_code == 200
     assert client.get(f"/v1/jobs/{owned['job_id']}").json()["status"] == "queued"
     assert client.get(f"/v1/files/{owned['file_id']}/content").status_code == 200
     assert client.get(f"/v1/webhooks/{owned['webhook_id']}").status_code == 200
-    assert client.get(f"/v1/webhooks/{owned['webhook_id']}/deliveries").json()["data"] == []
+    assert [d["id"] for d in client.get(f"/v1/webhooks/{owned['webhook_id']}/deliveries").json()["data"]] == [
+        owned["delivery_id"]]
 
 
 def test_lists_show_only_the_tenants_own(client, owned, other_tenant_headers):
@@ -170,7 +178,8 @@ V1_ROUTES = [("GET", "/v1/files"), ("POST", "/v1/files"), ("GET", "/v1/files/{fi
              ("GET", "/v1/jobs/{job_id}/events"), ("GET", "/v1/jobs/{job_id}/metrics"),
              ("GET", "/v1/jobs/{job_id}/student"), ("GET", "/v1/jobs/{job_id}/report"), ("GET", "/v1/webhooks"),
              ("POST", "/v1/webhooks"), ("GET", "/v1/webhooks/{webhook_id}"), ("DELETE", "/v1/webhooks/{webhook_id}"),
-             ("GET", "/v1/webhooks/{webhook_id}/deliveries"), ("POST", "/v1/webhooks/{webhook_id}/test")]
+             ("GET", "/v1/webhooks/{webhook_id}/deliveries"), ("POST", "/v1/webhooks/{webhook_id}/test"),
+             ("POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry")]
 
 
 @pytest.mark.parametrize("case", list(BAD_AUTH))
