@@ -81,9 +81,10 @@ function scheduleRefresh() {
 }
 
 function drawCharts() {
-  // nothing to chart while queued: the charts appear with the first epoch, or once it runs
+  // no empty charts before a job runs or after one ended without an epoch: they appear with the
+  // first epoch, or (saying "no epochs yet") while it runs
   const job = jobState.job || {};
-  document.querySelector(".charts").hidden = !jobState.series.size && (job.status === "queued" || !job.started_at);
+  document.querySelector(".charts").hidden = !jobState.series.size && !["running", "cancelling"].includes(job.status);
   const series = (key) => [...jobState.series.entries()].map(([name, s]) => ({name, cls: "run-" + s.run,
     points: [...s[key].entries()]}));
   lineChart($("chart-loss"), series("loss"), {yLabel: "loss"});
@@ -220,7 +221,7 @@ function render(j) {
   $("progress").value = fraction;
   $("progress-text").textContent = Math.round(fraction * 100) + " %" +
     (j.status === "running" && p.eta_seconds != null ? " · about " + duration(p.eta_seconds) + " left" : "");
-  $("live").hidden = j.status === "queued";
+  $("live").hidden = j.status === "queued" || (["failed", "cancelled"].includes(j.status) && !fraction);
   const tiles = j.status === "succeeded" ? headline(j) : [];
   $("headline").replaceChildren(...tiles);
   $("headline").hidden = !tiles.length;

@@ -7,7 +7,8 @@ One short job goes through the form and runs to success: a wrong key is refused 
 (never from the metrics list), shows the report at full height and downloads files named after the job.
 A second, long job is watched while running (chart points arrive before it ends) and cancelled from its
 page (when, why, the kept checkpoint); a third asks for a GPU no worker serves and waits (its
-waiting_reason in the list and on its page). Then paging, the comparison view, an unknown job, a new
+waiting_reason in the list and on its page); a fourth is failed through the worker's lifecycle calls
+(its error on its page). Then paging, the comparison view, an unknown job, a new
 tab and a phone-width viewport.
 
 Screenshots of every page and state go to var/screenshots/ (git-ignored) for a person to look at."""
@@ -88,7 +89,26 @@ def no_horizontal_scroll(page) -> None:
     assert width <= page.viewport_size["width"], f"{page.url} is {width} px wide at {page.viewport_size}"
 
 
-def test_dashboard(live_api, browser, digits_teacher, tmp_path):
+def fail_by_hand(database_url: str, job_id: str, code: str, message: str) -> None:
+    """Take a queued job through the worker's own lifecycle calls (claim, then fail), as a worker that
+    met bad input would: the dashboard's failed state without a job that really has to break."""
+    from sqlalchemy.orm import Session
+
+    from jobs import lifecycle
+    from jobs.db import make_engine
+
+    engine = make_engine(database_url)
+    try:
+        with Session(engine) as session:
+            attempt = lifecycle.claim(session, job_id=job_id, lease_seconds=60, worker="test-by-hand")
+            assert attempt is not None
+            assert lifecycle.fail(session, job_id=job_id, attempt=attempt, code=code, message=message)
+            session.commit()
+    finally:
+        engine.dispose()
+
+
+def test_dashboard(live_api, browser, digits_teacher, tmp_path, clean_pg):
     base, worker = live_api
     teacher_path, arch = digits_teacher
     dataset_path = digits_npz(tmp_path / "digits.npz")
@@ -263,10 +283,22 @@ def test_dashboard(live_api, browser, digits_teacher, tmp_path):
     page.click("#cancel")
     expect(page.locator("#state .checkpoint")).to_have_text("It never started, so there is no checkpoint.")
 
-    # --- paging with the API's cursor: three jobs, two a page ---------------------------------------
-    page.goto(f"{base}/ui?limit=2")
-    expect(page.locator("#jobs tbody tr")).to_have_count(2)
-    assert page.locator("#jobs tbody tr").first.get_attribute("data-job") == waiting_job  # newest first
+    # --- a failed job: its error, in words ---------------------------------------------------------
+    failed_job = api.post("/v1/jobs", json={"teacher": {"file_id": teacher_file, **arch},
+                                            "resources": {"device": "cuda", "gpus": 1}}).json()["id"]
+    fail_by_hand(clean_pg, failed_job, "invalid_input", "the teacher's logits hold NaN")
+    page.goto(f"{base}/ui/jobs/{failed_job}")
+    expect(page.locator("#status-badge")).to_have_text("failed")
+    expect(page.locator("#state")).to_contain_text("invalid_input: the teacher's logits hold NaN")
+    expect(page.locator("#events li.level-error")).to_contain_text("the teacher's logits hold NaN")
+    assert page.locator(".charts").is_hidden() and page.locator("#live").is_hidden()  # no epoch, no progress
+    shot(page, "07b_job_failed")
+
+    # --- paging with the API's cursor: four jobs, three a page ----------------------------------------
+    page.goto(f"{base}/ui?limit=3")
+    expect(page.locator("#jobs tbody tr")).to_have_count(3)
+    assert page.locator("#jobs tbody tr").first.get_attribute("data-job") == failed_job  # newest first
+    expect(page.locator(f"tr[data-job='{failed_job}'] td.status .small")).to_have_text("invalid_input")
     expect(page.locator("#newer")).to_be_disabled()
     expect(page.locator(".pager")).to_be_visible()
     page.click("#older")
@@ -275,7 +307,7 @@ def test_dashboard(live_api, browser, digits_teacher, tmp_path):
     expect(page.locator("#older")).to_be_disabled()
     expect(page.locator("#page-info")).to_have_text("page 2")
     page.click("#newer")
-    expect(page.locator("#jobs tbody tr")).to_have_count(2)
+    expect(page.locator("#jobs tbody tr")).to_have_count(3)
 
     # --- the comparison: the one succeeded job's student, its baseline and its teacher -------------
     page.goto(f"{base}/ui/compare")
