@@ -25,15 +25,18 @@ _KINDS = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 STATIC_FILES = ("app.js", "charts.js", "list.js", "job.js", "form.js", "compare.js", "ui.css", "favicon.svg")
 
 
-def _page(title: str, body: str, *scripts: str) -> HTMLResponse:
+_NAV = ("<a href='/ui'>Jobs</a><a href='/ui/new'>New job</a><a href='/ui/compare'>Compare</a>"
+        "<a href='/ui/login' id='logout'>Log out</a>")
+
+
+def _page(title: str, body: str, *scripts: str, nav: bool = True) -> HTMLResponse:
     tags = "".join(f"<script src='/ui/static/{s}' defer></script>" for s in ("app.js", *scripts))
     doc = ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
            f"<title>{html.escape(title)} · kd</title>"
            "<link rel='stylesheet' href='/ui/static/ui.css'><link rel='icon' href='/ui/static/favicon.svg'>"
            f"{tags}</head><body>"
-           "<nav><a href='/ui' class='brand'>kd</a><a href='/ui'>Jobs</a><a href='/ui/new'>New job</a>"
-           "<a href='/ui/compare'>Compare</a><a href='/ui/login' id='logout'>Log out</a></nav>"
+           f"<nav><a href='/ui' class='brand'>kd</a>{_NAV if nav else ''}</nav>"
            f"<main>{body}</main></body></html>")
     return HTMLResponse(doc, headers={"Content-Security-Policy": _CSP, "X-Frame-Options": "SAMEORIGIN"})
 
@@ -47,7 +50,7 @@ def login() -> HTMLResponse:
                  "Shared computer: forget the key when this tab closes (a job opened in a new tab then asks "
                  "for it again)</label></div>"
                  "<button type='submit'>Log in</button>"
-                 "<p id='error' class='error' role='alert'></p></form>")
+                 "<p id='error' class='error' role='alert'></p></form>", nav=False)
 
 
 @router.get("")

@@ -345,6 +345,30 @@ def test_dashboard(live_api, browser, digits_teacher, tmp_path, clean_pg):
         no_horizontal_scroll(page)
         shot(page, name)
 
+    # --- a saved key the API no longer takes: back to the login page, which says why -----------------
+    page.set_viewport_size({"width": 1200, "height": 900})
+    page.evaluate("() => localStorage.setItem('kd_api_key', 'kd_revoked_' + 'r'.repeat(40))")
+    page.goto(f"{base}/ui/compare")
+    page.wait_for_url(re.compile(r"/ui/login\?expired=1&next=%2Fui%2Fcompare"))
+    expect(page.locator("#error")).to_contain_text("The API refused the saved key")
+    assert page.evaluate("() => localStorage.getItem('kd_api_key')") is None
+
+    # --- a shared computer: the key only in this tab; a new tab asks again; Log out forgets it ------
+    page.fill("#api-key", KEY)
+    page.check("#shared-computer")
+    page.click("#login-form button[type=submit]")
+    page.wait_for_url(f"{base}/ui/compare")
+    assert page.evaluate("() => [localStorage.getItem('kd_api_key'), sessionStorage.getItem('kd_api_key')]") == [None, KEY]
+    tab = context.new_page()
+    tab.goto(f"{base}/ui/jobs/{job_id}")
+    tab.wait_for_url(re.compile(r"/ui/login\?next="))
+    tab.close()
+    page.click("#logout")
+    page.wait_for_url(f"{base}/ui/login")
+    assert page.evaluate("() => sessionStorage.getItem('kd_api_key')") is None
+    page.goto(f"{base}/ui")
+    page.wait_for_url(re.compile(r"/ui/login\?next="))
+
     expected = ("401 (Unauthorized)", "404 (Not Found)", "422 (Unprocessable")  # the wrong key, the unknown job, the 422
     assert not [e for e in console_errors if not any(x in e for x in expected)], console_errors
     api.close()
