@@ -272,7 +272,8 @@ class Worker(Base):
 
 class Webhook(Base):
     """A tenant's endpoint for job events. `secret` signs every delivery (HMAC-SHA256); it is shown
-    to the tenant once, in the answer to its creation. Deleting the row deletes its deliveries."""
+    to the tenant once, in the answer to its creation (or rotation). Deleting the row deletes its
+    deliveries."""
 
     __tablename__ = "webhooks"
     __table_args__ = (Index("ix_webhooks_tenant_created", "tenant_id", "created_at", "id"),)
@@ -281,6 +282,9 @@ class Webhook(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     url: Mapped[str] = mapped_column(String(2048))
     secret: Mapped[str] = mapped_column(String(128))
+    # after a rotation, the secret before it also signs deliveries until this time (a second v1=)
+    previous_secret: Mapped[str | None] = mapped_column(String(128))
+    previous_secret_expires_at: Mapped[datetime | None]
     events: Mapped[list[str]] = mapped_column(JSONType)  # some of JOB_EVENT_TYPES
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -9,7 +9,9 @@ live on a private network (and for tests, whose receiver listens on 127.0.0.1).
 
 Signature (as Stripe's): header `KD-Signature: t=<unix seconds>,v1=<hex>` where hex is
 HMAC-SHA256(secret, f"{t}." + body). `t` is the attempt's time, so every attempt is signed anew and a
-receiver can refuse old replays; the body is the same bytes on every attempt.
+receiver can refuse old replays; the body is the same bytes on every attempt. After a rotation the
+header carries a second `v1=` made with the previous secret until that one expires, so receivers can
+switch secrets without missing an event.
 """
 
 from __future__ import annotations
@@ -37,10 +39,12 @@ def new_secret() -> str:
     return SECRET_PREFIX + secrets.token_urlsafe(32)
 
 
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """The `KD-Signature` header's value for `body` sent at `timestamp` (unix seconds)."""
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
+def sign(secret: str | tuple[str, ...], timestamp: int, body: bytes) -> str:
+    """The `KD-Signature` header's value for `body` sent at `timestamp` (unix seconds): one `v1=` per
+    secret (the current one first; after a rotation, the previous one too until it expires)."""
+    secrets_ = (secret,) if isinstance(secret, str) else secret
+    digests = [hmac.new(s.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest() for s in secrets_]
+    return ",".join([f"t={timestamp}", *(f"v1={d}" for d in digests)])
 
 
 def address_kind(ip: IPAddress) -> str | None:

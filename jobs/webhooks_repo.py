@@ -83,9 +83,23 @@ def list_webhooks(session: Session, *, tenant_id: str) -> list[Webhook]:
 def get(session: Session, *, tenant_id: str, webhook_id: str) -> Webhook:
     if not could_be_id(webhook_id):
         raise NotFound(f"no webhook {webhook_id!r}")
-    row = session.scalar(select(Webhook).where(Webhook.id == webhook_id, Webhook.tenant_id == tenant_id))
+    row = session.scalar(select(Webhook).where(Webhook.id == webhook_id, Webhook.tenant_id == tenant_id)
+                         .execution_options(populate_existing=True))
     if row is None:
         raise NotFound(f"no webhook {webhook_id!r}")
+    return row
+
+
+def rotate_secret(session: Session, *, tenant_id: str, webhook_id: str, now: datetime,
+                  previous_valid_seconds: float) -> Webhook:
+    """A new signing secret; the current one keeps signing too (a second `v1=`) for
+    `previous_valid_seconds` (0: it stops at once). A secret rotated out earlier is forgotten."""
+    row = get(session, tenant_id=tenant_id, webhook_id=webhook_id)
+    keep = previous_valid_seconds > 0
+    row.previous_secret = row.secret if keep else None
+    row.previous_secret_expires_at = now + timedelta(seconds=previous_valid_seconds) if keep else None
+    row.secret = new_secret()
+    session.flush()
     return row
 
 
@@ -182,7 +196,7 @@ class Claimed:
     body: str
     attempt: int  # this attempt's number, 1 for the first
     url: str
-    secret: str
+    secrets: tuple[str, ...]  # the current signing secret, then the previous one while it is still valid
 
 
 def claim_due(session: Session, *, now: datetime, limit: int, attempt_seconds: float,
@@ -218,10 +232,17 @@ def claim_due(session: Session, *, now: datetime, limit: int, attempt_seconds: f
     if not taken:
         return []
     hooks = {row.id: row for row in session.execute(
-        select(Webhook.id, Webhook.url, Webhook.secret).where(Webhook.id.in_({t.webhook_id for t in taken})))}
+        select(Webhook.id, Webhook.url, Webhook.secret, Webhook.previous_secret, Webhook.previous_secret_expires_at)
+        .where(Webhook.id.in_({t.webhook_id for t in taken})))}
+
+    def secrets_of(hook) -> tuple[str, ...]:
+        previous_valid = hook.previous_secret is not None and hook.previous_secret_expires_at is not None \
+            and hook.previous_secret_expires_at > now
+        return (hook.secret, hook.previous_secret) if previous_valid else (hook.secret,)
+
     return [Claimed(delivery_id=t.id, webhook_id=t.webhook_id, event_id=t.event_id, event_type=t.event_type,
                     body=t.body, attempt=t.attempt_count, url=hooks[t.webhook_id].url,
-                    secret=hooks[t.webhook_id].secret)
+                    secrets=secrets_of(hooks[t.webhook_id]))
             for t in sorted(taken, key=lambda t: ids.index(t.id))]
 
 

@@ -108,7 +108,7 @@ class WebhookSender:
         outcome["address"] = str(ip)
         body = claimed.body.encode()
         headers = {"Host": parts.netloc, "Content-Type": "application/json", "User-Agent": USER_AGENT,
-                   SIGNATURE_HEADER: sign(claimed.secret, int(time.time()), body),
+                   SIGNATURE_HEADER: sign(claimed.secrets, int(time.time()), body),
                    EVENT_ID_HEADER: claimed.event_id, EVENT_TYPE_HEADER: claimed.event_type,
                    DELIVERY_ID_HEADER: claimed.delivery_id}
         target = httpx.URL(claimed.url).copy_with(host=str(ip))

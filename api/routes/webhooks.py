@@ -1,5 +1,5 @@
 """/v1/webhooks: register endpoints for job events, read every delivery and its attempts, send a ping,
-send a finished delivery's event again.
+send a finished delivery's event again, rotate the signing secret.
 
 The URL is checked here from its text (jobs/webhooks.py:check_url; no DNS lookup in a request); the
 worker's sender checks the resolved addresses again on every delivery (worker/webhook_sender.py).
@@ -13,7 +13,8 @@ from fastapi import APIRouter, Response
 
 from api.deps import PageAfter, PageLimit, SessionDep, SettingsDep, TenantDep
 from api.problems import PROBLEM_SCHEMA, Problem
-from api.schemas.webhooks import DeliveryList, DeliveryOut, WebhookCreate, WebhookCreated, WebhookList, WebhookOut
+from api.schemas.webhooks import (DeliveryList, DeliveryOut, SecretRotation, WebhookCreate, WebhookCreated, WebhookList,
+                                  WebhookOut)
 from jobs import quotas_repo, webhooks_repo
 from jobs.tables import utcnow
 from jobs.webhooks import check_url
@@ -87,5 +88,18 @@ def redeliver(webhook_id: str, delivery_id: str, session: SessionDep, tenant: Te
     row = webhooks_repo.redeliver(session, tenant_id=tenant.id, webhook_id=webhook_id, delivery_id=delivery_id,
                                   now=utcnow())
     out = DeliveryOut.from_row(row)
+    session.commit()
+    return out
+
+
+@router.post("/{webhook_id}/rotate-secret", response_model=WebhookCreated)
+def rotate_secret(webhook_id: str, session: SessionDep, tenant: TenantDep,
+                  body: SecretRotation | None = None) -> WebhookCreated:
+    """Replace the signing secret; the answer holds the new one, shown only this once. The old one keeps
+    signing too (a second v1= in KD-Signature) for `previous_secret_valid_seconds` (default 24 h)."""
+    body = body or SecretRotation()
+    row = webhooks_repo.rotate_secret(session, tenant_id=tenant.id, webhook_id=webhook_id, now=utcnow(),
+                                      previous_valid_seconds=body.previous_secret_valid_seconds)
+    out = WebhookCreated.from_row(row)
     session.commit()
     return out

@@ -7,12 +7,14 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from api.schemas.examples import WEBHOOK_EXAMPLE
 from jobs.tables import JOB_EVENT_TYPES
 from jobs.webhooks import MAX_URL_LENGTH, SECRET_DISPLAY_LENGTH
 
+DEFAULT_PREVIOUS_SECRET_SECONDS = 24 * 3600
+MAX_PREVIOUS_SECRET_SECONDS = 7 * 24 * 3600
 EventType = Enum("EventType", {name.replace(".", "_"): name for name in JOB_EVENT_TYPES}, type=str)
 
 
@@ -35,21 +37,34 @@ class WebhookOut(BaseModel):
     events: list[EventType]
     secret_prefix: str = Field(description="the signing secret's first characters, to tell it apart; the secret "
                                            "itself is shown only in the answer to the webhook's creation")
+    previous_secret_expires_at: datetime | None = Field(
+        None, description="after a rotation: until when deliveries also carry a signature made with the previous "
+                          "secret")
     created_at: datetime
 
     @classmethod
     def from_row(cls, row) -> "WebhookOut":
         return cls(id=row.id, url=row.url, events=row.events, secret_prefix=row.secret[:SECRET_DISPLAY_LENGTH],
+                   previous_secret_expires_at=row.previous_secret_expires_at if row.previous_secret else None,
                    created_at=row.created_at)
 
 
 class WebhookCreated(WebhookOut):
     secret: str = Field(description="the signing secret (whsec_...): HMAC-SHA256 key of the KD-Signature header. "
-                                    "Shown only here: keep it")
+                                    "Shown only in this answer (to a creation or a rotation): keep it")
 
     @classmethod
     def from_row(cls, row) -> "WebhookCreated":
         return cls(**WebhookOut.from_row(row).model_dump(), secret=row.secret)
+
+
+class SecretRotation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    previous_secret_valid_seconds: StrictInt = Field(
+        DEFAULT_PREVIOUS_SECRET_SECONDS, ge=0, le=MAX_PREVIOUS_SECRET_SECONDS,
+        description="how long deliveries keep a second signature made with the secret being replaced, so receivers "
+                    "can switch over (0: stop at once; at most 7 days)")
 
 
 class WebhookList(BaseModel):

@@ -33,6 +33,8 @@ def upgrade() -> None:
         sa.Column("tenant_id", sa.String(40), nullable=False),
         sa.Column("url", sa.String(2048), nullable=False),
         sa.Column("secret", sa.String(128), nullable=False),
+        sa.Column("previous_secret", sa.String(128), nullable=True),
+        ts("previous_secret_expires_at", nullable=True),
         sa.Column("events", JSONB, nullable=False),
         ts("created_at"),
         sa.PrimaryKeyConstraint("id", name="pk_webhooks"),

@@ -74,6 +74,17 @@ def test_register_shows_the_secret_once_and_lists_gets_and_deletes(client):
     listed = client.get("/v1/webhooks").json()
     assert [w["id"] for w in listed["data"]] == [everything["id"], created["id"]] and not listed["has_more"]
     assert all("secret" not in w for w in listed["data"])
+    rotated = client.post(f"/v1/webhooks/{created['id']}/rotate-secret", json={"previous_secret_valid_seconds": 600})
+    assert rotated.status_code == 200, rotated.text
+    rotated = rotated.json()
+    assert rotated["secret"] != created["secret"] and rotated["secret"].startswith("whsec_")
+    assert rotated["previous_secret_expires_at"] is not None
+    got = client.get(f"/v1/webhooks/{created['id']}").json()
+    assert "secret" not in got and got["secret_prefix"] == rotated["secret_prefix"]
+    assert problem(client.post(f"/v1/webhooks/{created['id']}/rotate-secret",
+                               json={"previous_secret_valid_seconds": 10**9}), 422)["errors"][0]["field"] == \
+        "previous_secret_valid_seconds"
+    assert client.post(f"/v1/webhooks/{created['id']}/rotate-secret").json()["previous_secret_expires_at"] is not None
     assert client.delete(f"/v1/webhooks/{created['id']}").status_code == 204
     problem(client.get(f"/v1/webhooks/{created['id']}"), 404)
     problem(client.get(f"/v1/webhooks/{created['id']}/deliveries"), 404)

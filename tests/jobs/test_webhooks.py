@@ -78,6 +78,8 @@ def test_the_signature_is_hmac_sha256_of_timestamp_dot_body():
     assert sign("whsec_abc", 1700000000, body) == f"t=1700000000,v1={expected}"
     assert sign("whsec_abd", 1700000000, body) != sign("whsec_abc", 1700000000, body)
     assert sign("whsec_abc", 1700000001, body) != sign("whsec_abc", 1700000000, body)
+    second = hmac.new(b"whsec_old", b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert sign(("whsec_abc", "whsec_old"), 1700000000, body) == f"t=1700000000,v1={expected},v1={second}"
 
 
 def test_backoff_doubles_up_to_its_cap():
@@ -104,3 +106,6 @@ def test_the_readmes_verification_snippet_accepts_our_signature_and_nothing_else
     assert not verify("whsec_abc", sign("whsec_abc", now, body), body + b" ")
     assert not verify("whsec_abc", sign("whsec_abc", now - 3600, body), body)  # a replay an hour later
     assert not verify("whsec_abc", "garbage", body)
+    rotated = sign(("whsec_new", "whsec_abc"), now, body)  # after a rotation: both secrets sign
+    assert verify("whsec_abc", rotated, body) and verify("whsec_new", rotated, body)
+    assert not verify("whsec_other", rotated, body)

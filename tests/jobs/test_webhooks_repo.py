@@ -102,7 +102,7 @@ def test_claim_record_backoff_and_give_up(session, make_job, hook):
     now = utcnow()
     [claimed] = webhooks_repo.claim_due(session, now=now, **CLAIM)
     session.commit()
-    assert (claimed.attempt, claimed.url, claimed.secret) == (1, hook.url, hook.secret)
+    assert (claimed.attempt, claimed.url, claimed.secrets) == (1, hook.url, (hook.secret,))
     assert json.loads(claimed.body)["data"]["job"]["id"] == job.id
     assert webhooks_repo.claim_due(session, now=now + timedelta(seconds=30), **CLAIM) == []  # held by the claim
 
@@ -250,3 +250,26 @@ def test_a_finished_delivery_can_be_sent_again_as_a_new_one(session, make_tenant
     assert (again.event_id, again.body, again.status, again.attempt_count) == (first.event_id, first.body, "pending", 0)
     [claimed] = webhooks_repo.claim_due(session, now=now, **CLAIM)
     assert claimed.delivery_id == again.id and claimed.attempt == 1
+
+
+def test_a_rotated_secret_signs_beside_the_new_one_until_it_expires(session, make_tenant, hook):
+    now = utcnow()
+    old_secret = hook.secret
+    with pytest.raises(NotFound):
+        webhooks_repo.rotate_secret(session, tenant_id=make_tenant("other").id, webhook_id=hook.id, now=now,
+                                    previous_valid_seconds=60)
+    rotated = webhooks_repo.rotate_secret(session, tenant_id=hook.tenant_id, webhook_id=hook.id, now=now,
+                                          previous_valid_seconds=60)
+    new_secret = rotated.secret
+    assert new_secret != old_secret and rotated.previous_secret == old_secret
+    for _ in range(2):
+        webhooks_repo.enqueue_ping(session, tenant_id=hook.tenant_id, webhook_id=hook.id, now=now)
+    session.commit()
+    [claimed] = webhooks_repo.claim_due(session, now=now, **{**CLAIM, "limit": 1})
+    assert claimed.secrets == (new_secret, old_secret)
+    [claimed] = webhooks_repo.claim_due(session, now=now + timedelta(seconds=61), **{**CLAIM, "limit": 1})
+    assert claimed.secrets == (new_secret,)  # the old one has expired
+    session.commit()
+    again = webhooks_repo.rotate_secret(session, tenant_id=hook.tenant_id, webhook_id=hook.id, now=now,
+                                        previous_valid_seconds=0)
+    assert again.previous_secret is None and again.previous_secret_expires_at is None

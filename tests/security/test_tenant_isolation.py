@@ -39,6 +39,7 @@ ID_ROUTES = [
     ("GET", "/v1/webhooks/{webhook_id}/deliveries", ""),
     ("GET", "/v1/webhooks/{webhook_id}/deliveries", "?limit=5&status=pending"),
     ("POST", "/v1/webhooks/{webhook_id}/test", ""),
+    ("POST", "/v1/webhooks/{webhook_id}/rotate-secret", ""),
     ("POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry", ""),
 ]
 # Routes that take an id in the query: the listing cursor `after`.
@@ -75,7 +76,7 @@ def owned(client, digits_teacher) -> dict[str, str]:
     ping = client.post(f"/v1/webhooks/{hook.json()['id']}/test")
     assert ping.status_code == 202, ping.text
     return {"file_id": file_id, "job_id": job.json()["id"], "webhook_id": hook.json()["id"],
-            "delivery_id": ping.json()["id"]}
+            "delivery_id": ping.json()["id"], "secret_prefix": hook.json()["secret_prefix"]}
 
 
 @pytest.mark.parametrize("method, template, query", ID_ROUTES + CURSOR_ROUTES,
@@ -99,7 +100,7 @@ def test_another_tenants_id_answers_exactly_like_an_unknown_one(client, owned, o
     assert client.get(f"/v1/files/{owned['file_id']}").status_code == 200
     assert client.get(f"/v1/jobs/{owned['job_id']}").json()["status"] == "queued"
     assert client.get(f"/v1/files/{owned['file_id']}/content").status_code == 200
-    assert client.get(f"/v1/webhooks/{owned['webhook_id']}").status_code == 200
+    assert client.get(f"/v1/webhooks/{owned['webhook_id']}").json()["secret_prefix"] == owned["secret_prefix"]
     assert [d["id"] for d in client.get(f"/v1/webhooks/{owned['webhook_id']}/deliveries").json()["data"]] == [
         owned["delivery_id"]]
 
@@ -179,6 +180,7 @@ V1_ROUTES = [("GET", "/v1/files"), ("POST", "/v1/files"), ("GET", "/v1/files/{fi
              ("GET", "/v1/jobs/{job_id}/student"), ("GET", "/v1/jobs/{job_id}/report"), ("GET", "/v1/webhooks"),
              ("POST", "/v1/webhooks"), ("GET", "/v1/webhooks/{webhook_id}"), ("DELETE", "/v1/webhooks/{webhook_id}"),
              ("GET", "/v1/webhooks/{webhook_id}/deliveries"), ("POST", "/v1/webhooks/{webhook_id}/test"),
+             ("POST", "/v1/webhooks/{webhook_id}/rotate-secret"),
              ("POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry")]
 
 

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from jobs import tenants_repo, webhooks_repo
-from jobs.tables import WebhookDelivery, utcnow
+from jobs.tables import Webhook, WebhookDelivery, utcnow
 from tests.utils import free_port
 from tests.webhook_receiver import Receiver, self_signed_certificate, verify
 from worker.context import WorkerContext
@@ -172,3 +172,20 @@ def test_the_sender_deletes_finished_deliveries_past_their_retention(settings, r
         row.finished_at = utcnow() - timedelta(hours=2)
         s.commit()
     assert sender.purge() == 1 and delivery(sender, delivery_id) is None
+
+
+def test_after_a_rotation_both_secrets_sign_the_delivery(settings, receiver):
+    sender = make(settings, webhook_allow_private_networks=True)
+    delivery_id, old_secret = ping(sender, receiver.url())
+    with sender.sessions() as s:
+        hook_id = delivery(sender, delivery_id).webhook_id
+        row = s.get(Webhook, hook_id)
+        new_secret = webhooks_repo.rotate_secret(s, tenant_id=row.tenant_id, webhook_id=hook_id, now=utcnow(),
+                                                 previous_valid_seconds=3600).secret
+        s.commit()
+    sender.run_once()
+    [got] = receiver.requests
+    header = got.headers["kd-signature"]
+    assert header.count("v1=") == 2
+    verify(new_secret, header, got.body)
+    verify(old_secret, header, got.body)
