@@ -229,3 +229,33 @@ def test_a_receiver_that_always_fails_is_given_up_after_the_attempt_limit_and_ca
         assert receiver.requests[-1].headers["kd-event-id"] == failed["event_id"]
     finally:
         receiver.close()
+
+
+@pytest.mark.slow
+def test_the_embedded_mode_delivers_job_events_too(tmp_path, digits_teacher, receiver):
+    """`make run`'s mode: SQLite database, kombu's SQLite broker, one worker; a job's event is delivered signed."""
+    from jobs.migrate import upgrade
+    from jobs.settings import Settings
+
+    data = tmp_path / "data"
+    data.mkdir()
+    db, broker = f"sqlite:///{data}/kd.sqlite3", f"sqla+sqlite:///{data}/broker.sqlite3"
+    upgrade(db)
+    worker = start_worker(service_env(database_url=db, broker_url=broker, data_dir=data, api_key=API_KEY,
+                                      **WORKER_WEBHOOK_ENV), tmp_path / "worker.log")
+    try:
+        settings = Settings(database_url=db, broker_url=broker, data_dir=data, bootstrap_api_key=API_KEY,
+                            webhook_allow_private_networks=True)
+        with TestClient(create_app(settings)) as client:
+            client.headers["Authorization"] = f"Bearer {API_KEY}"
+            hook = register(client, receiver.url(), events=["job.succeeded"])
+            job = submit(client, digits_teacher)
+            wait_for(client, job["id"], lambda j: j["status"] in ("succeeded", "failed"), worker=worker)
+            [got] = receiver.wait_for(1)
+            verify(hook["secret"], got.headers["kd-signature"], got.body)
+            assert json.loads(got.body)["data"]["job"] == {**json.loads(got.body)["data"]["job"], "id": job["id"],
+                                                          "status": "succeeded"}
+            [done] = deliveries_until(client, hook["id"], lambda d: d and d[0]["status"] == "succeeded", worker)
+            assert done["attempt_count"] == 1
+    finally:
+        worker.stop()
