@@ -49,7 +49,7 @@ function drawCompare() {
   const groups = [{name: "● distilled student", cls: "student", shape: "circle", points: students},
     {name: "◆ teacher", cls: "teacher", shape: "diamond", points: teachers}];
   if (showBaselines) groups.push({name: "□ same student from scratch", cls: "baseline", shape: "square", hollow: true, points: baselines});
-  scatterChart($("scatter"), groups, {xLabel: axis === "parameters" ? "parameters (log scale)" : "CPU latency per batch, ms (log scale)",
+  scatterChart($("scatter"), groups, {xLabel: axis === "parameters" ? "parameters (log scale)" : "CPU latency, ms per batch of 64 (log scale)",
     yLabel: "accuracy", xFormat: (v) => (axis === "parameters" ? count(v) : +v.toPrecision(2) + ""),
     yFormat: (v) => (v * 100).toFixed(0) + "%", empty: "No succeeded job with an accuracy yet"});
   const rows = [...students, ...teachers, ...(showBaselines ? baselines : [])]

@@ -186,7 +186,7 @@ function facts(j) {
     ["Student vs baseline", versus],
     ["Teacher accuracy", t.accuracy != null ? pct(t.accuracy, 2) : null],
     ["Size", s.parameters != null ? count(s.parameters) + " parameters" + (t.parameters && r.compression ? " (teacher " + count(t.parameters) + ", " + r.compression.toFixed(1) + "× smaller)" : "") : null],
-    ["CPU latency", s.latency_ms != null ? s.latency_ms.toFixed(3) + " ms" + (r.speedup ? " (" + r.speedup.toFixed(1) + "× the teacher's speed)" : "") : null],
+    ["CPU latency", s.latency_ms != null ? s.latency_ms.toFixed(3) + " ms per batch of 64" + (r.speedup ? " (" + r.speedup.toFixed(1) + "× the teacher's speed)" : "") : null],
     ["Student trained on", rowsOf(s)], ["Baseline trained on", rowsOf(b)],
   ];
   for (const w of r.warnings || []) if (w && w.message) rows.push(["Warning", w.message]);

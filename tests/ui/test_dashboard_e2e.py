@@ -62,6 +62,7 @@ def browser():
         from playwright.sync_api import sync_playwright
         global expect
         from playwright.sync_api import expect
+        expect.set_options(timeout=15_000)  # a loaded CI machine: a state change can take more than 5 s
     except ImportError:
         pytest.skip("playwright is not installed (it is pinned in requirements-dev.txt)")
     with sync_playwright() as p:
@@ -223,6 +224,7 @@ def test_dashboard(live_api, browser, digits_teacher, tmp_path, clean_pg):
     frame = page.frame_locator("#report")
     expect(frame.locator("h1")).to_have_text("Distillation report")
     assert job_id in frame.locator("p.sub").text_content()
+    expect(page.locator("#report")).to_have_attribute("style", re.compile(r"height: \d+"))  # fitted on load
     inner = page.frame(url="about:srcdoc").evaluate("() => document.documentElement.scrollHeight")
     outer = page.locator("#report").bounding_box()["height"]
     assert inner > 600 and outer >= inner, (inner, outer)
