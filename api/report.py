@@ -14,6 +14,7 @@ import html
 import io
 import json
 import math
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 import matplotlib
@@ -75,6 +76,19 @@ _plain = _formatter(lambda v: f"{v:g}")
 _kl = _formatter(lambda v: f"{v:.4f} nats")
 # A p-value with three significant digits: 0.0312, 0.41, 1, 2.3e-07.
 p_value = _formatter(lambda v: f"{v:.3g}")
+
+
+def _when(value: Any) -> str:
+    """An ISO time as "2026-12-04 09:51 UTC" (minutes; the JSON keeps the microseconds)."""
+    if not isinstance(value, str):
+        return DASH
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _significance(comparison: dict[str, Any]) -> str:
@@ -364,7 +378,7 @@ def render_report(job: dict[str, Any], metrics: list[dict[str, Any]]) -> str:
         f"<title>Distillation report {_e(job.get('id', ''))}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>Distillation report</h1><p class=\"sub\">job <code>{_e(job.get('id', ''))}</code> \u00b7 "
-        f"{_e(job.get('status', ''))} \u00b7 finished {_e(job.get('finished_at') or DASH)}</p>",
+        f"{_e(job.get('status', ''))} \u00b7 finished {_e(_when(job.get('finished_at')))}</p>",
         f'<p class="verdict" id="verdict">{_e(verdict(result))}</p>',
         *_warnings_section(result),
         f"<h2>Models (accuracy on the {_e(split)} split, {_e(_int(result.get('num_eval_samples')))} samples)</h2>",

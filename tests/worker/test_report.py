@@ -213,6 +213,13 @@ def test_the_tables_show_calibration_kl_agreement_and_macs():
     assert "ECE" in page and "MACs" in page
 
 
+def test_the_finish_time_reads_as_a_time_not_an_iso_string():
+    job, metrics = hand_made()
+    job["finished_at"] = "2026-12-04T09:51:07.123456+00:00"
+    page = render_report(job, metrics)
+    assert "finished 2026-12-04 09:51 UTC" in page and "07.123456" not in page
+
+
 def test_the_accuracy_plot_is_never_drawn_against_a_figure_on_another_split():
     from api.report import teacher_reference
 
