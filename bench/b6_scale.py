@@ -1,6 +1,7 @@
 """B6: scale-out. JOBS tiny jobs (digits, 1 epoch, no baseline) submitted at once to 1, 2 and 4
 worker processes on the production stack (PostgreSQL, Redis): jobs/min from the first submission to
-the last job finished, whether every job succeeded, whether any ran twice (from the database: the
+the last job finished, the worker processes' CPU time per job (which the machine's other load
+moves far less than the wall time), whether every job succeeded, whether any ran twice (from the database: the
 job's attempt counter, the attempts its events were written under, its metric rows), and the
 throughput relative to 1 worker. Before them, the floor: jobs/min of a Celery task that does nothing
 on the same broker with the worker's settings, 1 worker (bench/b6_profile.py), and each figure's
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +35,12 @@ SUBMIT_THREADS = 8
 TIMEOUT_S = 1800
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc), its threads included."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _measure(workers: int, jobs: int) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="kd-b6-"))
     with stack(production=True, workers=workers) as s, s.client() as c:
@@ -48,6 +56,8 @@ def _measure(workers: int, jobs: int) -> dict:
                 raise RuntimeError(f"POST /v1/jobs answered {r.status_code}: {r.text}")
             return r.json()["id"]
 
+        workers_pids = [p.pid for p in s.procs[1:]]  # s.procs[0] is the API
+        cpu0 = sum(_cpu_seconds(pid) for pid in workers_pids)
         t0 = time.perf_counter()
         with ThreadPoolExecutor(SUBMIT_THREADS) as pool:
             ids = list(pool.map(submit, range(jobs)))
@@ -63,6 +73,7 @@ def _measure(workers: int, jobs: int) -> dict:
                 if time.perf_counter() - t0 > TIMEOUT_S:
                     raise TimeoutError(f"{done} of {jobs} jobs finished after {TIMEOUT_S} s")
                 time.sleep(0.2)
+            worker_cpu_s = sum(_cpu_seconds(pid) for pid in workers_pids) - cpu0
             with engine.connect() as conn:
                 # The wall time ends when the last job finished (database clock), not at our last poll.
                 span = conn.scalar(text("SELECT EXTRACT(EPOCH FROM max(finished_at) - min(created_at)) FROM jobs"))
@@ -80,7 +91,7 @@ def _measure(workers: int, jobs: int) -> dict:
             engine.dispose()
     assert len(set(ids)) == jobs
     return {"workers": workers, "jobs": jobs, "wall_s": float(span), "jobs_per_min": 60 * jobs / float(span),
-            "submit_s": submitted_s, "statuses": statuses, "all_succeeded": statuses.get("succeeded", 0) == jobs,
+            "submit_s": submitted_s, "worker_cpu_ms_per_job": 1e3 * worker_cpu_s / jobs, "statuses": statuses, "all_succeeded": statuses.get("succeeded", 0) == jobs,
             "jobs_with_attempt_not_1": reattempted, "jobs_with_events_from_2_attempts": multi_attempt_events,
             "jobs_by_metric_row_count": {str(k): v for k, v in metric_rows.items()},
             "jobs_per_worker": per_worker}
