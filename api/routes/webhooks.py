@@ -7,9 +7,9 @@ worker's sender checks the resolved addresses again on every delivery (worker/we
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Body, Response
 
 from api.deps import PageAfter, PageLimit, SessionDep, SettingsDep, TenantDep
 from api.problems import PROBLEM_SCHEMA, Problem
@@ -19,6 +19,8 @@ from jobs import quotas_repo, webhooks_repo
 from jobs.tables import utcnow
 from jobs.webhooks import check_url
 
+ROTATION_EXAMPLES = {"an hour to switch": {"summary": "the old secret signs beside the new one for an hour",
+                                          "value": {"previous_secret_valid_seconds": 3600}}}
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses={401: PROBLEM_SCHEMA, 404: PROBLEM_SCHEMA})
 
 
@@ -94,7 +96,8 @@ def redeliver(webhook_id: str, delivery_id: str, session: SessionDep, tenant: Te
 
 @router.post("/{webhook_id}/rotate-secret", response_model=WebhookCreated)
 def rotate_secret(webhook_id: str, session: SessionDep, tenant: TenantDep,
-                  body: SecretRotation | None = None) -> WebhookCreated:
+                  body: Annotated[SecretRotation | None, Body(openapi_examples=ROTATION_EXAMPLES)] = None
+                  ) -> WebhookCreated:
     """Replace the signing secret; the answer holds the new one, shown only this once. The old one keeps
     signing too (a second v1= in KD-Signature) for `previous_secret_valid_seconds` (default 24 h)."""
     body = body or SecretRotation()

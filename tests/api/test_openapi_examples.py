@@ -97,6 +97,11 @@ def test_every_example_is_accepted(client, openapi, demo_teacher, tmp_path):
                 resp = client.post(path, json=copy.deepcopy(value))
                 assert resp.status_code == 201, (where, resp.text)
                 assert client.delete(f"{path}/{resp.json()['id']}").status_code == 204
+            elif (method, path) == ("POST", "/v1/webhooks/{webhook_id}/rotate-secret"):
+                hook = client.post("/v1/webhooks", json={"url": "https://example.com/kd-events"}).json()
+                resp = client.post(path.format(webhook_id=hook["id"]), json=copy.deepcopy(value))
+                assert resp.status_code == 200 and resp.json()["secret"] != hook["secret"], (where, resp.text)
+                assert client.delete(f"/v1/webhooks/{hook['id']}").status_code == 204
             else:
                 pytest.fail(f"{where}: this test does not know how to send it yet; add the operation here")
             checked += 1
