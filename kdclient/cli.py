@@ -391,6 +391,14 @@ def _json_dump(out: Console, value: Any) -> None:
     out.print(json.dumps(value, indent=2, default=str), markup=False, highlight=False)
 
 
+def _show(state: State, json_out: bool, raw: Any, for_people: Callable[[], None]) -> None:
+    """--json prints the API's JSON as it came; otherwise `for_people` prints the table or summary."""
+    if json_out:
+        _json_dump(state.out, raw)
+    else:
+        for_people()
+
+
 def result_table(result: dict[str, Any]) -> Table:
     teacher, student, baseline = (result.get(k) or {} for k in ("teacher", "student", "baseline"))
     table = Table(title=f"evaluated on {result.get('evaluated_on', '?')} ({result.get('num_eval_samples', '?')} "
@@ -784,10 +792,7 @@ def files_list(ctx: typer.Context,
     value = purpose.value if purpose else None
     files = (list(state.client.iter_files(purpose=value)) if all_
              else state.client.list_files(purpose=value, limit=limit).data)
-    if json_out:
-        _json_dump(state.out, [f.raw for f in files])
-    else:
-        state.out.print(_file_table(files))
+    _show(state, json_out, [f.raw for f in files], lambda: state.out.print(_file_table(files)))
 
 
 @files_app.command("get")
@@ -796,10 +801,7 @@ def files_get(ctx: typer.Context, file_id: str, json_out: JsonFlag = False) -> N
     """Describe one file."""
     state = _state(ctx)
     f = state.client.get_file(file_id)
-    if json_out:
-        _json_dump(state.out, f.raw)
-    else:
-        state.out.print(_describe_file(f), markup=False)
+    _show(state, json_out, f.raw, lambda: state.out.print(_describe_file(f), markup=False))
 
 
 @files_app.command("download")
@@ -904,10 +906,7 @@ def jobs_list(ctx: typer.Context,
     state = _state(ctx)
     value = status.value if status else None
     jobs = list(state.client.iter_jobs(value)) if all_ else state.client.list_jobs(value, limit=limit).data
-    if json_out:
-        _json_dump(state.out, [j.raw for j in jobs])
-    else:
-        state.out.print(_job_table(jobs))
+    _show(state, json_out, [j.raw for j in jobs], lambda: state.out.print(_job_table(jobs)))
 
 
 @jobs_app.command("get")
@@ -916,10 +915,7 @@ def jobs_get(ctx: typer.Context, job_id: str, json_out: JsonFlag = False) -> Non
     """A job's status, progress, spec, error and result."""
     state = _state(ctx)
     job = state.client.get_job(job_id)
-    if json_out:
-        _json_dump(state.out, job.raw)
-    else:
-        _job_summary(state.out, job)
+    _show(state, json_out, job.raw, lambda: _job_summary(state.out, job))
 
 
 @jobs_app.command("watch")
