@@ -9,9 +9,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from jobs import quotas_repo
-from jobs.errors import FileInUse, NotFound
+from jobs.errors import FileInUse
 from jobs.pagination import newest_first_page
-from jobs.tables import TERMINAL_STATUSES, File, Job, could_be_id, new_id
+from jobs.tables import TERMINAL_STATUSES, File, Job, new_id
+from jobs.tenant_rows import owned
 
 
 def new_file_id() -> str:
@@ -30,12 +31,7 @@ def create(session: Session, *, tenant_id: str, purpose: str, format: str, filen
 
 
 def get(session: Session, *, tenant_id: str, file_id: str) -> File:
-    if not could_be_id(file_id):
-        raise NotFound(f"no file {file_id!r}")
-    row = session.scalar(select(File).where(File.id == file_id, File.tenant_id == tenant_id))
-    if row is None:
-        raise NotFound(f"no file {file_id!r}")
-    return row
+    return owned(session, File, tenant_id=tenant_id, row_id=file_id, noun="file")
 
 
 def list_files(session: Session, *, tenant_id: str, limit: int = 20, after: str | None = None,

@@ -10,7 +10,8 @@ from sqlalchemy.orm import Session
 
 from jobs.errors import NotFound
 from jobs.pagination import MAX_PAGE_SIZE, newest_first_page
-from jobs.tables import JOB_STATUSES, QUEUED, Artifact, Job, JobEvent, JobMetric, could_be_id, new_id
+from jobs.tables import JOB_STATUSES, QUEUED, Artifact, Job, JobEvent, JobMetric, new_id
+from jobs.tenant_rows import owned
 
 MAX_EVENTS_PER_READ = 1000
 
@@ -28,13 +29,7 @@ def create(session: Session, *, tenant_id: str, spec: dict[str, Any], max_attemp
 
 def get(session: Session, *, tenant_id: str, job_id: str) -> Job:
     """The job, re-read from the database (a long-lived session, e.g. an SSE loop, sees changes)."""
-    if not could_be_id(job_id):
-        raise NotFound(f"no job {job_id!r}")
-    job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)
-                         .execution_options(populate_existing=True))
-    if job is None:
-        raise NotFound(f"no job {job_id!r}")
-    return job
+    return owned(session, Job, tenant_id=tenant_id, row_id=job_id, noun="job", fresh=True)
 
 
 def load_for_worker(session: Session, *, job_id: str) -> Job:

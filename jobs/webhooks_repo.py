@@ -37,9 +37,9 @@ from jobs.tables import (
     Job,
     Webhook,
     WebhookDelivery,
-    could_be_id,
     new_id,
 )
+from jobs.tenant_rows import owned
 from jobs.webhooks import new_secret, retry_delay
 
 # Claims add this to the attempt's own timeout: time to resolve the name and record the outcome.
@@ -81,13 +81,7 @@ def list_webhooks(session: Session, *, tenant_id: str) -> list[Webhook]:
 
 
 def get(session: Session, *, tenant_id: str, webhook_id: str) -> Webhook:
-    if not could_be_id(webhook_id):
-        raise NotFound(f"no webhook {webhook_id!r}")
-    row = session.scalar(select(Webhook).where(Webhook.id == webhook_id, Webhook.tenant_id == tenant_id)
-                         .execution_options(populate_existing=True))
-    if row is None:
-        raise NotFound(f"no webhook {webhook_id!r}")
-    return row
+    return owned(session, Webhook, tenant_id=tenant_id, row_id=webhook_id, noun="webhook", fresh=True)
 
 
 def rotate_secret(session: Session, *, tenant_id: str, webhook_id: str, now: datetime,
@@ -141,13 +135,8 @@ def redeliver(session: Session, *, tenant_id: str, webhook_id: str, delivery_id:
     """A new delivery of a finished delivery's event (same event id and body), due at once, with a
     fresh KD_WEBHOOK_MAX_ATTEMPTS. A delivery still pending is a Conflict."""
     get(session, tenant_id=tenant_id, webhook_id=webhook_id)
-    if not could_be_id(delivery_id):
-        raise NotFound(f"no delivery {delivery_id!r}")
-    old = session.scalar(select(WebhookDelivery).where(WebhookDelivery.id == delivery_id,
-                                                       WebhookDelivery.webhook_id == webhook_id,
-                                                       WebhookDelivery.tenant_id == tenant_id)
-                        .execution_options(populate_existing=True))
-    if old is None:
+    old = owned(session, WebhookDelivery, tenant_id=tenant_id, row_id=delivery_id, noun="delivery", fresh=True)
+    if old.webhook_id != webhook_id:  # another webhook's delivery reads as unknown here
         raise NotFound(f"no delivery {delivery_id!r}")
     if old.status == PENDING:
         raise Conflict(f"delivery {delivery_id!r} is still pending; it is retried on its own")
