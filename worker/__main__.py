@@ -10,6 +10,7 @@ import sys
 from celery import signals
 
 from jobs.settings import settings
+from kdcore import checkpoint as kdcore_checkpoint
 from worker.celery_app import app
 from worker import context
 from worker.presence import Presence, detect
@@ -66,6 +67,9 @@ def main() -> None:
         log.error("%s", e)
         sys.exit(2)
     warm_up()
+    # kdcore writes only into an attempt's scratch directory here; what is kept is copied to the
+    # artifact store, which syncs it (kdcore/checkpoint.py, SYNC_WRITES)
+    kdcore_checkpoint.SYNC_WRITES = False
     ctx = context.install(context.WorkerContext.build(settings))  # engine, store, name: once per process
     name = ctx.name
     _presence = Presence(ctx, caps)

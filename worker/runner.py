@@ -349,6 +349,9 @@ class JobRun(PipelineCallbacks):
         """Write the waiting reports in `s` (the caller holds `writing` and commits); False when one
         was fenced out (the lease is lost)."""
         pending, self.pending, self.pending_since = self.pending, [], None
+        # the progress row is one value: within one transaction only the last write of it is ever seen
+        last = max((i for i, (fn, _) in enumerate(pending) if fn is lifecycle.set_progress), default=None)
+        pending = [w for i, w in enumerate(pending) if w[0] is not lifecycle.set_progress or i == last]
         ok = True
         for fn, kwargs in pending:
             result = fn(s, job_id=self.job_id, attempt=self.attempt, **kwargs)

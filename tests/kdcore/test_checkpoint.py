@@ -222,3 +222,19 @@ def test_values_weights_only_would_refuse_are_refused(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="numpy"):
         save_checkpoint(tmp_path, epoch=1, state={"loss": np.float64(0.5)})
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_atomic_write_syncs_only_while_sync_writes_is_on(tmp_path, monkeypatch, sync):
+    synced = []
+    real_fsync = ckpt.os.fsync
+    monkeypatch.setattr(ckpt.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    monkeypatch.setattr(ckpt, "SYNC_WRITES", sync)
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with ckpt.atomic_write(target) as f:
+        f.write(b"new")
+        assert target.read_bytes() == b"old"  # atomic either way: the old file until the rename
+    assert target.read_bytes() == b"new"
+    assert len(synced) == (2 if sync else 0)  # the file, then its directory
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]  # no temporary left
