@@ -402,9 +402,9 @@ def _looks_like_safetensors(head: bytes, size: int) -> bool:
     return not head[:8].decode("latin-1").isprintable()
 
 
-# The last headers read, by file identity (path, device, inode, size, mtime): one upload or one
-# teacher load asks for its header up to four times (sniffing, logits or state dict, classes,
-# shapes), and at 10,000 tensors each parse costs about 0.3 s. Only headers up to
+# The last headers read, by file identity (path, device, inode, size, mtime) and the limits they were
+# checked against: one upload or one teacher load asks for its header up to four times (sniffing,
+# logits or state dict, classes, shapes), and at 10,000 tensors each parse costs about 0.3 s. Only headers up to
 # HEADER_CACHE_MAX_BYTES are kept, at most HEADER_CACHE_ENTRIES of them.
 HEADER_CACHE_ENTRIES = 2
 HEADER_CACHE_MAX_BYTES = 2 * 1024 * 1024
@@ -426,7 +426,9 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(path)
     st = path.stat()
-    key = (os.fspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    # the limits too: a header is valid under the limits it was checked against
+    key = (os.fspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+           MAX_SAFETENSORS_HEADER, MAX_SAFETENSORS_TENSORS, MAX_TENSOR_RANK)
     with _headers_lock:
         if key in _headers:
             _headers.move_to_end(key)
