@@ -8,7 +8,7 @@ when one is given, else validation); accuracies are None when no evaluation row 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kdcore.trainer import TrainResult
@@ -153,8 +153,3 @@ class DistillResult:
         out = asdict(self)
         out["agreement"] = self.student.agreement
         return out
-
-
-def help_by_field(cls: type) -> dict[str, str]:
-    """Each field's help of a result class, by name."""
-    return {f.name: f.metadata.get("help", "") for f in fields(cls)}
