@@ -123,9 +123,14 @@ def _fence(session: Session, *, job_id: str, attempt: int, now: datetime, return
                    returning=returning, updated_at=now, **values)
 
 
+def wrote(result: Any) -> bool:
+    """Whether a fenced write changed something: its return is neither None nor False."""
+    return result is not None and result is not False
+
+
 def require_lease(ok: bool | int | None, *, job_id: str, attempt: int) -> None:
     """Raise LeaseLost when a fenced write reports that it changed nothing (None or False)."""
-    if ok is None or ok is False:
+    if not wrote(ok):
         raise LeaseLost(f"job {job_id}: attempt {attempt} no longer owns the job (re-claimed by a newer "
                         "attempt, or finished)")
 

@@ -341,7 +341,7 @@ class JobRun(PipelineCallbacks):
             ok = self._drain(s)
             for fn, kwargs in writes:
                 result = fn(s, job_id=self.job_id, attempt=self.attempt, **kwargs)
-                ok = ok and result is not None and result is not False
+                ok = lifecycle.wrote(result) and ok
             s.commit()
         self._fenced(ok)
 
@@ -355,7 +355,7 @@ class JobRun(PipelineCallbacks):
         ok = True
         for fn, kwargs in pending:
             result = fn(s, job_id=self.job_id, attempt=self.attempt, **kwargs)
-            ok = ok and result is not None and result is not False
+            ok = lifecycle.wrote(result) and ok
         return ok
 
     def _flush_reports(self) -> None:
