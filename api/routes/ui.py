@@ -101,7 +101,9 @@ def new_job() -> HTMLResponse:
     from kdcore.data import DATASETS
     from kdcore.losses import LOSSES
     from kdcore.models import ARCHITECTURES
-    from kdcore.spec import AUGMENTATIONS
+    from kdcore.spec import AUGMENTATIONS, Hyperparameters
+
+    hp = Hyperparameters()  # the form starts from kdcore's defaults
 
     builtin = ("<select id='builtin'>" + "".join(f"<option{' selected' if d == 'digits' else ''}>{d}</option>"
                                                   for d in DATASETS.names())
@@ -141,16 +143,16 @@ def new_job() -> HTMLResponse:
         + _field("dataset.standardize", "", "<label class='check'><input id='standardize' type='checkbox'> "
                                             "Standardise features (train statistics)</label>", wrap=False)
         + "</fieldset><fieldset><legend>Training</legend><div class='grid'>"
-        + _field("hyperparameters.temperature", "Temperature T", "<input id='temperature' value='4'>",
+        + _field("hyperparameters.temperature", "Temperature T", f"<input id='temperature' value='{hp.temperature:g}'>",
                  "a list (2, 4, 8) sweeps")
-        + _field("hyperparameters.alpha", "α (hard-label weight)", "<input id='alpha' value='0.3'>",
+        + _field("hyperparameters.alpha", "α (hard-label weight)", f"<input id='alpha' value='{hp.alpha:g}'>",
                  "a list (0.1, 0.5) sweeps")
-        + _field("hyperparameters.loss", "Loss", _select("loss", LOSSES.names(), "forward_kl"))
+        + _field("hyperparameters.loss", "Loss", _select("loss", LOSSES.names(), hp.loss))
         + _field("hyperparameters.epochs", "Epochs", "<input id='epochs' type='number' min='1' value='5'>")
         + _field("hyperparameters.batch_size", "Batch size",
-                 "<input id='batch_size' type='number' min='1' value='128'>")
+                 f"<input id='batch_size' type='number' min='1' value='{hp.batch_size}'>")
         + _field("hyperparameters.learning_rate", "Learning rate",
-                 "<input id='learning_rate' type='number' step='any' value='0.001'>")
+                 f"<input id='learning_rate' type='number' step='any' value='{hp.learning_rate:g}'>")
         + _field("hyperparameters.early_stopping_patience", "Early stopping patience",
                  "<input id='early_stopping_patience' type='number' min='1' placeholder='off'>",
                  "epochs without a better validation accuracy")
