@@ -13,14 +13,13 @@ from fastapi import APIRouter, Body, Response
 
 from api.deps import PageAfter, PageLimit, SessionDep, SettingsDep, TenantDep
 from api.problems import PROBLEM_SCHEMA, Problem
+from api.schemas.examples import ROTATION_EXAMPLES
 from api.schemas.webhooks import (DeliveryList, DeliveryOut, SecretRotation, WebhookCreate, WebhookCreated, WebhookList,
                                   WebhookOut)
 from jobs import quotas_repo, webhooks_repo
 from jobs.tables import utcnow
 from jobs.webhooks import check_url
 
-ROTATION_EXAMPLES = {"an hour to switch": {"summary": "the old secret signs beside the new one for an hour",
-                                          "value": {"previous_secret_valid_seconds": 3600}}}
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses={401: PROBLEM_SCHEMA, 404: PROBLEM_SCHEMA})
 
 

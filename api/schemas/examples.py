@@ -56,3 +56,5 @@ UPLOAD_EXAMPLES: dict[str, dict[str, Any]] = {
 }
 
 WEBHOOK_EXAMPLE: dict[str, Any] = {"url": "https://example.com/kd-events", "events": ["job.succeeded", "job.failed"]}
+ROTATION_EXAMPLES = {"an hour to switch": {"summary": "the old secret signs beside the new one for an hour",
+                                          "value": {"previous_secret_valid_seconds": 3600}}}
