@@ -345,6 +345,54 @@ def _sweep_section(result: dict[str, Any]) -> list[str]:
     return out
 
 
+def seeds_line(result: dict[str, Any]) -> str | None:
+    """result.repeats as one sentence (plain text, not escaped): mean ± sample standard deviation of
+    the student, the baseline and the gain over the seeds (None for a one-seed job)."""
+    rep = result.get("repeats")
+    if not isinstance(rep, dict) or not isinstance(rep.get("seeds"), list) or len(rep["seeds"]) < 2:
+        return None
+    metric = "accuracy" if rep.get("metric") != "agreement" else "agreement with the teacher"
+
+    def spread(part: Any, unit: str = " %", sign: str = "") -> str:
+        mean, std = (_num((part or {}).get(k)) for k in ("mean", "std"))
+        if mean is None or std is None:
+            return DASH
+        return f"{mean * 100:{sign}.2f} ± {std * 100:.2f}{unit}"
+
+    seeds = rep["seeds"]
+    parts = [f"student {spread(rep.get('student'))}"]
+    if rep.get("baseline"):
+        parts.append(f"baseline {spread(rep.get('baseline'))}")
+    line = f"Over {len(seeds)} seeds ({', '.join(str(s) for s in seeds)}), {metric}: " + ", ".join(parts)
+    gains = [_num(v) for v in (rep.get("gain") or {}).get("values") or []]
+    if gains and all(g is not None for g in gains):
+        line += (f"; gain {spread(rep.get('gain'), ' points', '+')}, positive for {sum(g > 0 for g in gains)} of "
+                 f"{len(gains)} seeds")
+    return line + (f" (mean ± sample standard deviation; the delivered student is seed {seeds[0]}'s, scored "
+                   "above).")
+
+
+def _seeds_section(result: dict[str, Any]) -> list[str]:
+    """The repeats' sentence and one row per seed (nothing for a one-seed job)."""
+    line = seeds_line(result)
+    if line is None:
+        return []
+    rep = result["repeats"]
+    columns = [("student", rep.get("student")), ("baseline", rep.get("baseline")), ("gain", rep.get("gain"))]
+    columns = [(name, part) for name, part in columns if isinstance(part, dict)]
+    out = [f'<p class="seeds" id="seeds">{_e(line)}</p>', "<table><thead><tr><th>seed</th>",
+           *(f"<th>{_e(name)}</th>" for name, _ in columns), "</tr></thead><tbody>"]
+    for i, seed in enumerate(rep["seeds"]):
+        cells = [_int(seed)]
+        for name, part in columns:
+            values = part.get("values") or []
+            value = _num(values[i]) if i < len(values) else None
+            cells.append(DASH if value is None else f"{value * 100:+.2f} points" if name == "gain" else _pct(value))
+        out.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
+    out.append("</tbody></table>")
+    return out
+
+
 def _warnings_section(result: dict[str, Any]) -> list[str]:
     """result.warnings (a run near chance, a loss that diverged) in a box under the verdict."""
     warnings = [w for w in result.get("warnings") or [] if isinstance(w, dict) and w.get("message")]
@@ -364,7 +412,7 @@ def render_report(job: dict[str, Any], metrics: list[dict[str, Any]]) -> str:
              ("Agreement", _agreement_plot(metrics))]
     hp = spec.get("hyperparameters") or {}
     details = {k: hp.get(k) for k in ("loss", "epochs", "batch_size", "learning_rate", "optimizer", "seed",
-                                      "early_stopping_patience", "restore_best") if k in hp}
+                                      "repeats", "early_stopping_patience", "restore_best") if k in hp}
     for run in ("student", "baseline"):  # what early stopping and best-epoch selection did
         record = result.get(run) or {}
         ran = {k: record[k] for k in ("train_rows", "steps", "epochs_run", "best_epoch", "stopped_early",
@@ -380,6 +428,7 @@ def render_report(job: dict[str, Any], metrics: list[dict[str, Any]]) -> str:
         f"<h1>Distillation report</h1><p class=\"sub\">job <code>{_e(job.get('id', ''))}</code> \u00b7 "
         f"{_e(job.get('status', ''))} \u00b7 finished {_e(_when(job.get('finished_at')))}</p>",
         f'<p class="verdict" id="verdict">{_e(verdict(result))}</p>',
+        *_seeds_section(result),
         *_warnings_section(result),
         f"<h2>Models (accuracy on the {_e(split)} split, {_e(_int(result.get('num_eval_samples')))} samples)</h2>",
         _tables(job, result),

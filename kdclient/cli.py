@@ -97,7 +97,7 @@ HYPER_FLAGS = {  # CLI parameter name -> hyperparameters field
     "temperature": "temperature", "alpha": "alpha", "loss": "loss", "epochs": "epochs",
     "batch_size": "batch_size", "lr": "learning_rate", "weight_decay": "weight_decay",
     "optimizer": "optimizer", "momentum": "momentum", "schedule": "schedule", "step_size": "step_size",
-    "gamma": "gamma", "grad_clip_norm": "grad_clip_norm", "seed": "seed", "augment": "augment",
+    "gamma": "gamma", "grad_clip_norm": "grad_clip_norm", "seed": "seed", "repeats": "repeats", "augment": "augment",
     "noise_std": "noise_std", "device": "device", "shift_max": "shift_max", "mixup_alpha": "mixup_alpha",
     "early_stopping_patience": "early_stopping_patience", "restore_best": "restore_best",
 }
@@ -443,11 +443,29 @@ def result_table(result: dict[str, Any]) -> Table:
         table.caption += (f"\nsweep: {len(sweep.get('points') or [])} (T, alpha) points; the student is "
                           f"T {_fmt(best.get('temperature'), 'g')}, alpha {_fmt(best.get('alpha'), 'g')}, the best "
                           "on validation")
+    repeats = result.get("repeats")
+    if isinstance(repeats, dict) and len(repeats.get("seeds") or []) > 1:
+        table.caption += "\n" + _seeds_caption(repeats)
     for warning in result.get("warnings") or []:
         if isinstance(warning, dict) and warning.get("message"):
             table.caption += f"\nwarning: {warning['message']}"
     table.caption_justify = "left"
     return table
+
+
+def _seeds_caption(repeats: dict[str, Any]) -> str:
+    """result.repeats: `seeds 0, 1, 2 (accuracy): student 95.10 ± 0.40 %, ... (mean ± std)`."""
+    def spread(part: Any, unit: str, fmt: str = ".2f") -> str:
+        mean, std = (part or {}).get("mean"), (part or {}).get("std")
+        return "-" if mean is None or std is None else f"{100 * mean:{fmt}} ± {100 * std:.2f}{unit}"
+
+    parts = [f"student {spread(repeats.get('student'), ' %')}"]
+    if repeats.get("baseline"):
+        parts.append(f"baseline {spread(repeats.get('baseline'), ' %')}")
+    if repeats.get("gain"):
+        parts.append(f"gain {spread(repeats.get('gain'), ' points', '+.2f')}")
+    return (f"seeds {', '.join(str(s) for s in repeats['seeds'])} ({repeats.get('metric') or 'accuracy'}): "
+            + ", ".join(parts) + f" (mean ± std; the student above is seed {repeats['seeds'][0]})")
 
 
 def _file_table(files: list[File]) -> Table:
@@ -737,6 +755,9 @@ StepSize = Annotated[Optional[int], typer.Option("--step-size", rich_help_panel=
 Gamma = Annotated[Optional[float], typer.Option("--gamma", rich_help_panel=_H)]
 GradClip = Annotated[Optional[float], typer.Option("--grad-clip-norm", rich_help_panel=_H)]
 Seed = Annotated[Optional[int], typer.Option("--seed", rich_help_panel=_H)]
+Repeats = Annotated[Optional[int], typer.Option("--repeats", min=1, metavar="N", help=(
+    "train the student (and the baseline) with N seeds (--seed, --seed + 1, ...) and report mean ± std; "
+    "the delivered student is the first seed's (default 1)"), rich_help_panel=_H)]
 Augment = Annotated[Optional[str], typer.Option("--augment", help="none, or a comma-separated list of noise, shift, "
                     "crop_flip, mixup (the teacher labels each augmented view)", rich_help_panel=_H)]
 ShiftMax = Annotated[Optional[int], typer.Option("--shift-max", help="shift / crop padding (default 4)",
@@ -848,7 +869,7 @@ def jobs_create(
         temperature: Temperature = None, alpha: Alpha = None, loss: Loss = None, epochs: Epochs = None,
         batch_size: BatchSize = None, lr: Lr = None, weight_decay: WeightDecay = None, optimizer: Optimizer = None,
         momentum: Momentum = None, schedule: Schedule = None, step_size: StepSize = None, gamma: Gamma = None,
-        grad_clip_norm: GradClip = None, seed: Seed = None, augment: Augment = None, noise_std: NoiseStd = None,
+        grad_clip_norm: GradClip = None, seed: Seed = None, repeats: Repeats = None, augment: Augment = None, noise_std: NoiseStd = None,
         shift_max: ShiftMax = None, mixup_alpha: MixupAlpha = None,
         early_stopping_patience: EarlyStopping = None, restore_best: RestoreBest = None,
         device: Device = None, baseline: Baseline = None, metadata: Metadata = None,
@@ -1019,7 +1040,7 @@ def distill(
         temperature: Temperature = None, alpha: Alpha = None, loss: Loss = None, epochs: Epochs = None,
         batch_size: BatchSize = None, lr: Lr = None, weight_decay: WeightDecay = None, optimizer: Optimizer = None,
         momentum: Momentum = None, schedule: Schedule = None, step_size: StepSize = None, gamma: Gamma = None,
-        grad_clip_norm: GradClip = None, seed: Seed = None, augment: Augment = None, noise_std: NoiseStd = None,
+        grad_clip_norm: GradClip = None, seed: Seed = None, repeats: Repeats = None, augment: Augment = None, noise_std: NoiseStd = None,
         shift_max: ShiftMax = None, mixup_alpha: MixupAlpha = None,
         early_stopping_patience: EarlyStopping = None, restore_best: RestoreBest = None,
         device: Device = None, baseline: Baseline = None, metadata: Metadata = None,

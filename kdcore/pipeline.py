@@ -5,6 +5,7 @@ Phases, in order (the names the service reports in `progress.phase`):
   caching_teacher  teacher logits for the training, validation and evaluation splits
   training         the student with the distillation loss
   baseline         the same student from scratch (same data, budget and seed), when asked
+  repeats          both again with seeds seed + 1, ... (hyperparameters.repeats > 1): scores only
   evaluating       teacher, student and baseline on the evaluation split; sizes and latencies
   exporting        student.safetensors (self-describing), student.onnx, summary.json
 """
@@ -33,14 +34,14 @@ from kdcore.spec import DistillSpec
 from kdcore.spec_checks import DataInfo, check_student, header_shapes, state_dict_mismatches, state_dict_shapes
 from kdcore.teacher_logit_cache import can_cache, compute_teacher_logits
 from kdcore.onnx_sandbox import GraphLimits
-from kdcore.results import (DistillResult, ModelReport, StudentReport, Sweep, SweepChoice, SweepEpoch, SweepPoint,
-                            TeacherReport)
+from kdcore.results import (DistillResult, ModelReport, Repeats, Spread, StudentReport, Sweep, SweepChoice, SweepEpoch,
+                            SweepPoint, TeacherReport)
 from kdcore.teachers import Teacher, close_teacher, inspect_teacher_file, load_teacher
 from kdcore.distributed import train_data_parallel
 from kdcore.trainer import Callbacks, EpochMetrics, StepInfo, TrainResult, resolve_device
 from kdcore.verdict import paired_comparison, quality_warnings
 
-PHASES = ("loading", "caching_teacher", "training", "baseline", "evaluating", "exporting")
+PHASES = ("loading", "caching_teacher", "training", "baseline", "repeats", "evaluating", "exporting")
 # Events that are not plain information (the service stores a level with every event; the rest,
 # and its own status events other than `failed`, are "info"). `warning`: one of result["warnings"].
 EVENT_LEVELS = {"warning": "warning", "onnx_export_failed": "warning"}
@@ -240,17 +241,30 @@ def _distill(spec: DistillSpec, *, out_dir: Path, checkpoint_dir: Path | None, c
     cb.on_phase("training")
 
     def train_student(point_hp, point: int | None, points: int | None, callbacks: Callbacks,
-                      ckpt: Path | None) -> tuple[torch.nn.Module, TrainResult]:
-        torch.manual_seed(hp.seed)  # every point starts from the same weights
+                      ckpt: Path | None, run: str = "student") -> tuple[torch.nn.Module, TrainResult]:
+        torch.manual_seed(point_hp.seed)  # every sweep point starts from the same weights
         model = build_model(spec.student.arch, spec.student.arch_params, input_shape=input_shape,
                             num_classes=num_classes)
         if spec.student.init_path is not None:
             _load_init_weights(model, spec.student.init_path)
-        run = train_run(model, train_set=splits.train, val_set=splits.val, hp=point_hp, run="student",
-                    teacher_train_logits=train_logits, live_teacher=None if cacheable else teacher,
-                    teacher_val_logits=val_logits, callbacks=callbacks, device=device,
-                    checkpoint_dir=ckpt, point=point, points=points)
-        return model, run
+        result = train_run(model, train_set=splits.train, val_set=splits.val, hp=point_hp, run=run,
+                           teacher_train_logits=train_logits, live_teacher=None if cacheable else teacher,
+                           teacher_val_logits=val_logits, callbacks=callbacks, device=device,
+                           checkpoint_dir=ckpt, point=point, points=points)
+        return model, result
+
+    def train_baseline(run_hp, callbacks: Callbacks, ckpt: Path | None, run: str = "baseline",
+                       point: int | None = None, points: int | None = None) -> tuple[torch.nn.Module, TrainResult]:
+        # What the user would have without the teacher: the labelled rows only, for the same
+        # number of optimizer steps the distilled run was given (equal epochs on fewer rows would
+        # be far fewer steps), with the same early-stopping rule and seed.
+        torch.manual_seed(run_hp.seed)  # same initial weights as the distilled student
+        model = build_model(spec.student.arch, spec.student.arch_params, input_shape=input_shape,
+                            num_classes=num_classes)
+        result = train_run(model, train_set=splits.train.labeled_only(), val_set=splits.val, hp=run_hp, run=run,
+                           teacher_val_logits=val_logits, callbacks=callbacks, device=device, checkpoint_dir=ckpt,
+                           max_steps=planned_steps(splits.train.num_samples, hp), point=point, points=points)
+        return model, result
 
     sweep = None
     if not hp.is_sweep:
@@ -266,21 +280,37 @@ def _distill(spec: DistillSpec, *, out_dir: Path, checkpoint_dir: Path | None, c
     baseline_run: TrainResult | None = None
     baseline_history: list[EpochMetrics] = []
     if spec.baseline:
-        # What the user would have without the teacher: the labelled rows only, for the same
-        # number of optimizer steps the distilled run was given (equal epochs on fewer rows would
-        # be far fewer steps), with the same early-stopping rule and seed.
         cb.on_phase("baseline")
-        torch.manual_seed(hp.seed)  # same initial weights as the distilled student
-        baseline = build_model(spec.student.arch, spec.student.arch_params, input_shape=input_shape,
-                               num_classes=num_classes)
-        baseline_run = train_run(baseline, train_set=splits.train.labeled_only(), val_set=splits.val, hp=chosen_hp,
-                             run="baseline", teacher_val_logits=val_logits, callbacks=cb, device=device,
-                             checkpoint_dir=None if checkpoint_dir is None else checkpoint_dir / "baseline",
-                             max_steps=planned_steps(splits.train.num_samples, hp))
+        baseline, baseline_run = train_baseline(chosen_hp, cb,
+                                                None if checkpoint_dir is None else checkpoint_dir / "baseline")
         baseline_history = baseline_run.history
+
+    # More seeds of the same configuration: only their scores are kept (the delivered student is
+    # the first seed's). Each run checkpoints into its own directory, named like its run.
+    repeat_scores: list[tuple[int, _Scores, _Scores | None]] = []
+    if hp.repeats > 1:
+        cb.on_phase("repeats")
+        extra = hp.repeats - 1
+        for i in range(extra):
+            seed_hp = replace(chosen_hp, seed=hp.seed + 1 + i)
+            scores: dict[str, _Scores] = {}
+            for kind in ("student", "baseline") if spec.baseline else ("student",):
+                run = f"{kind}-seed{seed_hp.seed}"
+                ckpt = None if checkpoint_dir is None else checkpoint_dir / run
+                model, _ = (train_student(seed_hp, i, extra, _RepeatCallbacks(cb), ckpt, run=run) if kind == "student"
+                            else train_baseline(seed_hp, _RepeatCallbacks(cb), ckpt, run=run, point=i, points=extra))
+                scores[kind] = _evaluate(model, eval_logits, splits.eval_set)
+                del model
+            repeat_scores.append((seed_hp.seed, scores["student"], scores.get("baseline")))
+            line = ", ".join(f"{kind} {_score_line(sc)}" for kind, sc in scores.items())
+            cb.on_event("repeat", f"repeat {i + 2}/{hp.repeats} (seed {seed_hp.seed}): {line}",
+                        {"seed": seed_hp.seed, "index": i + 1,
+                         **{kind: {"accuracy": sc.accuracy, "agreement": sc.agreement} for kind, sc in scores.items()}})
 
     cb.on_phase("evaluating")
     result = _evaluate_models(spec, splits, teacher, student, baseline, eval_logits)
+    if repeat_scores:
+        result.repeats = _repeats_summary(hp.seed, result, repeat_scores)
     result.teacher.val_accuracy = _labeled_accuracy(val_logits, splits.val)
     result.temperature, result.alpha = chosen_hp.temperature, chosen_hp.alpha
     result.student.record_run(student_run, labeled=labeled, unlabeled=splits.train.num_samples - labeled)
@@ -370,6 +400,49 @@ class _SweepPointCallbacks(Callbacks):
 
     def on_resume(self, *, run: str, epoch: int, skipped) -> None:
         self.outer.on_resume(run=f"{run}[{self.point}]", epoch=epoch, skipped=skipped)
+
+
+class _RepeatCallbacks(Callbacks):
+    """A repeat run's trainer callbacks: steps (StepInfo carries the repeat as `point`/`points`),
+    cancellation, checkpoints and resumes go through to the job's callbacks; per-epoch metrics do
+    not (the service keeps one metric row per (job, run, epoch) for the delivered student and the
+    baseline; a repeat reports its score once, as a `repeat` event)."""
+
+    def __init__(self, outer: PipelineCallbacks):
+        self.outer = outer
+
+    def on_step(self, info: StepInfo) -> None:
+        self.outer.on_step(info)
+
+    def should_stop(self) -> bool:
+        return self.outer.should_stop()
+
+    def on_checkpoint(self, info) -> None:
+        self.outer.on_checkpoint(info)
+
+    def on_resume(self, *, run: str, epoch: int, skipped) -> None:
+        self.outer.on_resume(run=run, epoch=epoch, skipped=skipped)
+
+
+def _score_line(scores: "_Scores") -> str:
+    if scores.accuracy is not None:
+        return f"accuracy {scores.accuracy:.4f}"
+    return "agreement " + ("n/a" if scores.agreement is None else f"{scores.agreement:.4f}")
+
+
+def _repeats_summary(seed: int, result: DistillResult,
+                     extra: list[tuple[int, "_Scores", "_Scores | None"]]) -> Repeats:
+    """The first seed's figures (the delivered student and its baseline, in `result`) and the
+    repeats', as mean ± sample standard deviation."""
+    metric = "accuracy" if result.student.accuracy is not None else "agreement"
+    student = [getattr(result.student, metric), *(getattr(s, metric) for _, s, _ in extra)]
+    out = Repeats(seeds=[seed, *(sd for sd, _, _ in extra)], metric=metric, student=Spread.of(student))
+    if result.baseline is not None:
+        baseline = [getattr(result.baseline, metric), *(getattr(b, metric) for _, _, b in extra)]
+        out.baseline = Spread.of(baseline)
+        if metric == "accuracy":
+            out.gain = Spread.of([None if s is None or b is None else s - b for s, b in zip(student, baseline)])
+    return out
 
 
 def _sweep(hp, train_student, val: ArrayDataset, val_logits: torch.Tensor | None, cb: PipelineCallbacks,

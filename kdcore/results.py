@@ -122,6 +122,35 @@ class Sweep:
 
 
 @dataclass
+class Spread:
+    """One figure over the repeats, in seed order."""
+    values: list[float | None] = _f(help="one per seed, in the order of repeats.seeds", factory=list)
+    mean: float | None = _f(help="their mean (None when a value is missing)")
+    std: float | None = _f(help="their sample standard deviation, n - 1 in the denominator (None when a value "
+                                "is missing)")
+
+    @classmethod
+    def of(cls, values: list[float | None]) -> "Spread":
+        if not values or any(v is None for v in values):
+            return cls(values=list(values))
+        mean = sum(values) / len(values)
+        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+        return cls(values=list(values), mean=mean, std=var ** 0.5)
+
+
+@dataclass
+class Repeats:
+    """The student (and the baseline) trained with several seeds (hyperparameters.repeats): how much
+    of the result is the seed. The first seed's run is the delivered student, scored above."""
+    seeds: list[int] = _f(help="the seeds, hyperparameters.seed first", factory=list)
+    metric: str = _f("accuracy", help="the score: accuracy on the labelled evaluation rows, or agreement with the "
+                                      "teacher when no evaluation row is labelled")
+    student: Spread = _f(help="the distilled student's score per seed", factory=Spread)
+    baseline: Spread | None = _f(help="the baseline's score per seed (when one is trained)")
+    gain: Spread | None = _f(help="student - baseline per seed (paired by seed; accuracy only)")
+
+
+@dataclass
 class DistillResult:
     evaluated_on: str = _f("test", help="the split every figure is on: test (when given) or validation")
     num_eval_samples: int = _f(0, help="rows of that split")
@@ -137,6 +166,7 @@ class DistillResult:
     distillation_gain: float | None = _f(help="student accuracy - baseline accuracy (None without both)")
     comparison: Comparison | None = _f(help="student vs baseline on the same rows, with its uncertainty")
     sweep: Sweep | None = _f(help="the (T, alpha) sweep, when one ran")
+    repeats: Repeats | None = _f(help="scores over several seeds, when hyperparameters.repeats > 1")
     warnings: list[dict[str, Any]] = _f(
         help="what makes the result suspect: {code: near_chance or diverged, model, message, ...figures}",
         factory=list)

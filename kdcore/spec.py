@@ -34,7 +34,8 @@ MAX_EPOCHS = 1000
 MAX_BATCH_SIZE = 65536
 # A sweep (temperature and/or alpha given as lists) trains every (T, alpha) point of the grid.
 MAX_SWEEP_POINTS = 36  # grid size
-MAX_SWEEP_EPOCHS = 2000  # grid size × epochs: the sweep's whole training budget
+MAX_SWEEP_EPOCHS = 2000  # (grid size + repeats - 1) × epochs: the whole job's training budget
+MAX_REPEATS = 10  # hyperparameters.repeats: seeds the student (and baseline) are trained with
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 # `augment` is "none" or a list of these (a single name is a one-item list). Any of them makes the
@@ -124,6 +125,11 @@ class Hyperparameters:
     grad_clip_norm: float | None = _field(
         None, help="clip the global gradient norm to this value; null = off (default)")
     seed: int = _field(0, help="seed for initial weights, batch order and the validation split (default 0)")
+    repeats: int = _field(1, help=(
+        f"train the student (and the baseline) this many times, 1..{MAX_REPEATS} (default 1): with seed, seed + 1, ... "
+        "for initial weights and batch order, on the same data splits (those of seed); result.repeats gives each "
+        "run's score with mean and standard deviation, and of the gain over the baseline. The delivered student is "
+        "the run with seed; in a sweep the repeats train the chosen point"))
     augment: str | list[str] = _field("none", help=(
         "none (default; teacher logits cached once) or a list of: noise (Gaussian input noise), shift (random "
         "circular shift of 1-D signals up to shift_max), crop_flip (C×H×W images: random crop after padding by "
@@ -287,10 +293,16 @@ class DistillSpec:
         elif points > MAX_SWEEP_POINTS:
             errors.add(f"the sweep has {points} (temperature, alpha) points, over the limit of "
                        f"{MAX_SWEEP_POINTS} (MAX_SWEEP_POINTS)", field="hyperparameters")
-        elif points * hp.epochs > MAX_SWEEP_EPOCHS:
-            errors.add(f"the sweep needs {points} points × {hp.epochs} epochs = {points * hp.epochs} "
-                       f"epochs, over the limit of {MAX_SWEEP_EPOCHS} (MAX_SWEEP_EPOCHS)",
-                       field="hyperparameters")
+        elif not 1 <= hp.repeats <= MAX_REPEATS:
+            pass  # reported below
+        elif (points + hp.repeats - 1) * hp.epochs > MAX_SWEEP_EPOCHS:
+            runs = (f"{points} points" if hp.repeats == 1 else f"{hp.repeats} repeats" if points == 1
+                    else f"{points} points + {hp.repeats - 1} repeats")
+            errors.add(f"the {'sweep' if hp.repeats == 1 else 'job'} needs {runs} × {hp.epochs} epochs = "
+                       f"{(points + hp.repeats - 1) * hp.epochs} epochs, over the limit of {MAX_SWEEP_EPOCHS} "
+                       f"(MAX_SWEEP_EPOCHS)", field="hyperparameters")
+        if not 1 <= hp.repeats <= MAX_REPEATS:
+            errors.add(f"must be between 1 and {MAX_REPEATS} (MAX_REPEATS)", field="hyperparameters.repeats")
         if hp.early_stopping_patience is not None and hp.early_stopping_patience < 1:
             errors.add("must be >= 1 or null", field="hyperparameters.early_stopping_patience")
         if not 1 <= hp.batch_size <= MAX_BATCH_SIZE:
@@ -311,6 +323,9 @@ class DistillSpec:
             errors.add("must be between 0 and 10", field="hyperparameters.noise_std")
         if hp.seed < 0 or hp.seed >= 2**63:
             errors.add("must be a non-negative 64-bit integer", field="hyperparameters.seed")
+        elif 1 <= hp.repeats <= MAX_REPEATS and hp.seed + hp.repeats - 1 >= 2**63:
+            errors.add("the last repeat's seed (seed + repeats - 1) must stay below 2**63",
+                       field="hyperparameters.repeats")
         with errors.collect():
             _check_augment(hp.augment)
         if not 1 <= hp.shift_max <= MAX_SHIFT:

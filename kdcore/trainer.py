@@ -30,7 +30,7 @@ from kdcore.teachers import Teacher
 
 @dataclass
 class StepInfo:
-    run: str  # "student" or "baseline"
+    run: str  # "student" or "baseline" ("student-seed3", "baseline-seed3" for a repeat)
     epoch: int  # 0-based epoch this step belongs to
     step: int  # optimizer steps done so far in this run (1-based after the first step)
     steps: int  # optimizer steps the run will take in all
@@ -38,8 +38,8 @@ class StepInfo:
     hard: float
     soft: float
     lr: float
-    point: int | None = None  # index of the sweep point (grid order); None outside a sweep
-    points: int | None = None  # sweep points in all
+    point: int | None = None  # index of the sweep point (grid order) or repeat; None outside a sweep or repeats
+    points: int | None = None  # sweep points (or repeats after the first) in all
 
 
 @dataclass

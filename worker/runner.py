@@ -102,6 +102,7 @@ class JobRun(PipelineCallbacks):
         self.point: int | None = None
         self.baseline = True
         self.epochs = 0
+        self.repeats = 1  # hyperparameters.repeats: seeds the student (and the baseline) are trained with
         self.run_epochs: int | None = None  # epochs of the run in progress, once known (EpochMetrics.epochs)
         self.current_run = "student"  # the trainer's run the next checkpoint belongs to
         self.checkpoints: CheckpointMirror | None = None
@@ -131,6 +132,7 @@ class JobRun(PipelineCallbacks):
                 self.timed_out.set()
                 raise Stopped("the job's wall-clock limit had passed before this attempt started")
             self.baseline, self.epochs = spec.baseline, spec.hyperparameters.epochs
+            self.repeats = spec.hyperparameters.repeats
             self.on_event("claimed", f"attempt {self.attempt} started on {self.name}", {"attempt": self.attempt})
             self.checkpoints = CheckpointMirror(self.store, prefix=f"jobs/{self.job_id}/checkpoints",
                                                 local_dir=work / "checkpoints")
@@ -465,7 +467,8 @@ class JobRun(PipelineCallbacks):
 
     def _fraction(self, epoch, step, steps) -> float:
         train_share = 1.0 - SETUP_SHARE - FINISH_SHARE
-        runs = 2 if self.baseline else 1
+        per_seed = 2 if self.baseline else 1
+        runs = per_seed * self.repeats  # every run an equal share: (student, baseline) per seed
         if self.phase == "caching_teacher" and step and steps:  # rows labelled by the teacher so far
             return SETUP_SHARE * (0.5 + 0.5 * step / steps)
         if self.phase in ("loading", "caching_teacher"):
@@ -480,7 +483,9 @@ class JobRun(PipelineCallbacks):
         if self.phase == "training" and self.points and self.point is not None:
             # a sweep: the student's share is split evenly between its points, in grid order
             done = (self.point + min(done, 1.0)) / self.points
-        return SETUP_SHARE + train_share * (offset + done) / runs
+        elif self.phase == "repeats":  # StepInfo.point is the repeat (0 for seed + 1); the baseline after the student
+            offset = per_seed * (1 + (self.point or 0)) + (1 if self.current_run.startswith("baseline") else 0)
+        return SETUP_SHARE + train_share * (offset + min(done, 1.0)) / runs
 
 
 def _remove_older_attempts(work: Path) -> None:

@@ -58,7 +58,7 @@ def test_from_dict_fills_every_default_and_to_dict_echoes_them():
         "hyperparameters": {
             "temperature": 4.0, "alpha": 0.3, "loss": "forward_kl", "epochs": 10, "batch_size": 128,
             "learning_rate": 1e-3, "weight_decay": 0.01, "optimizer": "adamw", "momentum": 0.9,
-            "schedule": "cosine", "step_size": 30, "gamma": 0.1, "grad_clip_norm": None, "seed": 0,
+            "schedule": "cosine", "step_size": 30, "gamma": 0.1, "grad_clip_norm": None, "seed": 0, "repeats": 1,
             "augment": "none", "noise_std": 0.1, "shift_max": 4, "mixup_alpha": 0.4, "device": "auto",
             "early_stopping_patience": None, "restore_best": False,
         },
