@@ -14,32 +14,10 @@ import time
 import pytest
 
 from api.report import render_report, verdict
+from tests.factories import hand_made
 from tests.utils import problem, submit, wait_for
 
 SENTENCE = re.compile(r'<p class="verdict" id="verdict">(.*?)</p>', re.S)
-
-
-def hand_made(baseline: bool = True) -> tuple[dict, list[dict]]:
-    result = {
-        "evaluated_on": "test", "num_eval_samples": 360,
-        "teacher": {"accuracy": 0.9722, "parameters": 9610, "latency_ms": 0.5, "ece": 0.02, "macs": 9472},
-        "student": {"arch": "mlp", "accuracy": 0.9444, "parameters": 1210, "latency_ms": 0.125,
-                    "size_bytes": 6144, "agreement": 0.95},
-        "baseline": {"accuracy": 0.9111, "agreement": 0.91} if baseline else None,
-        "compression": 9610 / 1210, "speedup": 4.0, "temperature": 4.0, "alpha": 0.3, "loss": "forward_kl",
-    }
-    if baseline:
-        result["distillation_gain"] = 0.9444 - 0.9111
-    job = {"id": "job_0123456789abcdef01234567", "status": "succeeded", "result": result,
-           "finished_at": "2026-11-28T21:00:00Z", "teacher_file_bytes": 40 * 1024,
-           "spec": {"teacher": {"file_id": "file_x", "arch": "mlp"}, "student": {"arch": "mlp"},
-                    "hyperparameters": {"temperature": 4.0, "alpha": 0.3, "epochs": 3},
-                    "metadata": {"owner": "<script>alert('x')</script>", "link": "see a&b"}}}
-    metrics = [{"run": run, "epoch": e,
-                "values": {"train_loss": 1.0 / e, "train_hard": 0.6 / e, "train_soft": 0.4 / e,
-                           "val_accuracy": 0.8 + e / 100 - (0.02 if run == "baseline" else 0), "val_agreement": 0.8 + e / 50}}
-               for run in (("baseline", "student") if baseline else ("student",)) for e in (1, 2, 3)]
-    return job, metrics
 
 
 def test_the_report_says_by_how_much_distillation_beat_the_baseline():
@@ -236,3 +214,19 @@ def test_the_loss_plot_goes_logarithmic_when_one_term_would_flatten_another():
     assert loss_scale([[2.3, 1.1, 0.9], [40.0, 12.0, 8.0]]) == "log"  # the soft term at T^2 dwarfs the hard one
     assert loss_scale([[2.3, 1.1, 0.9], [1.5, 1.2, 1.0]]) == "linear"
     assert loss_scale([[2.3, 1.1], [0.0, 0.0]]) == "linear"  # alpha = 1: no soft term to put on a log axis
+
+
+def test_the_report_gives_the_spread_over_seeds():
+    job, metrics = hand_made()
+    assert 'id="seeds"' not in render_report(job, metrics)  # one seed: no section
+    job["result"]["repeats"] = {
+        "seeds": [3, 4, 5], "metric": "accuracy",
+        "student": {"values": [0.9444, 0.95, 0.93], "mean": 0.9415, "std": 0.0103},
+        "baseline": {"values": [0.9111, 0.92, 0.90], "mean": 0.9104, "std": 0.0100},
+        "gain": {"values": [0.0333, 0.03, -0.01], "mean": 0.0178, "std": 0.0241}}
+    page = render_report(job, metrics)
+    line = html.unescape(re.search(r'<p class="seeds" id="seeds">(.*?)</p>', page).group(1))
+    assert line == ("Over 3 seeds (3, 4, 5), accuracy: student 94.15 \u00b1 1.03 %, baseline 91.04 \u00b1 1.00 %; "
+                    "gain +1.78 \u00b1 2.41 points, positive for 2 of 3 seeds (mean \u00b1 sample standard "
+                    "deviation; the delivered student is seed 3's, scored above).")
+    assert "<td>5</td><td>93.00 %</td><td>90.00 %</td><td>-1.00 points</td>" in page
