@@ -101,7 +101,7 @@ def new_job() -> HTMLResponse:
     from kdcore.data import DATASETS
     from kdcore.losses import LOSSES
     from kdcore.models import ARCHITECTURES
-    from kdcore.spec import AUGMENTATIONS, Hyperparameters
+    from kdcore.spec import AUGMENTATIONS, MAX_REPEATS, Hyperparameters
 
     hp = Hyperparameters()  # the form starts from kdcore's defaults
 
@@ -153,6 +153,9 @@ def new_job() -> HTMLResponse:
                  f"<input id='batch_size' type='number' min='1' value='{hp.batch_size}'>")
         + _field("hyperparameters.learning_rate", "Learning rate",
                  f"<input id='learning_rate' type='number' step='any' value='{hp.learning_rate:g}'>")
+        + _field("hyperparameters.repeats", "Seeds",
+                 f"<input id='repeats' type='number' min='1' max='{MAX_REPEATS}' value='1'>",
+                 "train student and baseline this many times: mean ± std")
         + _field("hyperparameters.early_stopping_patience", "Early stopping patience",
                  "<input id='early_stopping_patience' type='number' min='1' placeholder='off'>",
                  "epochs without a better validation accuracy")

@@ -146,6 +146,7 @@ function buildSpec() {
   const hyperparameters = {temperature: numberOrList("temperature"), alpha: numberOrList("alpha"), loss: $("loss").value,
     epochs: int("epochs"), batch_size: int("batch_size"),
     learning_rate: text("learning_rate") === "" ? undefined : Number(text("learning_rate")),
+    repeats: int("repeats") > 1 ? int("repeats") : undefined,
     early_stopping_patience: int("early_stopping_patience"), restore_best: $("restore_best").checked || undefined,
     augment: augment.length ? augment : undefined};
   const resources = {device: $("device").value, gpus: int("gpus"), processes: int("processes")};

@@ -171,6 +171,11 @@ function facts(j) {
   const c = r.comparison;
   const versus = c && c.verdict ? c.verdict + " (p = " + Number(c.p_value).toPrecision(3).replace(/\.?0+$/, "") + "; " +
     c.student_only_right + " rows only the student got right, " + c.baseline_only_right + " only the baseline)" : null;
+  const rep = r.repeats, spread = (part, unit, sign) => part && part.mean != null && part.std != null
+    ? (sign && part.mean >= 0 ? "+" : "") + (100 * part.mean).toFixed(2) + " ± " + (100 * part.std).toFixed(2) + unit : null;
+  const seeds = rep && rep.seeds && rep.seeds.length > 1 ? rep.seeds.length + " seeds (" + rep.seeds.join(", ") + "): student " +
+    spread(rep.student, " %") + (rep.baseline ? ", baseline " + spread(rep.baseline, " %") : "") +
+    (rep.gain ? ", gain " + spread(rep.gain, " points", true) : "") + " (mean ± std; the student above is seed " + rep.seeds[0] + "'s)" : null;
   const p = j.progress || {}, live = j.status === "running";
   const rows = [
     ["Teacher → student", teacherLabel(j.spec) + " → " + studentLabel(j.spec)],
@@ -184,6 +189,7 @@ function facts(j) {
     ["Student accuracy", score(s)], ["Baseline accuracy", score(b)],
     ["Gain over baseline", points(r.distillation_gain)],
     ["Student vs baseline", versus],
+    ["Over seeds", seeds],
     ["Teacher accuracy", t.accuracy != null ? pct(t.accuracy, 2) : null],
     ["Size", s.parameters != null ? count(s.parameters) + " parameters" + (t.parameters && r.compression ? " (teacher " + count(t.parameters) + ", " + r.compression.toFixed(1) + "× smaller)" : "") : null],
     ["CPU latency", s.latency_ms != null ? s.latency_ms.toFixed(3) + " ms per batch of 64" + (r.speedup ? " (" + r.speedup.toFixed(1) + "× the teacher's speed)" : "") : null],
