@@ -103,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
               + ("" if gain is None else f"  (student − baseline: {100 * gain:+.1f} points"
                  + ("" if comparison is None else f"; {comparison.verdict}, p = {comparison.p_value:.3g}")
                  + ")"))
+    rep = result.repeats
+    if rep is not None:  # mean ± sample std over the seeds; the lines above are the first seed's
+        parts = [f"{name} {_spread(part, gain=name == 'gain')}" for name, part in (
+            ("student", rep.student), ("baseline", rep.baseline), ("gain", rep.gain)) if part is not None]
+        print(f"over seeds {', '.join(map(str, rep.seeds))} ({rep.metric}): " + ", ".join(parts))
     for warning in result.warnings:
         print(f"warning: {warning['message']}")
     print(f"wrote {args.out / 'student.safetensors'} and {args.out / 'summary.json'}")
@@ -111,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def _spread(part, *, gain: bool) -> str:
+    if part.mean is None:
+        return "n/a"
+    return f"{100 * part.mean:+.1f} ± {100 * part.std:.1f} points" if gain else f"{100 * part.mean:.1f} ± {100 * part.std:.1f}%"
 
 
 if __name__ == "__main__":

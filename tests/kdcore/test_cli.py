@@ -40,7 +40,7 @@ def test_a_run_writes_the_artifacts_and_prints_the_accuracies(tmp_path):
         "teacher": {"path": str(teacher), "arch": "mlp", "arch_params": {"hidden_sizes": [64]}},
         "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}},
         "dataset": {"builtin": "digits"},
-        "hyperparameters": {"epochs": 1, "learning_rate": 0.01, "device": "cpu"},
+        "hyperparameters": {"epochs": 1, "learning_rate": 0.01, "device": "cpu", "repeats": 2},
     }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     out = tmp_path / "out"
@@ -53,7 +53,11 @@ def test_a_run_writes_the_artifacts_and_prints_the_accuracies(tmp_path):
     assert lines[1].startswith("student  accuracy ") and f"{100 * summary['student']['accuracy']:.1f}%" in lines[1]
     assert lines[2].startswith("baseline accuracy ") and "points" in lines[2]
     assert f"; {summary['comparison']['verdict']}, p = " in lines[2]  # the paired test of the same rows
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # 1 epoch each, student and baseline
+    student = summary["repeats"]["student"]
+    assert lines[3].startswith("over seeds 0, 1 (accuracy): student ")
+    assert f"student {100 * student['mean']:.1f} ± {100 * student['std']:.1f}%, baseline " in lines[3]
+    # 1 epoch each, student and baseline: the second seed's runs write no metric rows
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     # Piped, not a terminal: plain lines (epochs, events) but no progress-bar redraws.
     assert "\033[" not in proc.stdout + proc.stderr and "\r" not in proc.stdout + proc.stderr
     assert "[student] epoch 1/1" in proc.stderr and "[baseline] epoch 1/1" in proc.stderr
