@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 
 from kdcore.spec import MAX_SWEEP_EPOCHS, MAX_SWEEP_POINTS
-from tests.utils import problem, spec
+from tests.factories import digits_job
+from tests.utils import problem
 
 
 def _hp(teacher_id: str, **hp) -> dict:
-    body = spec(teacher_id)
+    body = digits_job(teacher_id)
     body["hyperparameters"].update(hp)
     return body
 
@@ -25,7 +26,7 @@ def test_lists_and_new_fields_are_echoed_in_the_resolved_spec(client, teacher_id
 
 
 def test_defaults_of_the_new_fields_are_echoed(client, teacher_id):
-    hp = client.post("/v1/jobs", json=spec(teacher_id)).json()["spec"]["hyperparameters"]
+    hp = client.post("/v1/jobs", json=digits_job(teacher_id)).json()["spec"]["hyperparameters"]
     assert hp["temperature"] == 4.0 and hp["early_stopping_patience"] is None and hp["restore_best"] is False
 
 
@@ -50,6 +51,11 @@ def test_over_budget_grid_is_422_naming_hyperparameters(client, teacher_id):
     ({"temperature": "hot"}, "hyperparameters.temperature"),
     ({"early_stopping_patience": 0}, "hyperparameters.early_stopping_patience"),
     ({"temperature": [float(t) for t in range(1, 8)], "alpha": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]}, "hyperparameters"),
+    ({"repeats": 0}, "hyperparameters.repeats"),
+    ({"repeats": 11}, "hyperparameters.repeats"),
+    ({"repeats": "2"}, "hyperparameters.repeats"),
+    ({"repeats": 2.0}, "hyperparameters.repeats"),
+    ({"repeats": 10, "epochs": 201}, "hyperparameters"),  # 10 runs x 201 epochs > MAX_SWEEP_EPOCHS
 ])
 def test_malformed_sweeps_are_422_naming_the_field(client, teacher_id, hp, field):
     err = problem(client.post("/v1/jobs", json=_hp(teacher_id, **hp)), 422)
