@@ -138,6 +138,8 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_jobs_tenant_status", "tenant_id", "status"),  # the quota's count (api/quotas.py)
+        Index("ix_jobs_status_created", "status", "created_at", "id"),  # a queued job's position, the reaper
         CheckConstraint(f"status IN ({', '.join(repr(s) for s in JOB_STATUSES)})", name="status"),
         CheckConstraint("attempt >= 0", name="attempt"),
         CheckConstraint("max_attempts >= 1", name="max_attempts"),
@@ -145,7 +147,7 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("job"))
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
-    status: Mapped[str] = mapped_column(String(16), index=True, default=QUEUED)
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
     spec: Mapped[dict[str, Any]]
     attempt: Mapped[int] = mapped_column(default=0)
     max_attempts: Mapped[int]

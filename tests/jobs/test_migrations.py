@@ -27,7 +27,8 @@ def test_upgrade_matches_models_and_downgrade_removes_everything(empty_database_
         with engine.connect() as conn:
             assert set(inspect(conn).get_table_names()) == TABLES | {"alembic_version"}
             indexes = {ix["name"] for ix in inspect(conn).get_indexes("jobs")}
-            assert {"ix_jobs_tenant_created", "ix_jobs_status"} <= indexes
+            assert {"ix_jobs_tenant_created", "ix_jobs_tenant_status", "ix_jobs_status_created"} <= indexes
+            assert "ix_jobs_status" not in indexes  # 0006: ix_jobs_status_created covers it
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
         upgrade(empty_database_url)  # already at head: a no-op
@@ -128,5 +129,21 @@ def test_0005_adds_webhooks_and_their_deliveries_and_downgrades_to_0004(empty_da
         with engine.connect() as conn:
             assert set(inspect(conn).get_table_names()) == TABLES_0004 | {"alembic_version"}
             assert conn.execute(text("SELECT name FROM tenants")).scalars().all() == ["a"]
+    finally:
+        engine.dispose()
+
+
+def test_0006_indexes_the_quota_count_and_the_queue_position_and_downgrades_to_0005(empty_database_url):
+    upgrade(empty_database_url)
+    engine = make_engine(empty_database_url)
+    try:
+        with engine.connect() as conn:
+            columns = {ix["name"]: ix["column_names"] for ix in inspect(conn).get_indexes("jobs")}
+            assert columns["ix_jobs_tenant_status"] == ["tenant_id", "status"]
+            assert columns["ix_jobs_status_created"] == ["status", "created_at", "id"]
+        downgrade(empty_database_url, "0005_webhooks")
+        with engine.connect() as conn:
+            names = {ix["name"] for ix in inspect(conn).get_indexes("jobs")}
+            assert "ix_jobs_status" in names and not names & {"ix_jobs_tenant_status", "ix_jobs_status_created"}
     finally:
         engine.dispose()
