@@ -52,11 +52,12 @@ MAX_KEY_LENGTH = 255
 CLAIM_TRIES = 3  # a key released or expired between our INSERT and our SELECT: claim it again
 
 
-def idempotency_key(value: Annotated[str | None, Header(
+async def idempotency_key(value: Annotated[str | None, Header(
         alias=HEADER, description="1-255 printable ASCII characters; a retry with the same key and the "
                                   "same request creates nothing and answers the first response again")] = None,
                     ) -> str | None:
-    """The request's Idempotency-Key, or None; 422 naming the header when it is malformed."""
+    """The request's Idempotency-Key, or None; 422 naming the header when it is malformed. Async: it
+    runs on the event loop (a plain `def` dependency is a hop to a worker thread and back)."""
     if value is not None and not (1 <= len(value) <= MAX_KEY_LENGTH and all(" " <= c <= "~" for c in value)):
         raise Problem(422, f"must be 1 to {MAX_KEY_LENGTH} printable ASCII characters", field=HEADER)
     return value
@@ -96,6 +97,11 @@ class IdempotentRequest:
         self.session, self.settings, self.tenant_id, self.key = session, settings, tenant_id, key
         self.claim_id: int | None = None  # our in_flight row
         self.stored: StoredResponse | None = None  # the finished request this key already made
+
+    @property
+    def claimed(self) -> bool:
+        """This request holds its key: `finish` will store its response."""
+        return self.claim_id is not None
 
     @property
     def replaying(self) -> bool:

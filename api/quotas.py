@@ -25,16 +25,20 @@ JOBS_RETRY_AFTER_SECONDS = 30
 BYTES_RETRY_AFTER_SECONDS = 3600
 
 
-def take_job_slot(session: Session, *, tenant_id: str, settings: Settings) -> None:
+def take_job_slot(session: Session, *, tenant_id: str, settings: Settings, file_ids: list[str] = ()) -> set[str]:
     """Lock the tenant; 429 if it already has KD_QUOTA_CONCURRENT_JOBS unfinished jobs. The caller
-    inserts the job in this same transaction."""
+    inserts the job in this same transaction. Returns those of `file_ids` (the files the job names) that
+    the tenant still has, read under the lock in the count's statement (api/spec_resolution.py:
+    check_files_still_exist)."""
     quotas_repo.lock_tenant(session, tenant_id=tenant_id)
-    used, limit = quotas_repo.unfinished_jobs(session, tenant_id=tenant_id), settings.quota_concurrent_jobs
+    used, existing = quotas_repo.unfinished_jobs_and_files(session, tenant_id=tenant_id, file_ids=list(file_ids))
+    limit = settings.quota_concurrent_jobs
     if used >= limit:
         raise Problem(429, f"concurrent jobs quota exceeded: the limit is {limit} unfinished jobs (queued, "
                            f"running or cancelling) and this tenant has {used}; wait for one to finish or cancel "
                            "one (KD_QUOTA_CONCURRENT_JOBS)", slug="quota-exceeded",
                       headers={"Retry-After": str(JOBS_RETRY_AFTER_SECONDS)})
+    return existing
 
 
 def check_stored_bytes(session: Session, *, tenant_id: str, settings: Settings, adding: int,

@@ -94,21 +94,14 @@ def resolve_spec(session: Session, *, tenant_id: str, body: JobCreate, store: Ar
     return spec_files.to_service(spec.to_dict())
 
 
-def check_files_still_exist(session: Session, *, tenant_id: str, spec: dict[str, Any]) -> None:
+def check_files_still_exist(spec: dict[str, Any], existing: set[str]) -> None:
     """A SpecError naming the field when a file the resolved `spec` names was deleted since
-    `resolve_spec` read it. Call it after `quotas.take_job_slot` has locked the tenant, in the
-    transaction that inserts the job: `DELETE /v1/files/{id}` takes the same lock before it looks
-    for unfinished jobs naming the file, so either this sees the file gone (a 422, nothing stored)
-    or the delete sees the job once it is committed (a 409, the file kept)."""
-    named: list[tuple[str, str]] = []
-
-    def note(field: FileField, where: str, file_id: str) -> str:
-        named.append((where, file_id))
-        return file_id
-
-    spec_files.to_kdcore(spec, note)
-    existing = files_repo.existing_ids(session, tenant_id=tenant_id, file_ids=[i for _, i in named])
-    for where, file_id in named:
+    `resolve_spec` read it. `existing` is what `quotas.take_job_slot` found of the spec's files
+    (spec_files.named_files) once it had locked the tenant, in the transaction that inserts the job:
+    `DELETE /v1/files/{id}` takes the same lock before it looks for unfinished jobs naming the file,
+    so either this sees the file gone (a 422, nothing stored) or the delete sees the job once it is
+    committed (a 409, the file kept)."""
+    for where, file_id in spec_files.named_files(spec):
         if file_id not in existing:
             raise SpecError(f"no file {file_id!r}: it was deleted while this job was being submitted", field=where)
 

@@ -45,13 +45,6 @@ def list_files(session: Session, *, tenant_id: str, limit: int = 20, after: str 
     return newest_first_page(session, stmt, File, tenant_id=tenant_id, after=after, limit=limit)
 
 
-def existing_ids(session: Session, *, tenant_id: str, file_ids: list[str]) -> set[str]:
-    """Those of `file_ids` that are files of this tenant now."""
-    if not file_ids:
-        return set()
-    return set(session.scalars(select(File.id).where(File.tenant_id == tenant_id, File.id.in_(file_ids))))
-
-
 def delete(session: Session, *, tenant_id: str, file_id: str) -> File:
     """Delete the row and return it; the caller removes `storage_key` from the store after its
     commit. FileInUse while a job that has not finished names the file anywhere in its spec.

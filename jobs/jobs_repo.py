@@ -17,7 +17,8 @@ MAX_EVENTS_PER_READ = 1000
 
 
 def create(session: Session, *, tenant_id: str, spec: dict[str, Any], max_attempts: int) -> Job:
-    """A queued job. The caller commits, then enqueues the id, then calls lifecycle.mark_enqueued."""
+    """A queued job. The caller commits, then enqueues the id (the reaper sends it again if that send was
+    lost: lifecycle.find_jobs_to_enqueue)."""
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
     job = Job(id=new_id("job"), tenant_id=tenant_id, status=QUEUED, spec=spec, attempt=0,

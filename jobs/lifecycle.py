@@ -385,6 +385,7 @@ def find_jobs_to_enqueue(session: Session, *, now: datetime, queued_after_second
 
 
 def mark_enqueued(session: Session, *, job_id: str, now: datetime | None = None) -> None:
-    """Record that the id was just sent to the broker (after the row's commit)."""
+    """Record that the reaper just sent the id to the broker again. The API's first send is not recorded:
+    until a job is marked, `find_jobs_to_enqueue` counts from its created_at, just before that send."""
     now = now or utcnow()
     _update(session, Job.id == job_id, enqueued_at=now, updated_at=now)

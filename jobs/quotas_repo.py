@@ -30,6 +30,18 @@ def unfinished_jobs(session: Session, *, tenant_id: str) -> int:
         Job.tenant_id == tenant_id, Job.status.in_(UNFINISHED_STATUSES)))
 
 
+def unfinished_jobs_and_files(session: Session, *, tenant_id: str, file_ids: list[str]) -> tuple[int, set[str]]:
+    """`unfinished_jobs` and those of `file_ids` that are files of the tenant now, in one statement
+    when any is (one round trip of the few a submission makes under the tenant's lock)."""
+    used = select(func.count()).select_from(Job).where(
+        Job.tenant_id == tenant_id, Job.status.in_(UNFINISHED_STATUSES)).scalar_subquery()
+    rows = session.execute(select(File.id, used).where(File.tenant_id == tenant_id, File.id.in_(file_ids))).all() \
+        if file_ids else []
+    if not rows:
+        return unfinished_jobs(session, tenant_id=tenant_id), set()
+    return rows[0][1], {row[0] for row in rows}
+
+
 def stored_bytes(session: Session, *, tenant_id: str) -> int:
     """Total size of the tenant's uploaded files (job outputs are not counted)."""
     return session.scalar(select(func.coalesce(func.sum(File.bytes), 0)).where(File.tenant_id == tenant_id))

@@ -55,6 +55,22 @@ def to_kdcore(spec: dict[str, Any], resolve: Resolver) -> dict[str, Any]:
     return out
 
 
+def named_files(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    """(where, file id) of every file a service spec names, in FILE_FIELDS order, without copying it."""
+    named = []
+    for f in FILE_FIELDS:
+        head, _, tail = f.api.partition(".")
+        section = spec.get(head)
+        value = section.get(tail) if isinstance(section, dict) else None
+        if value is None:
+            continue
+        if f.many:
+            named.extend((f"{f.api}[{i}]", file_id) for i, file_id in enumerate(value))
+        else:
+            named.append((f.api, value))
+    return named
+
+
 def to_service(spec: dict[str, Any]) -> dict[str, Any]:
     """A copy of a kdcore spec dict (its references being file ids) with the service's names."""
     out = copy.deepcopy(spec)

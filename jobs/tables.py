@@ -159,7 +159,7 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    enqueued_at: Mapped[datetime | None]
+    enqueued_at: Mapped[datetime | None]  # the reaper's last send; None: only the API's, at created_at
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
