@@ -26,6 +26,20 @@ T = TypeVar("T")
 bearer = _bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: Bearer kd_...`")
 
 
+def _database_slots(app) -> anyio.Semaphore | None:
+    """The app's database slots (`database_slot`), made on first use; None when the pool is unbounded."""
+    slots = getattr(app.state, "database_slots", None)
+    if slots is None:
+        pool = app.state.engine.pool
+        # QueuePool: pool_size + max_overflow connections (-1 overflow means unbounded: no slots needed)
+        capacity = pool.size() + pool._max_overflow if isinstance(pool, QueuePool) and pool._max_overflow >= 0 \
+            else None
+        # fast_acquire: a free slot is taken without a trip round the event loop (anyio's default yields
+        # once per acquire, a loop iteration per request: B4's profile); a request awaits its thread next
+        slots = app.state.database_slots = anyio.Semaphore(capacity, fast_acquire=True) if capacity else False
+    return slots or None
+
+
 @asynccontextmanager
 async def database_slot(request: Request) -> AsyncIterator[None]:
     """Wait on the event loop, holding no worker thread, until the pool has a connection for this
@@ -33,14 +47,8 @@ async def database_slot(request: Request) -> AsyncIterator[None]:
     run in the 40 worker threads; once every thread waits for a pooled connection and every
     connection is held by a request waiting for a thread, nothing moves until the pool's 30 s timeout
     (bench/RESULTS.md, B4). With at most pool-size requests holding a session, a checkout never waits."""
-    slots = getattr(request.app.state, "database_slots", None)
+    slots = _database_slots(request.app)
     if slots is None:
-        pool = request.app.state.engine.pool
-        # QueuePool: pool_size + max_overflow connections (-1 overflow means unbounded: no slots needed)
-        capacity = pool.size() + pool._max_overflow if isinstance(pool, QueuePool) and pool._max_overflow >= 0 \
-            else None
-        slots = request.app.state.database_slots = anyio.Semaphore(capacity) if capacity else False
-    if not slots:
         yield
         return
     async with slots:
@@ -134,10 +142,16 @@ async def read(request: Request, fn: Callable[..., T], /, *args: Any, **kwargs: 
     one thread of the app's read executor (a plain executor: half the cost of anyio's thread hop).
     It takes a pooled connection and gives it back before it returns: a read never holds one, nor
     its slot, while its response goes to the client."""
-    engine = request.app.state.engine
-    async with database_slot(request):
-        return await asyncio.get_running_loop().run_in_executor(_read_executor(request.app),
-                                                                functools.partial(fn, engine, *args, **kwargs))
+    app = request.app
+    call = functools.partial(fn, app.state.engine, *args, **kwargs)
+    slots = _database_slots(app)
+    if slots is None:
+        return await asyncio.get_running_loop().run_in_executor(_read_executor(app), call)
+    await slots.acquire()  # `database_slot` without its context manager: this path is every read's
+    try:
+        return await asyncio.get_running_loop().run_in_executor(_read_executor(app), call)
+    finally:
+        slots.release()
 
 
 def _read_executor(app) -> ThreadPoolExecutor:
