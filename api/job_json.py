@@ -11,6 +11,7 @@ differs in anything is a new key. Nothing can go stale; the oldest entries make 
 from __future__ import annotations
 
 import json
+import operator
 import threading
 from types import SimpleNamespace
 from typing import Any
@@ -21,12 +22,13 @@ from jobs.reads import JOB_FIELDS, JSON_FIELDS
 MAX_ENTRIES = 4096  # about 1.5 KB of JSON and the row's own size each: some 12 MB at most per process
 
 _kept: dict[tuple, str] = {}
+_job_fields = operator.attrgetter(*JOB_FIELDS)  # the key: the tuple of those columns of a row
 _lock = threading.Lock()
 
 
 def job_json(row: Any) -> str:
     """JobOut.from_row(row).model_dump_json() for a page row (its JSON_FIELDS as text)."""
-    key = tuple(getattr(row, name) for name in JOB_FIELDS)
+    key = _job_fields(row)
     text = _kept.get(key)
     if text is None:
         fields = {name: getattr(row, name) for name in JOB_FIELDS}

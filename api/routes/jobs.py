@@ -84,7 +84,7 @@ def _create_job(session: Session, request: Request, tenant_id: str, body: JobCre
     return Response(JobOut.from_row(row).model_dump_json(), status_code=201, media_type="application/json")
 
 
-@router.get("", response_model=JobList)
+@router.get("", response_model=JobList, openapi_extra=BEARER_SECURITY)
 async def list_jobs(request: Request, key: KeyDep,
                     limit: PageLimit = 20,
                     after: PageAfter = None,
