@@ -12,17 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import statistics
-import subprocess
 import sys
-import time
-
-import httpx
-from sqlalchemy import text
 
 from bench.b4_api_load import _wrk, api_cpu_seconds
-from bench.stack import PG_SERVER, ROOT, free_port
+from harness.services import ROOT, Proc, free_port, fresh_database, wait_healthy
 
 ROUTES = ("/hello-sync", "/hello-async", "/select-sync", "/select-async")
 CONNECTIONS = (16, 64)
@@ -81,16 +75,8 @@ def _serve(port: int) -> None:
 def run() -> dict:
     from jobs import jobs_repo, tenants_repo
     from jobs.db import make_engine, make_sessionmaker
-    from jobs.migrate import upgrade
 
-    admin = make_engine(f"{PG_SERVER}/test", isolation_level="AUTOCOMMIT")
-    name = f"kd_bench_floor_{secrets.token_hex(4)}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = f"{PG_SERVER}/{name}"
-    proc = None
-    try:
-        upgrade(url)
+    with fresh_database("kd_bench_floor") as url:
         engine = make_engine(url)
         with make_sessionmaker(engine)() as session:
             tenant = tenants_repo.get_or_create(session, name="floor")
@@ -100,37 +86,23 @@ def run() -> dict:
         engine.dispose()
         port = free_port()
         env = {**os.environ, "FLOOR_DB": url, "FLOOR_JOB": job, "PYTHONPATH": str(ROOT)}
-        proc = subprocess.Popen([sys.executable, "-m", "bench.b4_floor", "serve", str(port)], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/select-sync").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("the floor app did not start")
-            time.sleep(0.3)
-        runs: dict[str, dict[int, list[dict]]] = {r: {n: [] for n in CONNECTIONS} for r in ROUTES}
-        for _ in range(ROUNDS):
-            for n in CONNECTIONS:
-                for route in ROUTES:
-                    cpu = api_cpu_seconds(proc.pid)
-                    cell = _wrk(base + route, n)
-                    cell["api_cpu_ms"] = 1000 * (api_cpu_seconds(proc.pid) - cpu) / max(cell["requests"], 1)
-                    runs[route][n].append(cell)
-        return {"rounds": ROUNDS, "results": {
-            route: {n: {k: statistics.median(c[k] for c in cells[n]) for k in ("rps", "p99_ms", "api_cpu_ms")}
-                    for n in CONNECTIONS} for route, cells in runs.items()}}
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        proc = Proc([sys.executable, "-m", "bench.b4_floor", "serve", str(port)], env, None, name="the floor app")
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_healthy(base, proc, path="/select-sync")
+            runs: dict[str, dict[int, list[dict]]] = {r: {n: [] for n in CONNECTIONS} for r in ROUTES}
+            for _ in range(ROUNDS):
+                for n in CONNECTIONS:
+                    for route in ROUTES:
+                        cpu = api_cpu_seconds(proc.pid)
+                        cell = _wrk(base + route, n)
+                        cell["api_cpu_ms"] = 1000 * (api_cpu_seconds(proc.pid) - cpu) / max(cell["requests"], 1)
+                        runs[route][n].append(cell)
+            return {"rounds": ROUNDS, "results": {
+                route: {n: {k: statistics.median(c[k] for c in cells[n]) for k in ("rps", "p99_ms", "api_cpu_ms")}
+                        for n in CONNECTIONS} for route, cells in runs.items()}}
+        finally:
+            proc.stop(sig_timeout=30)
 
 
 if __name__ == "__main__":

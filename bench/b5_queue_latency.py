@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.stack import stack, tiny_teacher
+from bench.stack import stack, tiny_job
 
 JOBS = 20
 
@@ -23,11 +23,7 @@ def _quantiles(values: list[float]) -> dict:
 def _measure(production: bool) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="kd-b5-"))
     with stack(production=production, workers=1) as s, s.client() as c:
-        arch = tiny_teacher(tmp / "t.safetensors")
-        with open(tmp / "t.safetensors", "rb") as f:
-            fid = c.post("/v1/files", files={"file": ("t.safetensors", f)}, data={"purpose": "teacher"}).json()["id"]
-        body = {"teacher": {"file_id": fid, **arch}, "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [8]}},
-                "dataset": {"builtin": "digits"}, "hyperparameters": {"epochs": 1}, "baseline": False}
+        body = tiny_job(c, tmp)
         to_running, to_metric = [], []
         for _ in range(JOBS):
             t0 = time.perf_counter()

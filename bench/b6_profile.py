@@ -29,7 +29,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from bench.stack import ROOT, stack, tiny_teacher
+from bench.stack import ROOT, stack, tiny_job
 from jobs.db import make_engine
 
 JOBS = 100
@@ -69,11 +69,7 @@ def _summary(rows: list[dict]) -> dict:
 def measure_jobs(jobs: int, pyspy: str | None = None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="kd-b6p-"))
     with stack(production=True, workers=1) as s, s.client() as c:
-        arch = tiny_teacher(tmp / "t.safetensors")
-        with open(tmp / "t.safetensors", "rb") as f:
-            fid = c.post("/v1/files", files={"file": ("t.safetensors", f)}, data={"purpose": "teacher"}).json()["id"]
-        body = {"teacher": {"file_id": fid, **arch}, "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [8]}},
-                "dataset": {"builtin": "digits"}, "hyperparameters": {"epochs": 1}, "baseline": False}
+        body = tiny_job(c, tmp)
         spy = None
         if pyspy:
             spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-r", "200", "-f", "raw",

@@ -26,7 +26,7 @@ from pathlib import Path
 from sqlalchemy import text
 
 from bench.b6_profile import measure_floor
-from bench.stack import stack, tiny_teacher
+from bench.stack import stack, tiny_job
 from jobs.db import make_engine
 
 JOBS = 200
@@ -44,11 +44,7 @@ def _cpu_seconds(pid: int) -> float:
 def _measure(workers: int, jobs: int) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="kd-b6-"))
     with stack(production=True, workers=workers) as s, s.client() as c:
-        arch = tiny_teacher(tmp / "t.safetensors")
-        with open(tmp / "t.safetensors", "rb") as f:
-            fid = c.post("/v1/files", files={"file": ("t.safetensors", f)}, data={"purpose": "teacher"}).json()["id"]
-        body = {"teacher": {"file_id": fid, **arch}, "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [8]}},
-                "dataset": {"builtin": "digits"}, "hyperparameters": {"epochs": 1}, "baseline": False}
+        body = tiny_job(c, tmp)
 
         def submit(_: int) -> str:
             r = c.post("/v1/jobs", json=body)

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from bench.b4_api_load import _wrk, api_cpu_seconds
-from bench.stack import API_KEY, stack, tiny_teacher
+from bench.stack import API_KEY, stack, tiny_job
 
 STREAMS = 200
 CONNECTIONS = (16, 64)
@@ -88,11 +88,7 @@ def run() -> dict:
     # one tenant holds every stream: the per-process bound (KD_MAX_STREAMS_PER_TENANT, 8) is raised to allow it
     with stack(production=True, api_workers=2, extra_env={"KD_MAX_STREAMS_PER_TENANT": str(STREAMS)}) as s, \
             s.client() as c:
-        arch = tiny_teacher(tmp / "t.safetensors")
-        with open(tmp / "t.safetensors", "rb") as f:
-            fid = c.post("/v1/files", files={"file": ("t.safetensors", f)}, data={"purpose": "teacher"}).json()["id"]
-        body = {"teacher": {"file_id": fid, **arch}, "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [8]}},
-                "dataset": {"builtin": "digits"}, "hyperparameters": {"epochs": 1}}
+        body = tiny_job(c, tmp, baseline=True)  # (the default)
         jobs = [c.post("/v1/jobs", json=body).json()["id"] for _ in range(STREAMS + 1)]
         target, streamed = jobs[0], jobs[1:]
         url = f"{s.base_url}/v1/jobs/{target}"

@@ -4,17 +4,15 @@ PostgreSQL connections one idle worker process holds.
     .venv/bin/python scripts/measure_capacity.py [--pg postgresql+psycopg://postgres@127.0.0.1:5432]
                                                  [--redis redis://127.0.0.1:6379/15] [--messages 1000]
 
-Uses a scratch database (created, migrated, dropped) and a scratch Redis key (deleted after); starts
-one `python -m worker` with one thread and stops it. Prints one JSON object.
+Uses a scratch database (created, migrated, dropped: harness/services.py) and a scratch Redis key
+(deleted after); starts one `python -m worker` with one thread and stops it. Prints one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from api.enqueue import Enqueuer  # noqa: E402
+from harness.services import fresh_database, service_env, start_worker  # noqa: E402
 from jobs.db import make_engine  # noqa: E402
-from jobs.migrate import upgrade  # noqa: E402
 
 
 def redis_bytes_per_message(url: str, messages: int) -> dict:
@@ -45,32 +43,24 @@ def redis_bytes_per_message(url: str, messages: int) -> dict:
 
 
 def worker_connections(pg_server: str, broker: str, seconds: float) -> dict:
-    admin = make_engine(f"{pg_server}/test", isolation_level="AUTOCOMMIT")
-    name = f"kd_capacity_{secrets.token_hex(4)}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = f"{pg_server}/{name}"
-    proc = None
-    try:
-        upgrade(url)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KD_")}
-        env.update({"KD_DATABASE_URL": url, "KD_BROKER_URL": broker, "KD_DATA_DIR": f"/tmp/{name}",
-                    "KD_REAPER_INTERVAL": "1", "KD_WORKER_HEARTBEAT_SECONDS": "1", "KD_WORKER_STALE_SECONDS": "5",
-                    "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
-        proc = subprocess.Popen([sys.executable, "-m", "worker"], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(seconds)  # start-up, registration, several reaper rounds and heartbeats
-        with admin.connect() as conn:
-            count = conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = :d"), {"d": name}).scalar()
-            max_conn = conn.execute(text("SHOW max_connections")).scalar()
-        return {"idle_worker_connections": count, "max_connections": int(max_conn), "after_seconds": seconds}
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_database("kd_capacity", server=pg_server) as url:
+        name = url.rsplit("/", 1)[1]
+        env = service_env(database_url=url, broker_url=broker, data_dir=Path(f"/tmp/{name}"), api_key=None,
+                          KD_REAPER_INTERVAL="1", KD_WORKER_HEARTBEAT_SECONDS="1", KD_WORKER_STALE_SECONDS="5")
+        proc = start_worker(env, Path(f"/tmp/{name}.log"), wait=False)
+        try:
+            time.sleep(seconds)  # start-up, registration, several reaper rounds and heartbeats
+            admin = make_engine(f"{pg_server}/test")
+            try:
+                with admin.connect() as conn:
+                    count = conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = :d"),
+                                         {"d": name}).scalar()
+                    max_conn = conn.execute(text("SHOW max_connections")).scalar()
+            finally:
+                admin.dispose()
+        finally:
+            proc.stop(sig_timeout=30)
+    return {"idle_worker_connections": count, "max_connections": int(max_conn), "after_seconds": seconds}
 
 
 def main() -> None:
