@@ -15,7 +15,8 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
+
+from bench.reference_loop import plain_kd_loss
 
 N, CLASSES, BATCH, EPOCHS, REPEATS = 8192, 100, 128, 1, 3
 TEMPERATURE, ALPHA = 4.0, 0.3
@@ -36,11 +37,8 @@ def _plain_epoch(student, teacher, x, y, *, bf16: bool, cached: torch.Tensor | N
             else:
                 zt = cached[idx]
             zs = student(xb)
-        zs, zt = zs.float(), zt.float()  # the soft term in float32, as kdcore's kd_loss does
-        hard = F.cross_entropy(zs, yb)
-        soft = F.kl_div(F.log_softmax(zs / TEMPERATURE, dim=1), F.log_softmax(zt / TEMPERATURE, dim=1),
-                        reduction="batchmean", log_target=True) * TEMPERATURE ** 2
-        loss = ALPHA * hard + (1 - ALPHA) * soft
+        # the loss in float32, as kdcore's kd_loss computes the soft term
+        loss = plain_kd_loss(zs.float(), zt.float(), yb, temperature=TEMPERATURE, alpha=ALPHA)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
