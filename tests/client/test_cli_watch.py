@@ -10,7 +10,7 @@ import httpx
 from typer.testing import CliRunner
 
 from kdclient import cli
-from tests.client.conftest import FakeService
+from tests.client.fake_service import FakeService
 
 EPOCHS = [  # the student trains first, then the baseline: the last epoch event is the baseline's
     {"run": "student", "epoch": 2, "epochs": 2, "train_loss": 0.1234, "val_accuracy": 0.951},

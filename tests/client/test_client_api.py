@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from kdclient import ApiError, Client, File, Job, KDClientError, Page, WaitTimeout
-from tests.client.conftest import job_spec
+from tests.factories import digits_job
 
 
 def test_upload_list_get_delete(kd, digits_teacher):
@@ -35,7 +35,7 @@ def test_upload_list_get_delete(kd, digits_teacher):
 
 def test_create_list_page_get_cancel_wait(kd, teacher):
     file, arch = teacher
-    ids = [kd.create_job(job_spec(file.id, arch)).id for _ in range(3)]
+    ids = [kd.create_job(digits_job(file.id, arch=arch)).id for _ in range(3)]
     job = kd.get_job(ids[0])
     assert isinstance(job, Job) and job.status == "queued" and not job.done
     assert job.spec["hyperparameters"]["temperature"] == 4.0  # defaults resolved and echoed
@@ -65,7 +65,7 @@ def test_create_list_page_get_cancel_wait(kd, teacher):
 
 def test_wait_times_out_with_the_last_state(kd, teacher):
     file, arch = teacher
-    job = kd.create_job(job_spec(file.id, arch))
+    job = kd.create_job(digits_job(file.id, arch=arch))
     with pytest.raises(WaitTimeout) as e:
         kd.wait(job.id, poll=0.05, timeout=0.2)
     assert e.value.job.id == job.id and e.value.job.status == "queued"
@@ -73,15 +73,15 @@ def test_wait_times_out_with_the_last_state(kd, teacher):
 
 def test_a_retried_submission_with_the_same_idempotency_key_creates_one_job(kd, teacher):
     file, arch = teacher
-    a = kd.create_job(job_spec(file.id, arch), idempotency_key="same-key")
-    b = kd.create_job(job_spec(file.id, arch), idempotency_key="same-key")
+    a = kd.create_job(digits_job(file.id, arch=arch), idempotency_key="same-key")
+    b = kd.create_job(digits_job(file.id, arch=arch), idempotency_key="same-key")
     assert a.id == b.id and len(kd.list_jobs()) == 1
 
 
 def test_errors_carry_the_problem_detail_and_field(kd, teacher, client, tmp_path):
     file, arch = teacher
     with pytest.raises(ApiError) as e:
-        kd.create_job(job_spec(file.id, arch, alpha=2))
+        kd.create_job(digits_job(file.id, arch=arch, hyperparameters={"alpha": 2}))
     err = e.value
     assert err.status == 422 and err.field == "hyperparameters.alpha"
     assert "hyperparameters.alpha" in err.detail and err.errors[0].reason
@@ -89,7 +89,7 @@ def test_errors_carry_the_problem_detail_and_field(kd, teacher, client, tmp_path
     assert str(err).startswith("422 ")
 
     with pytest.raises(ApiError) as e:
-        kd.create_job({**job_spec(file.id, arch), "tenant": "x"})
+        kd.create_job({**digits_job(file.id, arch=arch), "tenant": "x"})
     assert e.value.status == 422 and e.value.field == "tenant"
 
     with pytest.raises(ApiError) as e:
@@ -113,7 +113,7 @@ def test_errors_carry_the_problem_detail_and_field(kd, teacher, client, tmp_path
 
 def test_the_student_cannot_be_downloaded_before_the_job_succeeded(kd, teacher, tmp_path):
     file, arch = teacher
-    job = kd.create_job(job_spec(file.id, arch))
+    job = kd.create_job(digits_job(file.id, arch=arch))
     with pytest.raises(ApiError) as e:
         kd.download_student(job.id, tmp_path / "out" / "student.safetensors")
     assert e.value.status == 409 and "queued" in e.value.detail

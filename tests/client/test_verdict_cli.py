@@ -1,6 +1,6 @@
 """What `kd jobs get`, `kd jobs watch` and `kd distill` say about the verdict's uncertainty
 (result.comparison) and a suspect result (result.warnings), and the level `kd jobs events` shows,
-against a FakeService (tests/client/conftest.py)."""
+against a FakeService (tests/client/fake_service.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from kdclient import cli
 from kdclient.models import Event
-from tests.client.conftest import FakeService
+from tests.client.fake_service import FakeService
 
 runner = CliRunner()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.reliability.conftest import FINISHED
+from tests.reliability.checks import FINISHED
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from kdcore.checkpoint import list_checkpoints
-from tests.reliability.conftest import assert_each_epoch_reported_once, assert_one_artifact_per_kind
+from tests.reliability.checks import assert_each_epoch_reported_once, assert_one_artifact_per_kind
 from tests.utils import assert_same_weights, wait_for_checkpoint
 
 pytestmark = pytest.mark.slow

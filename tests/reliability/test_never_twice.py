@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from jobs.tables import Job, JobEvent, JobMetric
-from tests.reliability.conftest import assert_each_epoch_reported_once
+from tests.reliability.checks import assert_each_epoch_reported_once
 
 pytestmark = pytest.mark.slow
 EPOCHS = 12

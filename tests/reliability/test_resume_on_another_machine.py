@@ -10,7 +10,7 @@ import pytest
 
 from jobs.artifact_store import make_store
 from kdcore.checkpoint import list_checkpoints
-from tests.reliability.conftest import assert_each_epoch_reported_once, assert_one_artifact_per_kind
+from tests.reliability.checks import assert_each_epoch_reported_once, assert_one_artifact_per_kind
 from tests.utils import assert_same_weights, wait_for_checkpoint
 
 EPOCHS = 10

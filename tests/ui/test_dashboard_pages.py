@@ -128,7 +128,7 @@ def test_the_report_frame_is_sandboxed(client):
     frame could then remove its own sandbox. The scripts never touch the attribute, and the report needs
     nothing the sandbox forbids."""
     from api.report import render_report
-    from tests.worker.test_report import hand_made
+    from tests.factories import hand_made
 
     page = client.get("/ui/jobs/job_123").text
     frames = re.findall(r"<iframe\b[^>]*>", page)
