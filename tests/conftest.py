@@ -7,9 +7,8 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 import redis
@@ -20,24 +19,17 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from jobs import api_keys
 from jobs.db import make_engine
-from jobs.migrate import upgrade
+from harness.services import (REDIS_SERVER, Proc, Stack, answers, free_port, fresh_database, service_env,
+                              start_worker, wait_until)
+from harness.teachers import digits_teacher_file
 from jobs.settings import Settings
-from tests.utils import (API_KEY, PG_SERVER, REDIS_SERVER, REDIS_TEST_DB, S3_CREDENTIALS, TABLES, Proc, s3_client,
-                         service_env, start_worker)
+from tests.utils import API_KEY, REDIS_TEST_DB, S3_CREDENTIALS, TABLES, s3_client
 
 @pytest.fixture(scope="session")
 def service_pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for the service tests, migrated with Alembic; dropped after."""
-    admin = make_engine(f"{PG_SERVER}/test", isolation_level="AUTOCOMMIT")
-    name = f"kd_svc_{secrets.token_hex(6)}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = f"{PG_SERVER}/{name}"
-    upgrade(url)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_database("kd_svc") as url:
+        yield url
 
 
 @pytest.fixture
@@ -62,25 +54,10 @@ def redis_url() -> str:
 
 @pytest.fixture(scope="session")
 def digits_teacher(tmp_path_factory) -> tuple[Path, dict]:
-    """A small MLP teacher trained on the builtin digits split, saved as a safetensors state dict."""
-    import torch
-    from safetensors.torch import save_file
-
-    from kdcore.data import load_builtin
-    from kdcore.models import build_model
-
-    torch.manual_seed(0)
-    train = load_builtin("digits")["train"]
-    params = {"hidden_sizes": [128]}
-    model = build_model("mlp", params, input_shape=(64,), num_classes=10)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(60):  # full-batch Adam: a 97 %-ish teacher in about a second
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(train.x), train.y).backward()
-        opt.step()
+    """A small MLP teacher ([128], 60 full-batch Adam steps: 97 %-ish in about a second) trained on the
+    builtin digits split, saved as a safetensors state dict; (path, the job's teacher arch fields)."""
     path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path, {"arch": "mlp", "arch_params": params}
+    return path, digits_teacher_file(path, [128], steps=60)
 
 
 # --- the API in-process (FastAPI TestClient) on the real PostgreSQL and Redis ---------------------
@@ -107,32 +84,30 @@ def other_tenant_headers(client) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+@pytest.fixture
+def revoked_key(client) -> str:
+    """A key of another tenant that worked, then was revoked."""
+    with client.app.state.sessionmaker() as session:
+        key, row = api_keys.create_key(session, tenant_name="gone")
+        session.commit()
+        assert client.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        api_keys.revoke_key(session, prefix_or_id=row.id)
+        session.commit()
+    return key
+
+
 # --- a real S3 protocol server (moto's standalone server) for the S3 artifact store ---------------
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory) -> Iterator[str]:
     """`python -m moto.server` on a free 127.0.0.1 port for this test session; its endpoint URL.
     It speaks the S3 protocol over HTTP (multipart, Range, copy, metadata), in memory."""
-    import socket
-
-    import httpx
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     log_path = tmp_path_factory.mktemp("moto") / "moto.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KD_", "AWS_"))}
     proc = Proc([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env, log_path)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(f"{url}/moto-api/", timeout=1)
-            break
-        except httpx.HTTPError:
-            if time.monotonic() > deadline or proc.popen.poll() is not None:
-                raise RuntimeError(f"moto server did not start:\n{proc.output()}")
-            time.sleep(0.2)
+    wait_until(lambda: answers(f"{url}/moto-api/", None), what="moto server", proc=proc)
     yield url
     proc.stop()
 
@@ -154,6 +129,31 @@ def worker(settings, tmp_path):
     proc = start_worker(env, tmp_path / "worker.log")
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+def live_stack(request, tmp_path) -> Iterator[Callable[..., Stack]]:
+    """live_stack(workers=1, api=True, api_key=API_KEY, database_url=clean_pg, broker_url=redis_url,
+    worker_env=None, stop_timeout=15, **KD_env) -> a harness Stack: `python -m api` under uvicorn
+    (healthy) and `workers` ready `python -m worker` processes, on the test's PostgreSQL, Redis and
+    data directory unless told otherwise; every process is stopped (SIGTERM, then SIGKILL after
+    `stop_timeout` seconds) at the end of the test."""
+    started: list[Stack] = []
+
+    def start(*, workers: int = 1, api: bool = True, api_key: str = API_KEY, database_url: str | None = None,
+              broker_url: str | None = None, worker_env: dict[str, str] | None = None, stop_timeout: float = 15,
+              **env: str) -> Stack:
+        env = service_env(database_url=database_url or request.getfixturevalue("clean_pg"),
+                          broker_url=broker_url or request.getfixturevalue("redis_url"),
+                          data_dir=tmp_path / "data", api_key=api_key, **env)
+        log_dir = tmp_path / f"stack-{len(started)}"
+        log_dir.mkdir()
+        started.append(Stack(env, log_dir, api_key=api_key, stop_timeout=stop_timeout))
+        return started[-1].run(workers=workers, api=api, worker_env=worker_env)
+
+    yield start
+    for stack in started:
+        stack.stop()
 
 
 @pytest.fixture(params=["local", "s3"])

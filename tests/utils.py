@@ -1,25 +1,18 @@
 """Helpers and constants the test modules share: plain functions, no fixtures (those live in the
-conftest.py files). Service subprocesses (`Proc`, `service_env`, `start_worker`, `wait_healthy`),
-request helpers (`upload`, `problem`), job helpers (`spec`, `submit`, `wait_for`), store helpers."""
+conftest.py files). Request helpers (`upload`, `problem`), job helpers (`submit`, `wait_for`), store
+helpers. The service processes (API, workers) are started by harness/services.py, the harness the
+benchmarks use as well; the job bodies and teachers the tests build are in tests/factories.py."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
-
-import httpx
 
 from jobs.artifact_store import LocalArtifactStore
 from jobs.settings import Settings
+from tests.factories import digits_job
 
-ROOT = Path(__file__).resolve().parent.parent
-PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
-REDIS_SERVER = "redis://127.0.0.1:6379"
 # The Redis database this test run flushes and uses as its broker: one of 1..15 per pytest process,
 # so two test runs on one machine (developers running suites side by side) do not take each other's
 # messages. Database 0 is left alone.
@@ -29,69 +22,6 @@ TABLES = ("artifacts", "job_metrics", "job_events", "jobs", "files", "api_keys",
 API_KEY = "kd_test_" + "k" * 40
 S3_CREDENTIALS = {"KD_S3_ACCESS_KEY_ID": "testing", "KD_S3_SECRET_ACCESS_KEY": "testing",
                   "KD_S3_REGION": "us-east-1", "KD_S3_ADDRESSING_STYLE": "path"}
-
-
-def service_env(*, database_url: str, broker_url: str, data_dir: Path, api_key: str, **extra: str) -> dict:
-    """Environment for an API or worker subprocess: the machine's, plus KD_ settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KD_")}
-    # One thread per worker process (2 cores, several processes); `extra` may override it.
-    env.update({"KD_DATABASE_URL": database_url, "KD_BROKER_URL": broker_url, "KD_DATA_DIR": str(data_dir),
-                "KD_BOOTSTRAP_API_KEY": api_key, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **extra})
-    return env
-
-
-def wait_healthy(base_url: str, api: "Proc", *, timeout: float = 60) -> None:
-    """Return once the API at `base_url` answers /healthz 200; RuntimeError with its log if it exits or
-    does not answer within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{base_url}/healthz").status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or api.popen.poll() is not None:
-            raise RuntimeError(api.output())
-        time.sleep(0.2)
-
-
-class Proc:
-    """A service subprocess whose output goes to a log file (read on failure)."""
-
-    def __init__(self, args: list[str], env: dict, log_path: Path):
-        self.log_path = log_path
-        self.log = open(log_path, "wb")
-        self.popen = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def output(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_output(self, needle: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if needle in self.output():
-                return
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"process exited with {self.popen.returncode}:\n{self.output()[-4000:]}")
-            time.sleep(0.2)
-        raise TimeoutError(f"no {needle!r} after {timeout}s:\n{self.output()[-4000:]}")
-
-    def stop(self, sig_timeout: float = 15) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=sig_timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        self.log.close()
-
-
-def start_worker(env: dict, log_path: Path) -> Proc:
-    proc = Proc([sys.executable, "-m", "worker"], env, log_path)
-    proc.wait_for_output("ready.", timeout=90)
-    return proc
 
 
 def upload(client, path, purpose, headers=None):
@@ -118,18 +48,13 @@ def s3_client(endpoint_url: str):
         aws_secret_access_key="testing")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def submit(client, teacher, **hyper) -> dict:
+    """Upload the (path, arch) teacher and submit a standardized digits job with it (3 epochs unless
+    `hyper` says otherwise); the created job."""
     path, arch = teacher
     tid = upload(client, path, "teacher").json()["id"]
-    body = {"teacher": {"file_id": tid, **arch}, "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}},
-            "dataset": {"builtin": "digits", "standardize": True},
-            "hyperparameters": {"epochs": 3, "learning_rate": 0.01, **hyper}}
+    body = digits_job(tid, arch=arch, dataset={"builtin": "digits", "standardize": True},
+                      hyperparameters={"epochs": 3, "learning_rate": 0.01, **hyper})
     resp = client.post("/v1/jobs", json=body)
     assert resp.status_code == 201, resp.text
     return resp.json()
@@ -158,21 +83,6 @@ def leftovers(store) -> list[str]:
     names = [item["Key"].removeprefix(store.prefix + "/") for page in pages for item in page.get("Contents", [])]
     uploads = store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
     return sorted(names + [f"upload:{u['Key']}" for u in uploads])
-
-
-def spec(teacher_id: str, **overrides) -> dict:
-    """A small digits job body for POST /v1/jobs; overrides by dotted name ("hyperparameters.epochs")."""
-    body = {"teacher": {"file_id": teacher_id, "arch": "mlp", "arch_params": {"hidden_sizes": [128]}},
-            "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}},
-            "dataset": {"builtin": "digits"},
-            "hyperparameters": {"epochs": 2}}
-    for dotted, value in overrides.items():
-        head, _, tail = dotted.partition(".")
-        if tail:
-            body.setdefault(head, {})[tail] = value
-        else:
-            body[head] = value
-    return body
 
 
 def assert_same_weights(got: dict, want: dict) -> None:

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from jobs.db import make_engine, make_sessionmaker
+from tests.factories import digits_job, mlp
 from tests.utils import API_KEY, upload
 
 POOL_SIZE, REQUESTS = 2, 48
@@ -27,9 +28,8 @@ def test_a_burst_larger_than_the_pool_is_served(settings, digits_teacher):
     with TestClient(app, raise_server_exceptions=False) as client:
         client.headers["Authorization"] = f"Bearer {API_KEY}"
         teacher = upload(client, digits_teacher[0], "teacher").json()["id"]
-        body = {"teacher": {"file_id": teacher, **digits_teacher[1]},
-                "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [8]}},
-                "dataset": {"builtin": "digits"}, "hyperparameters": {"epochs": 1}, "baseline": False}
+        body = digits_job(teacher, arch=digits_teacher[1], student=mlp(8), hyperparameters={"epochs": 1},
+                          baseline=False)
         job = client.post("/v1/jobs", json=body).json()["id"]
 
         def one(i: int) -> int:

@@ -19,6 +19,7 @@ from api import quotas, spec_resolution
 from jobs import jobs_repo
 from jobs.migrate import upgrade
 from jobs.settings import Settings
+from tests.factories import digits_job
 from tests.utils import problem, upload
 
 
@@ -32,9 +33,7 @@ def settings(request, settings, tmp_path) -> Settings:
 
 
 def job_body(teacher_id: str) -> dict:
-    return {"teacher": {"file_id": teacher_id, "arch": "mlp", "arch_params": {"hidden_sizes": [128]}},
-            "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}},
-            "dataset": {"builtin": "digits"}, "hyperparameters": {"epochs": 1}}
+    return digits_job(teacher_id, hyperparameters={"epochs": 1})
 
 
 def stored_objects(settings) -> list:

@@ -4,15 +4,13 @@ cached, a revoked key is refused by every API process at its next request."""
 
 from __future__ import annotations
 
-import sys
-
 import httpx
 import psycopg
 import pytest
 
 from jobs import api_keys
 from jobs.db import make_engine, make_sessionmaker
-from tests.utils import API_KEY, Proc, free_port, problem, service_env, upload, wait_healthy
+from tests.utils import API_KEY, problem, upload
 
 
 @pytest.fixture
@@ -55,15 +53,10 @@ def test_a_job_and_a_page_are_one_statement_each(client, queued_job, monkeypatch
     assert job["status"] == "queued" and job["queue_position"] == 0 and "no live worker" in job["waiting_reason"]
 
 
-def test_a_revoked_key_is_refused_by_every_api_process_at_once(clean_pg, redis_url, tmp_path, digits_teacher):
-    port = free_port()
-    env = service_env(database_url=clean_pg, broker_url=redis_url, data_dir=tmp_path / "data", api_key=API_KEY,
-                      KD_API_PORT=str(port), KD_API_WORKERS="2")
-    api = Proc([sys.executable, "-m", "api"], env, tmp_path / "api.log")
-    base = f"http://127.0.0.1:{port}"
+def test_a_revoked_key_is_refused_by_every_api_process_at_once(clean_pg, live_stack, digits_teacher):
+    base = live_stack(workers=0, KD_API_WORKERS="2").base_url
     engine = make_engine(clean_pg)
     try:
-        wait_healthy(base, api)
         with make_sessionmaker(engine)() as session:
             key, row = api_keys.create_key(session, tenant_name="short-lived")
             session.commit()
@@ -87,7 +80,6 @@ def test_a_revoked_key_is_refused_by_every_api_process_at_once(clean_pg, redis_u
                     problem(httpx.get(base + path, headers=headers, timeout=30), 401)
     finally:
         engine.dispose()
-        api.stop()
 
 
 def test_a_page_is_the_same_json_whether_its_jobs_were_seen_before_or_not(client, queued_job, digits_teacher):

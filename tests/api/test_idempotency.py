@@ -18,7 +18,9 @@ from jobs import idempotency_repo, tenants_repo
 from jobs.migrate import upgrade
 from jobs.settings import Settings
 from jobs.tables import IN_FLIGHT, IdempotencyKey, utcnow
-from tests.utils import record_body_reads, REDIS_SERVER, REDIS_TEST_DB, problem, upload
+from harness.services import REDIS_SERVER
+from tests.factories import digits_job
+from tests.utils import record_body_reads, REDIS_TEST_DB, problem, upload
 
 KEY = "order-7f3a"
 
@@ -36,13 +38,6 @@ def settings(request, settings, tmp_path) -> Settings:
 @pytest.fixture
 def teacher_id(client, digits_teacher) -> str:
     return upload(client, digits_teacher[0], "teacher").json()["id"]
-
-
-def job_body(teacher_id: str, epochs: int = 2) -> dict:
-    return {"teacher": {"file_id": teacher_id, "arch": "mlp", "arch_params": {"hidden_sizes": [128]}},
-            "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}},
-            "dataset": {"builtin": "digits"},
-            "hyperparameters": {"epochs": epochs}}
 
 
 def post_job(client, body, key=KEY, headers=None):
@@ -81,11 +76,11 @@ def times_enqueued(job_id: str) -> int:
 # --- POST /v1/jobs ---------------------------------------------------------------------------------
 
 def test_same_key_and_body_replays_the_first_response_and_creates_one_job(client, teacher_id):
-    first = post_job(client, job_body(teacher_id))
+    first = post_job(client, digits_job(teacher_id))
     assert first.status_code == 201, first.text
     assert "idempotent-replayed" not in first.headers
     # The same request, its keys in another order and spaced differently: the same fingerprint.
-    body = job_body(teacher_id)
+    body = digits_job(teacher_id)
     reordered = json.dumps(dict(reversed(list(body.items()))), indent=2)
     again = client.post("/v1/jobs", content=reordered,
                         headers={"Idempotency-Key": KEY, "Content-Type": "application/json"})
@@ -98,8 +93,8 @@ def test_same_key_and_body_replays_the_first_response_and_creates_one_job(client
 
 
 def test_same_key_with_a_different_body_is_422_naming_the_header(client, teacher_id):
-    first = post_job(client, job_body(teacher_id)).json()
-    err = problem(post_job(client, job_body(teacher_id, epochs=3)), 422)
+    first = post_job(client, digits_job(teacher_id)).json()
+    err = problem(post_job(client, digits_job(teacher_id, hyperparameters={"epochs": 3})), 422)
     assert err["errors"][0]["field"] == "Idempotency-Key"
     assert "different request" in err["detail"]
     assert job_ids(client) == [first["id"]]
@@ -107,14 +102,14 @@ def test_same_key_with_a_different_body_is_422_naming_the_header(client, teacher
 
 def test_a_key_used_for_a_file_cannot_create_a_job(client, digits_teacher, teacher_id):
     upload(client, digits_teacher[0], "teacher", headers={"Idempotency-Key": "shared"})
-    err = problem(post_job(client, job_body(teacher_id), key="shared"), 422)
+    err = problem(post_job(client, digits_job(teacher_id), key="shared"), 422)
     assert err["errors"][0]["field"] == "Idempotency-Key"
     assert job_ids(client) == []
 
 
 @pytest.mark.parametrize("key", ["", "k" * 256, "tab\there", "bell\x07", "caf\xe9"])
 def test_a_malformed_key_is_422_naming_the_header(client, teacher_id, key):
-    resp = client.post("/v1/jobs", json=job_body(teacher_id), headers={"Idempotency-Key": key.encode("latin-1")})
+    resp = client.post("/v1/jobs", json=digits_job(teacher_id), headers={"Idempotency-Key": key.encode("latin-1")})
     err = problem(resp, 422)
     assert err["errors"][0]["field"] == "Idempotency-Key" and "printable ASCII" in err["detail"]
     assert job_ids(client) == [] and key_rows(client) == []
@@ -123,13 +118,13 @@ def test_a_malformed_key_is_422_naming_the_header(client, teacher_id, key):
 def test_the_longest_key_and_every_printable_character_are_accepted(client, teacher_id):
     printable = "".join(chr(c) for c in range(0x21, 0x7F))
     for key in ("k" * 255, printable):
-        assert post_job(client, job_body(teacher_id), key=key).status_code == 201
+        assert post_job(client, digits_job(teacher_id), key=key).status_code == 201
     assert len(job_ids(client)) == 2
 
 
 def test_a_key_in_flight_is_409_and_creates_nothing(client, teacher_id):
     hold_key_in_flight(client)
-    err = problem(post_job(client, job_body(teacher_id)), 409)
+    err = problem(post_job(client, digits_job(teacher_id)), 409)
     assert err["errors"][0]["field"] == "Idempotency-Key" and "in progress" in err["detail"]
     assert job_ids(client) == []
     assert [r.status for r in key_rows(client)] == [IN_FLIGHT]  # the holder's claim is untouched
@@ -144,12 +139,12 @@ def test_the_claim_is_committed_before_the_work_so_a_concurrent_retry_gets_409(c
         if "rows" not in seen:  # the first request only (were the second let through, not again)
             seen["rows"] = [(r.key, r.status) for r in key_rows(client)]
             if seen["rows"] == [(KEY, IN_FLIGHT)]:
-                seen["concurrent"] = post_job(client, job_body(teacher_id))
+                seen["concurrent"] = post_job(client, digits_job(teacher_id))
         return original(session, **kwargs)
 
     original = jobs_route.resolve_spec
     monkeypatch.setattr(jobs_route, "resolve_spec", slow_resolve_spec)
-    first = post_job(client, job_body(teacher_id))
+    first = post_job(client, digits_job(teacher_id))
     assert seen["rows"] == [(KEY, IN_FLIGHT)]
     assert first.status_code == 201
     assert problem(seen["concurrent"], 409)["errors"][0]["field"] == "Idempotency-Key"
@@ -157,37 +152,37 @@ def test_the_claim_is_committed_before_the_work_so_a_concurrent_retry_gets_409(c
 
 
 def test_keys_are_per_tenant(client, teacher_id, digits_teacher, other_tenant_headers):
-    mine = post_job(client, job_body(teacher_id))
+    mine = post_job(client, digits_job(teacher_id))
     hold_key_in_flight(client, key="held")
     their_teacher = upload(client, digits_teacher[0], "teacher", headers=other_tenant_headers).json()["id"]
     for key in (KEY, "held"):  # one this tenant finished, one it holds in flight: free for the other
-        theirs = post_job(client, job_body(their_teacher), key=key, headers=other_tenant_headers)
+        theirs = post_job(client, digits_job(their_teacher), key=key, headers=other_tenant_headers)
         assert theirs.status_code == 201, theirs.text
         assert "idempotent-replayed" not in theirs.headers
     assert len(job_ids(client, headers=other_tenant_headers)) == 2
-    replay = post_job(client, job_body(teacher_id))
+    replay = post_job(client, digits_job(teacher_id))
     assert replay.headers["idempotent-replayed"] == "true" and replay.content == mine.content
-    problem(post_job(client, job_body(teacher_id), key="held"), 409)
+    problem(post_job(client, digits_job(teacher_id), key="held"), 409)
     assert job_ids(client) == [mine.json()["id"]]
 
 
 def test_an_expired_key_is_replaced_and_makes_a_new_job(client, teacher_id):
-    first = post_job(client, job_body(teacher_id)).json()
+    first = post_job(client, digits_job(teacher_id)).json()
     with client.app.state.sessionmaker() as session:
         session.execute(update(IdempotencyKey).values(expires_at=utcnow() - timedelta(seconds=1)))
         session.commit()
-    again = post_job(client, job_body(teacher_id))
+    again = post_job(client, digits_job(teacher_id))
     assert again.status_code == 201 and "idempotent-replayed" not in again.headers
     assert again.json()["id"] != first["id"]
     assert len(job_ids(client)) == 2
     rows = key_rows(client)
     assert len(rows) == 1 and rows[0].response_body["id"] == again.json()["id"]
-    assert post_job(client, job_body(teacher_id)).headers["idempotent-replayed"] == "true"
+    assert post_job(client, digits_job(teacher_id)).headers["idempotent-replayed"] == "true"
 
 
 def test_the_key_is_kept_for_the_configured_ttl(client, teacher_id):
     before = utcnow()
-    post_job(client, job_body(teacher_id))
+    post_job(client, digits_job(teacher_id))
     (row,) = key_rows(client)
     ttl = timedelta(seconds=client.app.state.settings.idempotency_ttl_seconds)
     assert ttl == timedelta(hours=24)
@@ -202,19 +197,19 @@ def test_expired_keys_of_any_tenant_are_purged_when_a_key_is_claimed(client, tea
                                    now=long_ago, hold_seconds=60)
         session.commit()
     assert len(key_rows(client)) == 2
-    post_job(client, job_body(teacher_id))
+    post_job(client, digits_job(teacher_id))
     assert [r.key for r in key_rows(client)] == [KEY]
 
 
 def test_a_failed_request_releases_its_key_for_a_fixed_retry(client, teacher_id):
-    bad = job_body(teacher_id)
+    bad = digits_job(teacher_id)
     bad["hyperparameters"]["alpha"] = 1.5
     err = problem(post_job(client, bad), 422)
     assert err["errors"][0]["field"] == "hyperparameters.alpha"
     assert key_rows(client) == []
-    fixed = post_job(client, job_body(teacher_id))
+    fixed = post_job(client, digits_job(teacher_id))
     assert fixed.status_code == 201 and "idempotent-replayed" not in fixed.headers
-    replay = post_job(client, job_body(teacher_id))
+    replay = post_job(client, digits_job(teacher_id))
     assert replay.headers["idempotent-replayed"] == "true" and replay.content == fixed.content
     assert job_ids(client) == [fixed.json()["id"]]
 
@@ -230,12 +225,12 @@ def test_a_request_that_outlived_its_claim_creates_nothing(client, teacher_id, m
             with client.app.state.sessionmaker() as other:
                 other.execute(update(IdempotencyKey).values(expires_at=utcnow() - timedelta(seconds=1)))
                 other.commit()
-            seen["retry"] = post_job(client, job_body(teacher_id))
+            seen["retry"] = post_job(client, digits_job(teacher_id))
         return original(session, **kwargs)
 
     original = jobs_route.resolve_spec
     monkeypatch.setattr(jobs_route, "resolve_spec", hanging_resolve_spec)
-    first = post_job(client, job_body(teacher_id))
+    first = post_job(client, digits_job(teacher_id))
     assert seen["retry"].status_code == 201
     assert problem(first, 409)["errors"][0]["field"] == "Idempotency-Key"
     assert job_ids(client) == [seen["retry"].json()["id"]]
@@ -244,7 +239,7 @@ def test_a_request_that_outlived_its_claim_creates_nothing(client, teacher_id, m
 
 def test_without_a_key_every_post_creates_a_job(client, teacher_id):
     for _ in range(2):
-        assert client.post("/v1/jobs", json=job_body(teacher_id)).status_code == 201
+        assert client.post("/v1/jobs", json=digits_job(teacher_id)).status_code == 201
     assert len(job_ids(client)) == 2 and key_rows(client) == []
 
 

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import redis
 
-from tests.utils import REDIS_SERVER, REDIS_TEST_DB, problem, spec, upload
+from harness.services import REDIS_SERVER
+from tests.factories import digits_job
+from tests.utils import REDIS_TEST_DB, problem, upload
 
 
 def test_create_resolves_and_echoes_every_default(client, teacher_id):
-    resp = client.post("/v1/jobs", json=spec(teacher_id))
+    resp = client.post("/v1/jobs", json=digits_job(teacher_id))
     assert resp.status_code == 201, resp.text
     job = resp.json()
     assert job["status"] == "queued" and job["attempt"] == 0 and job["max_attempts"] == 3
@@ -27,7 +29,7 @@ def test_create_resolves_and_echoes_every_default(client, teacher_id):
 
 
 def test_create_publishes_the_job_id_to_the_broker(client, teacher_id):
-    job = client.post("/v1/jobs", json=spec(teacher_id)).json()
+    job = client.post("/v1/jobs", json=digits_job(teacher_id)).json()
     r = redis.Redis.from_url(f"{REDIS_SERVER}/{REDIS_TEST_DB}")
     messages = [json.loads(m) for m in r.lrange("kd.cpu", 0, -1)]
     assert len(messages) == 1
@@ -56,7 +58,7 @@ def test_create_publishes_the_job_id_to_the_broker(client, teacher_id):
     ({"attempt": 5}, "attempt"),
 ])
 def test_a_spec_that_cannot_run_is_422_naming_the_field(client, teacher_id, overrides, field):
-    body = spec(teacher_id)
+    body = digits_job(teacher_id)
     for dotted, value in overrides.items():
         head, _, tail = dotted.partition(".")
         if tail:
@@ -79,7 +81,7 @@ def test_teacher_with_other_class_count_is_422(client, tmp_path):
     path = tmp_path / "t7.safetensors"
     save_file(model.state_dict(), str(path))
     tid = upload(client, path, "teacher").json()["id"]
-    body = spec(tid)
+    body = digits_job(tid)
     body["teacher"]["arch_params"] = {"hidden_sizes": [8]}
     err = problem(client.post("/v1/jobs", json=body), 422)
     assert err["errors"][0]["field"] == "teacher.file_id" and "7" in err["detail"] and "10" in err["detail"]
@@ -89,23 +91,23 @@ def test_dataset_shape_mismatch_and_wrong_purpose_are_422(client, teacher_id, tm
     path = tmp_path / "d.npz"
     np.savez(path, x=np.random.rand(50, 32).astype(np.float32), y=np.arange(50) % 10)
     data_id = upload(client, path, "dataset").json()["id"]
-    err = problem(client.post("/v1/jobs", json=spec(teacher_id, dataset={"train_file_id": data_id})), 422)
+    err = problem(client.post("/v1/jobs", json=digits_job(teacher_id, dataset={"train_file_id": data_id})), 422)
     assert err["errors"][0]["field"] == "teacher.arch_params"
-    err = problem(client.post("/v1/jobs", json=spec(data_id)), 422)
+    err = problem(client.post("/v1/jobs", json=digits_job(data_id)), 422)
     assert err["errors"][0]["field"] == "teacher.file_id" and "dataset" in err["detail"]
-    err = problem(client.post("/v1/jobs", json=spec(teacher_id, dataset={"train_file_id": teacher_id})), 422)
+    err = problem(client.post("/v1/jobs", json=digits_job(teacher_id, dataset={"train_file_id": teacher_id})), 422)
     assert err["errors"][0]["field"] == "dataset.train_file_id"
 
 
 def test_another_tenants_file_reads_as_missing(client, teacher_id, other_tenant_headers):
-    mine = problem(client.post("/v1/jobs", json=spec(teacher_id), headers=other_tenant_headers), 422)
-    unknown = problem(client.post("/v1/jobs", json=spec("file_nope"), headers=other_tenant_headers), 422)
+    mine = problem(client.post("/v1/jobs", json=digits_job(teacher_id), headers=other_tenant_headers), 422)
+    unknown = problem(client.post("/v1/jobs", json=digits_job("file_nope"), headers=other_tenant_headers), 422)
     assert mine["errors"][0]["field"] == unknown["errors"][0]["field"] == "teacher.file_id"
     assert mine["detail"].replace(teacher_id, "X") == unknown["detail"].replace("file_nope", "X")
 
 
 def test_list_filters_and_paginates(client, teacher_id):
-    ids = [client.post("/v1/jobs", json=spec(teacher_id)).json()["id"] for _ in range(3)]
+    ids = [client.post("/v1/jobs", json=digits_job(teacher_id)).json()["id"] for _ in range(3)]
     client.post(f"/v1/jobs/{ids[0]}/cancel")
     page = client.get("/v1/jobs", params={"limit": 2}).json()
     assert [j["id"] for j in page["data"]] == ids[::-1][:2] and page["has_more"] is True
@@ -118,7 +120,7 @@ def test_list_filters_and_paginates(client, teacher_id):
 
 
 def test_cancel_queued_is_immediate_and_finished_is_409(client, teacher_id):
-    job = client.post("/v1/jobs", json=spec(teacher_id)).json()
+    job = client.post("/v1/jobs", json=digits_job(teacher_id)).json()
     resp = client.post(f"/v1/jobs/{job['id']}/cancel")
     assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
     assert resp.json()["finished_at"] is not None
@@ -131,7 +133,7 @@ def test_cancel_queued_is_immediate_and_finished_is_409(client, teacher_id):
 @pytest.mark.parametrize("method, suffix", [
     ("GET", ""), ("POST", "/cancel"), ("GET", "/events"), ("GET", "/metrics"), ("GET", "/student")])
 def test_other_tenants_job_is_the_same_404_as_unknown(client, teacher_id, other_tenant_headers, method, suffix):
-    job = client.post("/v1/jobs", json=spec(teacher_id)).json()
+    job = client.post("/v1/jobs", json=digits_job(teacher_id)).json()
     theirs = client.request(method, f"/v1/jobs/{job['id']}{suffix}", headers=other_tenant_headers)
     unknown = client.request(method, f"/v1/jobs/job_unknown{suffix}", headers=other_tenant_headers)
     problem(theirs, 404)

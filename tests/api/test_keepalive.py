@@ -9,36 +9,27 @@ magnitude on any machine that can run the suite."""
 from __future__ import annotations
 
 import http.client
-import sys
 import time
 
 import pytest
 
-from tests.utils import API_KEY, free_port, Proc, service_env, wait_healthy
 
 pytestmark = pytest.mark.slow
 REQUESTS = 20
 
 
 @pytest.mark.parametrize("workers", ["2", "1"])
-def test_keep_alive_requests_are_not_delayed(clean_pg, redis_url, tmp_path, workers):
-    port = free_port()
-    proc = Proc([sys.executable, "-m", "api"],
-                service_env(database_url=clean_pg, broker_url=redis_url, data_dir=tmp_path / "data", api_key=API_KEY,
-                            KD_API_PORT=str(port), KD_API_WORKERS=workers), tmp_path / "api.log")
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}", proc)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("GET", "/healthz")  # the connection is open and warm
-        conn.getresponse().read()
-        started = time.perf_counter()
-        for _ in range(REQUESTS):
-            conn.request("GET", "/healthz")
-            response = conn.getresponse()
-            response.read()
-            assert response.status == 200
-        elapsed = time.perf_counter() - started
-        conn.close()
-    finally:
-        proc.stop(sig_timeout=5)
+def test_keep_alive_requests_are_not_delayed(live_stack, workers):
+    port = live_stack(workers=0, stop_timeout=5, KD_API_WORKERS=workers).port
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/healthz")  # the connection is open and warm
+    conn.getresponse().read()
+    started = time.perf_counter()
+    for _ in range(REQUESTS):
+        conn.request("GET", "/healthz")
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200
+    elapsed = time.perf_counter() - started
+    conn.close()
     assert elapsed < REQUESTS * 0.040 / 2, f"{REQUESTS} keep-alive requests took {elapsed * 1000:.0f} ms"

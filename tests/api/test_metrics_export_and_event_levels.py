@@ -11,6 +11,7 @@ import json
 import pytest
 
 from jobs import lifecycle
+from tests.factories import digits_job
 from tests.utils import problem, upload
 
 SSE = {"Accept": "text/event-stream"}
@@ -28,10 +29,7 @@ def epoch_values(run: str, epoch: int, **extra) -> dict:
 def job(client, digits_teacher) -> dict:
     """A claimed job with two epochs of each run, a warning event, then failed (an error event)."""
     teacher = upload(client, digits_teacher[0], "teacher").json()["id"]
-    body = {"teacher": {"file_id": teacher, "arch": "mlp", "arch_params": {"hidden_sizes": [128]}},
-            "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}}, "dataset": {"builtin": "digits"},
-            "hyperparameters": {"epochs": 2}}
-    job = client.post("/v1/jobs", json=body).json()
+    job = client.post("/v1/jobs", json=digits_job(teacher)).json()
     with client.app.state.sessionmaker() as s:
         attempt = lifecycle.claim(s, job_id=job["id"], lease_seconds=60, worker="test")
         for run in ("student", "baseline"):

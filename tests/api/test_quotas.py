@@ -13,6 +13,7 @@ from api import file_inspection
 from jobs import lifecycle, quotas_repo, tenants_repo
 from jobs.migrate import upgrade
 from jobs.settings import Settings
+from tests.factories import digits_job
 from tests.utils import record_body_reads, problem, upload
 
 JOB_QUOTA = 2
@@ -35,12 +36,6 @@ def teacher_id(client, digits_teacher) -> str:
     return upload(client, digits_teacher[0], "teacher").json()["id"]
 
 
-def job_body(teacher_id: str) -> dict:
-    return {"teacher": {"file_id": teacher_id, "arch": "mlp", "arch_params": {"hidden_sizes": [128]}},
-            "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}},
-            "dataset": {"builtin": "digits"}, "hyperparameters": {"epochs": 2}}
-
-
 def job_ids(client, headers=None) -> list[str]:
     return [j["id"] for j in client.get("/v1/jobs", headers=headers).json()["data"]]
 
@@ -56,62 +51,62 @@ def refused(resp, quota: str, limit: int, used: int, retry_after: str) -> dict:
 # --- concurrent jobs ------------------------------------------------------------------------------
 
 def test_past_the_job_quota_is_429_with_retry_after_and_creates_nothing(client, teacher_id):
-    ids = [client.post("/v1/jobs", json=job_body(teacher_id)).json()["id"] for _ in range(JOB_QUOTA)]
-    resp = client.post("/v1/jobs", json=job_body(teacher_id))
+    ids = [client.post("/v1/jobs", json=digits_job(teacher_id)).json()["id"] for _ in range(JOB_QUOTA)]
+    resp = client.post("/v1/jobs", json=digits_job(teacher_id))
     err = refused(resp, "concurrent jobs quota", JOB_QUOTA, JOB_QUOTA, "30")
     assert f"this tenant has {JOB_QUOTA}" in err["detail"]
     assert sorted(job_ids(client)) == sorted(ids)
 
 
 def test_cancelling_frees_a_slot_once_the_job_has_stopped(client, teacher_id):
-    running, queued = (client.post("/v1/jobs", json=job_body(teacher_id)).json()["id"] for _ in range(JOB_QUOTA))
+    running, queued = (client.post("/v1/jobs", json=digits_job(teacher_id)).json()["id"] for _ in range(JOB_QUOTA))
     with client.app.state.sessionmaker() as session:
         attempt = lifecycle.claim(session, job_id=running, lease_seconds=60, worker="test")
         session.commit()
     assert client.post(f"/v1/jobs/{running}/cancel").json()["status"] == "cancelling"
-    refused(client.post("/v1/jobs", json=job_body(teacher_id)), "concurrent jobs", JOB_QUOTA, JOB_QUOTA, "30")
+    refused(client.post("/v1/jobs", json=digits_job(teacher_id)), "concurrent jobs", JOB_QUOTA, JOB_QUOTA, "30")
 
     assert client.post(f"/v1/jobs/{queued}/cancel").json()["status"] == "cancelled"  # queued: at once
-    freed = client.post("/v1/jobs", json=job_body(teacher_id))
+    freed = client.post("/v1/jobs", json=digits_job(teacher_id))
     assert freed.status_code == 201, freed.text
-    refused(client.post("/v1/jobs", json=job_body(teacher_id)), "concurrent jobs", JOB_QUOTA, JOB_QUOTA, "30")
+    refused(client.post("/v1/jobs", json=digits_job(teacher_id)), "concurrent jobs", JOB_QUOTA, JOB_QUOTA, "30")
 
     with client.app.state.sessionmaker() as session:  # the worker stops: cancelling -> cancelled
         assert lifecycle.finish_cancelled(session, job_id=running, attempt=attempt)
         session.commit()
-    assert client.post("/v1/jobs", json=job_body(teacher_id)).status_code == 201
+    assert client.post("/v1/jobs", json=digits_job(teacher_id)).status_code == 201
 
 
 def test_finished_jobs_do_not_count(client, teacher_id):
-    first = client.post("/v1/jobs", json=job_body(teacher_id)).json()["id"]
+    first = client.post("/v1/jobs", json=digits_job(teacher_id)).json()["id"]
     with client.app.state.sessionmaker() as session:
         attempt = lifecycle.claim(session, job_id=first, lease_seconds=60, worker="test")
         assert lifecycle.fail(session, job_id=first, attempt=attempt, code="boom", message="boom")
         session.commit()
     for _ in range(JOB_QUOTA):
-        assert client.post("/v1/jobs", json=job_body(teacher_id)).status_code == 201
+        assert client.post("/v1/jobs", json=digits_job(teacher_id)).status_code == 201
 
 
 def test_the_job_quota_is_per_tenant(client, teacher_id, digits_teacher, other_tenant_headers):
     for _ in range(JOB_QUOTA):
-        client.post("/v1/jobs", json=job_body(teacher_id))
-    problem(client.post("/v1/jobs", json=job_body(teacher_id)), 429)
+        client.post("/v1/jobs", json=digits_job(teacher_id))
+    problem(client.post("/v1/jobs", json=digits_job(teacher_id)), 429)
     theirs = upload(client, digits_teacher[0], "teacher", headers=other_tenant_headers).json()["id"]
     for _ in range(JOB_QUOTA):
-        resp = client.post("/v1/jobs", json=job_body(theirs), headers=other_tenant_headers)
+        resp = client.post("/v1/jobs", json=digits_job(theirs), headers=other_tenant_headers)
         assert resp.status_code == 201, resp.text
     assert len(job_ids(client, headers=other_tenant_headers)) == JOB_QUOTA
 
 
 def test_a_request_refused_by_the_quota_releases_its_idempotency_key(client, teacher_id):
-    ids = [client.post("/v1/jobs", json=job_body(teacher_id)).json()["id"] for _ in range(JOB_QUOTA)]
+    ids = [client.post("/v1/jobs", json=digits_job(teacher_id)).json()["id"] for _ in range(JOB_QUOTA)]
     headers = {"Idempotency-Key": "after-the-quota"}
-    problem(client.post("/v1/jobs", json=job_body(teacher_id), headers=headers), 429)
+    problem(client.post("/v1/jobs", json=digits_job(teacher_id), headers=headers), 429)
     client.post(f"/v1/jobs/{ids[0]}/cancel")
-    resp = client.post("/v1/jobs", json=job_body(teacher_id), headers=headers)
+    resp = client.post("/v1/jobs", json=digits_job(teacher_id), headers=headers)
     assert resp.status_code == 201 and "idempotent-replayed" not in resp.headers
     # ...and its replay is not refused even though the tenant is at the quota again.
-    replay = client.post("/v1/jobs", json=job_body(teacher_id), headers=headers)
+    replay = client.post("/v1/jobs", json=digits_job(teacher_id), headers=headers)
     assert replay.status_code == 201 and replay.headers["idempotent-replayed"] == "true"
 
 

@@ -13,7 +13,9 @@ from sqlalchemy import func, select
 
 from jobs import workers_repo
 from jobs.tables import Job
-from tests.utils import REDIS_SERVER, REDIS_TEST_DB, problem, spec
+from harness.services import REDIS_SERVER
+from tests.factories import digits_job
+from tests.utils import REDIS_TEST_DB, problem
 
 
 def queued_ids(queue: str) -> list[str]:
@@ -22,7 +24,7 @@ def queued_ids(queue: str) -> list[str]:
 
 
 def test_resources_default_to_one_cpu_process_and_are_echoed(client, teacher_id):
-    job = client.post("/v1/jobs", json=spec(teacher_id)).json()
+    job = client.post("/v1/jobs", json=digits_job(teacher_id)).json()
     assert job["spec"]["resources"] == {"device": "cpu", "gpus": 0, "processes": 1}
     assert job["queue"] == "kd.cpu" and queued_ids("kd.cpu") == [job["id"]]
 
@@ -32,7 +34,7 @@ def test_resources_default_to_one_cpu_process_and_are_echoed(client, teacher_id)
     ({"device": "cpu", "processes": 2}, "kd.cpu"),
 ])
 def test_each_job_goes_to_the_queue_its_resources_name(client, teacher_id, resources, queue):
-    job = client.post("/v1/jobs", json=spec(teacher_id, resources=resources)).json()
+    job = client.post("/v1/jobs", json=digits_job(teacher_id, resources=resources)).json()
     assert job["queue"] == queue and queued_ids(queue) == [job["id"]]
 
 
@@ -47,7 +49,7 @@ def test_each_job_goes_to_the_queue_its_resources_name(client, teacher_id, resou
     ({"nodes": 2}, "resources.nodes"),
 ])
 def test_bad_resources_are_422_naming_the_field_and_store_nothing(client, teacher_id, resources, field):
-    body = problem(client.post("/v1/jobs", json=spec(teacher_id, resources=resources)), 422)
+    body = problem(client.post("/v1/jobs", json=digits_job(teacher_id, resources=resources)), 422)
     assert field in json.dumps(body["errors"] if "errors" in body else body)
     with client.app.state.sessionmaker() as s:
         assert s.scalar(select(func.count()).select_from(Job)) == 0
@@ -55,8 +57,8 @@ def test_bad_resources_are_422_naming_the_field_and_store_nothing(client, teache
 
 
 def test_queued_jobs_report_their_position_and_why_they_wait(client, teacher_id):
-    cpu = [client.post("/v1/jobs", json=spec(teacher_id)).json()["id"] for _ in range(3)]
-    gpu = client.post("/v1/jobs", json=spec(teacher_id, resources={"device": "cuda", "gpus": 2})).json()["id"]
+    cpu = [client.post("/v1/jobs", json=digits_job(teacher_id)).json()["id"] for _ in range(3)]
+    gpu = client.post("/v1/jobs", json=digits_job(teacher_id, resources={"device": "cuda", "gpus": 2})).json()["id"]
     jobs = [client.get(f"/v1/jobs/{i}").json() for i in cpu]
     assert [j["queue_position"] for j in jobs] == [0, 1, 2]
     assert all(j["waiting_reason"].startswith("no live worker serves device=cpu gpus=0 (queue kd.cpu)")

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 
 from api import sse
 from jobs.tables import Job, JobEvent
+from tests.factories import digits_job
 from tests.utils import API_KEY, problem, upload
 
 SSE = {"Accept": "text/event-stream"}
@@ -24,10 +25,7 @@ def teacher_id(client, digits_teacher) -> str:
 
 
 def new_job(client, teacher_id) -> dict:
-    body = {"teacher": {"file_id": teacher_id, "arch": "mlp", "arch_params": {"hidden_sizes": [128]}},
-            "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}},
-            "dataset": {"builtin": "digits"}, "hyperparameters": {"epochs": 2}}
-    resp = client.post("/v1/jobs", json=body)
+    resp = client.post("/v1/jobs", json=digits_job(teacher_id))
     assert resp.status_code == 201, resp.text
     return resp.json()
 

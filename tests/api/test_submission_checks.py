@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from kdcore.models import build_model
+from tests.factories import digits_job, mlp
 from tests.utils import problem, upload
 
 
@@ -18,9 +19,7 @@ def teacher_id(client, digits_teacher) -> str:
 
 
 def job_body(teacher_id: str, **student) -> dict:
-    return {"teacher": {"file_id": teacher_id, "arch": "mlp", "arch_params": {"hidden_sizes": [128]}},
-            "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}, **student},
-            "dataset": {"builtin": "digits"}, "hyperparameters": {"epochs": 1}}
+    return digits_job(teacher_id, student={**mlp(16), **student}, hyperparameters={"epochs": 1})
 
 
 def init_weights(path, hidden_sizes: list[int], num_classes: int = 10):

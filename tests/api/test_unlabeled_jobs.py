@@ -11,9 +11,9 @@ import pytest
 
 from kdcore.data import MAX_SAMPLES, load_builtin
 from kdcore.spec import MAX_UNLABELED_FILES
+from tests.factories import digits_job
 from tests.utils import problem, upload, wait_for
 
-ARCH = {"arch": "mlp", "arch_params": {"hidden_sizes": [128]}}
 
 
 @pytest.fixture
@@ -57,8 +57,7 @@ def _ids(client, npz_files, *names, purpose="dataset") -> list[str]:
 
 
 def _job(teacher_id: str, dataset: dict, **top) -> dict:
-    return {"teacher": {"file_id": teacher_id, **ARCH}, "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}},
-            "dataset": dataset, "hyperparameters": {"epochs": 1, **top.pop("hp", {})}, **top}
+    return digits_job(teacher_id, dataset=dataset, hyperparameters={"epochs": 1, **top.pop("hp", {})}, **top)
 
 
 def test_uploads_without_labels_say_how_many_rows_are_labelled(client, npz_files):

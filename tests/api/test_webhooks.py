@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from jobs.webhooks import retry_delay
-from tests.utils import API_KEY, free_port, problem, service_env, start_worker, submit, wait_for
+from harness.services import free_port, service_env, start_worker
+from tests.utils import API_KEY, problem, submit, wait_for
 from tests.webhook_receiver import Receiver, verify
 
 ALL = ["job.succeeded", "job.failed", "job.cancelled"]

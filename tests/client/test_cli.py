@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kdclient import cli
-from tests.utils import ROOT
+from harness.services import ROOT
 
 runner = CliRunner()
 

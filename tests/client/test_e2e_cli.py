@@ -5,50 +5,27 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
-import time
 
-import httpx
 import pytest
 
 from jobs.migrate import upgrade
-from tests.utils import ROOT, Proc, service_env, start_worker, wait_healthy
+from harness.services import ROOT
 
 pytestmark = pytest.mark.slow
 KEY = "kd_cli_" + "c" * 40
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def service(tmp_path):
-    """The embedded service on a free port: its URL."""
+def service(tmp_path, live_stack):
+    """The embedded service on a free port: its URL and its worker."""
     data = tmp_path / "data"
     data.mkdir()
     db, broker = f"sqlite:///{data}/kd.sqlite3", f"sqla+sqlite:///{data}/broker.sqlite3"
     upgrade(db)
-    port = free_port()
-    env = service_env(database_url=db, broker_url=broker, data_dir=data, api_key=KEY, KD_API_PORT=str(port))
-    api = Proc([sys.executable, "-m", "api"], env, tmp_path / "api.log")  # starts while the worker does
-    worker = None
-    url = f"http://127.0.0.1:{port}"
-    try:
-        worker = start_worker(env, tmp_path / "worker.log")
-        wait_healthy(url, api)
-        yield url, worker
-    finally:  # both at once: each takes a few seconds to shut down gracefully
-        stopping = threading.Thread(target=api.stop)
-        stopping.start()
-        if worker is not None:
-            worker.stop()
-        stopping.join()
+    running = live_stack(api_key=KEY, database_url=db, broker_url=broker)
+    return running.base_url, running.workers[0]
 
 
 def kd(url: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

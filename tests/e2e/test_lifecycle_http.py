@@ -7,43 +7,33 @@ data directories: they share no disk, as on two machines."""
 from __future__ import annotations
 
 import hashlib
-import sys
 import time
 
-import httpx
 import jsonschema
 import pytest
 
 from jobs.migrate import upgrade
-from tests.utils import free_port, Proc, service_env, start_worker, wait_healthy
+from tests.factories import digits_job
 
 pytestmark = pytest.mark.slow
 KEY = "kd_e2e_" + "e" * 40
 
 
 @pytest.fixture(params=["production", "embedded", "production-s3"])
-def stack(request, tmp_path):
+def stack(request, tmp_path, live_stack):
     data = tmp_path / "data"
     store_env = request.getfixturevalue("s3_env") if request.param == "production-s3" else {}
-    if request.param.startswith("production"):
-        db = request.getfixturevalue("clean_pg")
-        broker = request.getfixturevalue("redis_url")
-    else:
-        db, broker = f"sqlite:///{data}/kd.sqlite3", f"sqla+sqlite:///{data}/broker.sqlite3"
+    urls = {}
+    if request.param == "embedded":
+        urls = dict(database_url=f"sqlite:///{data}/kd.sqlite3", broker_url=f"sqla+sqlite:///{data}/broker.sqlite3")
         data.mkdir(parents=True)
-        upgrade(db)
-    port = free_port()
-    env = service_env(database_url=db, broker_url=broker, data_dir=data, api_key=KEY,
-                      KD_API_PORT=str(port), KD_HEARTBEAT_SECONDS="0.5", KD_LEASE_SECONDS="10", **store_env)
-    worker_env = {**env, "KD_DATA_DIR": str(tmp_path / "worker-data")} if store_env else env
-    worker = start_worker(worker_env, tmp_path / "worker.log")
-    api = Proc([sys.executable, "-m", "api"], env, tmp_path / "api.log")
-    base = f"http://127.0.0.1:{port}"
-    wait_healthy(base, api)
-    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as client:
-        yield client, worker, api
-    api.stop()
-    worker.stop()
+        upgrade(urls["database_url"])
+    # with S3 the worker has a data directory of its own: it shares no disk with the API
+    worker_env = {"KD_DATA_DIR": str(tmp_path / "worker-data")} if store_env else None
+    running = live_stack(api_key=KEY, worker_env=worker_env, KD_HEARTBEAT_SECONDS="0.5", KD_LEASE_SECONDS="10",
+                         **urls, **store_env)
+    with running.client() as client:
+        yield client, running.workers[0], running.api
 
 
 def test_upload_submit_watch_download(stack, digits_teacher):
@@ -53,11 +43,9 @@ def test_upload_submit_watch_download(stack, digits_teacher):
     with open(path, "rb") as f:
         up = client.post("/v1/files", files={"file": ("teacher.safetensors", f)}, data={"purpose": "teacher"})
     assert up.status_code == 201, up.text
-    job = client.post("/v1/jobs", json={
-        "teacher": {"file_id": up.json()["id"], **arch},
-        "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}},
-        "dataset": {"builtin": "digits", "standardize": True},
-        "hyperparameters": {"epochs": 3, "learning_rate": 0.01}})
+    job = client.post("/v1/jobs", json=digits_job(
+        up.json()["id"], arch=arch, dataset={"builtin": "digits", "standardize": True},
+        hyperparameters={"epochs": 3, "learning_rate": 0.01}))
     assert job.status_code == 201, job.text
     job_id = job.json()["id"]
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.utils import ROOT, free_port
+from harness.services import free_port, ROOT
 
 README = ROOT / "README.md"
 RUN_LANGUAGES = {"sh": "sh", "bash": "sh", "shell": "sh", "python": "python"}

@@ -10,40 +10,33 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, delete, text
 from sqlalchemy.exc import OperationalError
 
+from harness.services import PG_SERVER, fresh_database
 from jobs import files_repo, jobs_repo, tenants_repo
 from jobs.db import make_engine, make_sessionmaker
 from jobs.migrate import upgrade
 from jobs.tables import Base
 
-PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
-PG_ADMIN_URL = f"{PG_SERVER}/test"
 BACKENDS = ("sqlite", "postgresql")
 
 
-@contextmanager
-def fresh_pg_database() -> Iterator[str]:
-    """A new, empty PostgreSQL database; its URL. Dropped on exit."""
-    admin = make_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"kd_test_{secrets.token_hex(6)}"
+def fresh_pg_database(*, migrate: bool) -> AbstractContextManager[str]:
+    """A new PostgreSQL database (harness.services.fresh_database), dropped on exit; skips the test
+    where PostgreSQL is not reachable."""
+    probe = make_engine(f"{PG_SERVER}/test")
     try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        probe.connect().close()
     except OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc.orig}")
-    try:
-        yield f"{PG_SERVER}/{name}"
+        pytest.skip(f"PostgreSQL is not reachable at {PG_SERVER}: {exc.orig}")
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        probe.dispose()
+    return fresh_database("kd_test", migrate=migrate)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -52,14 +45,13 @@ def empty_database_url(request, tmp_path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
     else:
-        with fresh_pg_database() as url:
+        with fresh_pg_database(migrate=False) as url:
             yield url
 
 
 @pytest.fixture(scope="session")
 def postgresql_url() -> Iterator[str]:
-    with fresh_pg_database() as url:
-        upgrade(url)
+    with fresh_pg_database(migrate=True) as url:
         yield url
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from kdcore.data import load_builtin
-from kdcore.models import build_model
+from harness.teachers import save_state_dict, train_digits_mlp
 from kdcore.pipeline import PipelineCallbacks
 from kdcore.spec import DistillSpec
+
+__all__ = ["FAST", "STUDENT", "TEACHER_PARAMS", "PhaseRecorder", "distill_spec", "save_state_dict",
+           "train_digits_teacher"]
 
 TEACHER_PARAMS = {"hidden_sizes": [64]}
 STUDENT = {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}}
@@ -20,21 +21,7 @@ FAST = {"epochs": 2, "learning_rate": 0.01, "device": "cpu"}
 
 def train_digits_teacher(num_classes: int = 10) -> torch.nn.Module:
     """An mlp [64] trained for 50 full-batch Adam steps on the builtin digits train split (~95 %)."""
-    train = load_builtin("digits")["train"]
-    y = train.y % num_classes
-    torch.manual_seed(0)
-    model = build_model("mlp", TEACHER_PARAMS, input_shape=(64,), num_classes=num_classes)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(50):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(train.x), y).backward()
-        opt.step()
-    return model.eval()
-
-
-def save_state_dict(model: torch.nn.Module, path: Path) -> Path:
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
+    return train_digits_mlp(TEACHER_PARAMS["hidden_sizes"], steps=50, num_classes=num_classes)
 
 
 def distill_spec(teacher_path: Path, *, teacher_arch: bool = True, dataset: dict | None = None,

@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 
+from harness.teachers import train_digits_mlp
 from kdcore.checkpoint import list_checkpoints
 from kdcore.data import ArrayDataset, IndexBatcher, load_builtin, split_train_val
 from kdcore.models import build_model
@@ -334,13 +335,7 @@ def test_a_diverging_learning_rate_raises_floating_point_error(data):
 def test_distillation_on_digits_beats_chance(tmp_path):
     parts = load_builtin("digits")
     train_set, val_set = split_train_val(parts["train"], fraction=0.2, seed=0)
-    torch.manual_seed(0)
-    teacher_module = build_model("mlp", {"hidden_sizes": [64]}, input_shape=(64,), num_classes=10)
-    opt = torch.optim.Adam(teacher_module.parameters(), lr=3e-3)
-    for _ in range(50):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(teacher_module(train_set.x), train_set.y).backward()
-        opt.step()
+    teacher_module = train_digits_mlp([64], steps=50, train=train_set)
     digits_teacher = ModuleTeacher(teacher_module, input_shape=(64,), num_classes=10)
 
     hp = dataclasses.replace(Hyperparameters(), epochs=4, batch_size=64, learning_rate=1e-2, device="cpu")

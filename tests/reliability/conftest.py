@@ -12,11 +12,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -31,7 +28,9 @@ from api.app import create_app
 from jobs.db import make_engine, make_sessionmaker
 from jobs.settings import Settings
 from jobs.tables import Artifact, Job
-from tests.utils import API_KEY, ROOT, Proc, service_env, upload
+from harness.services import ROOT, Proc, free_port, service_env, start_worker, wait_until
+from tests.factories import digits_job
+from tests.utils import API_KEY, upload
 
 FAST = {"KD_LEASE_SECONDS": "3", "KD_HEARTBEAT_SECONDS": "0.5", "KD_REAPER_INTERVAL": "0.5",
         "KD_QUEUED_REQUEUE_AFTER": "2"}
@@ -39,7 +38,6 @@ FAST = {"KD_LEASE_SECONDS": "3", "KD_HEARTBEAT_SECONDS": "0.5", "KD_REAPER_INTER
 # oversubscribed OpenMP threads make an epoch ten times slower. The reference run uses one as well
 # (the same reduction order, so the same bits).
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-FINISHED = ("succeeded", "failed", "cancelled")
 STUDENT = {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}}
 DATASET = {"builtin": "digits", "standardize": True}
 
@@ -67,12 +65,8 @@ class Service:
     def start_worker(self, name: str, *, wait: bool = True) -> Proc:
         """`python -m worker` with this service's settings; its database connections carry
         application_name=name (PGAPPNAME), so the test can see what it holds open."""
-        env = {**self.env, "PGAPPNAME": name}
-        proc = Proc([sys.executable, "-m", "worker"], env, self.tmp_path / f"{name}.log")
-        proc.name = name
+        proc = start_worker({**self.env, "PGAPPNAME": name}, self.tmp_path / f"{name}.log", wait=wait, name=name)
         self.workers[name] = proc
-        if wait:
-            proc.wait_for_output("ready.", timeout=90)
         return proc
 
     def start_workers(self, *names: str) -> list[Proc]:
@@ -137,9 +131,8 @@ class Service:
             resp = upload(self.client, path, "teacher")
             assert resp.status_code == 201, resp.text
             self._teacher_file = resp.json()["id"]
-        hp = {"epochs": 8, "learning_rate": 0.01, "batch_size": 16, **hyper}
-        return {"teacher": {"file_id": self._teacher_file, **arch}, "student": STUDENT, "dataset": DATASET,
-                "hyperparameters": hp, "baseline": baseline}
+        return digits_job(self._teacher_file, arch=arch, student=STUDENT, dataset=DATASET, baseline=baseline,
+                          hyperparameters={"epochs": 8, "learning_rate": 0.01, "batch_size": 16, **hyper})
 
     def submit(self, teacher: tuple[Path, dict], **kwargs: Any) -> dict:
         resp = self.client.post("/v1/jobs", json=self.body(teacher, **kwargs))
@@ -222,9 +215,7 @@ class RedisServer:
     it held, like a broker restart without a volume. Never the shared one on 6379."""
 
     def __init__(self, log_path: Path):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.log_path = log_path
         self.popen: subprocess.Popen | None = None
@@ -235,17 +226,16 @@ class RedisServer:
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--daemonize", "no"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         log.close()
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
-                client.ping()
-                client.close()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.popen.poll() is not None:
-                    raise RuntimeError(f"redis-server did not start:\n{self.log_path.read_text()}")
-                time.sleep(0.05)
+        wait_until(self._answers, what=f"redis-server on port {self.port}", timeout=10, interval=0.05)
+
+    def _answers(self) -> bool:
+        if self.popen.poll() is not None:
+            raise RuntimeError(f"redis-server exited:\n{self.log_path.read_text()}")
+        try:
+            with redis.Redis.from_url(self.url, socket_connect_timeout=0.5) as client:
+                return bool(client.ping())
+        except redis.ConnectionError:
+            return False
 
     def kill(self) -> None:
         if self.popen is not None and self.popen.poll() is None:
@@ -279,28 +269,6 @@ def private_redis(tmp_path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.kill()
-
-
-# --- what every resumed job must show --------------------------------------------------------------
-
-def assert_each_epoch_reported_once(svc: Service, job_id: str, *, runs: tuple[str, ...], epochs: int) -> None:
-    """One metric row, one `epoch` event per (run, epoch), and at most one `checkpoint` event per
-    (run, epoch) (none is lost either, except for a checkpoint whose process died before it
-    could report it), however many attempts it took."""
-    expected = [(run, e) for run in runs for e in range(1, epochs + 1)]
-    events = svc.events(job_id)
-    assert [e["id"] for e in events] == list(range(1, len(events) + 1))
-    epoch_events = Counter((e["data"]["run"], e["data"]["epoch"]) for e in events if e["type"] == "epoch")
-    assert sorted(epoch_events) == sorted(expected) and set(epoch_events.values()) == {1}, epoch_events
-    ckpt_events = Counter((e["data"]["run"], e["data"]["epoch"]) for e in events if e["type"] == "checkpoint")
-    assert set(ckpt_events.values()) == {1} and set(ckpt_events) <= set(expected), ckpt_events
-    metrics = [(m["run"], m["epoch"]) for m in svc.metrics(job_id)]
-    assert sorted(metrics) == sorted(expected), metrics
-
-
-def assert_one_artifact_per_kind(svc: Service, job_id: str) -> None:
-    kinds = Counter(a.kind for a in svc.artifacts(job_id))
-    assert kinds == {"student_safetensors": 1, "student_onnx": 1, "summary": 1, "metrics": 1}, kinds
 
 
 @pytest.fixture(scope="session")

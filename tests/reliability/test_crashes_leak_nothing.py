@@ -17,7 +17,8 @@ from sqlalchemy import select
 
 from jobs.db import make_engine, make_sessionmaker
 from jobs.tables import File
-from tests.utils import API_KEY, free_port, Proc, s3_client, service_env, wait_healthy
+from harness.services import free_port, Proc, service_env, wait_healthy
+from tests.utils import API_KEY, s3_client
 
 pytestmark = pytest.mark.slow
 GRACE = "2"  # KD_IDEMPOTENCY_IN_FLIGHT_SECONDS: how old an unrecorded object must be before it goes

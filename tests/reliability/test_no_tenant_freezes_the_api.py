@@ -5,7 +5,6 @@ stall mid-body. While they happen and after, another tenant's requests and /read
 from __future__ import annotations
 
 import socket
-import sys
 import threading
 import time
 
@@ -15,7 +14,8 @@ from sqlalchemy import text
 
 from jobs import api_keys
 from jobs.db import make_engine, make_sessionmaker
-from tests.utils import API_KEY, free_port, Proc, service_env, wait_healthy
+from harness.services import Proc
+from tests.utils import API_KEY
 
 pytestmark = pytest.mark.slow
 PARALLEL = 12  # uploads racing for the room of two
@@ -24,22 +24,12 @@ ANSWER_WITHIN = 5.0  # seconds: an API that answers; the frozen one never did
 
 
 @pytest.fixture
-def api(clean_pg, redis_url, tmp_path):
+def api(live_stack):
     def start(**env: str) -> tuple[str, Proc]:
-        port = free_port()
-        proc = Proc([sys.executable, "-m", "api"],
-                    service_env(database_url=clean_pg, broker_url=redis_url, data_dir=tmp_path / "data",
-                                api_key=API_KEY, KD_API_PORT=str(port), KD_API_WORKERS="1", **env),
-                    tmp_path / "api.log")
-        url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, proc)
-        started.append(proc)
-        return url, proc
+        stack = live_stack(workers=0, stop_timeout=5, KD_API_WORKERS="1", **env)
+        return stack.base_url, stack.api
 
-    started: list[Proc] = []
-    yield start
-    for proc in started:
-        proc.stop(sig_timeout=5)
+    return start
 
 
 def _other_tenant_key(database_url: str) -> str:

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from tests import hostile_graphs as g
-from tests.utils import API_KEY, service_env, start_worker, upload, wait_for
+from harness.services import service_env, start_worker
+from tests.factories import digits_job
+from tests.utils import API_KEY, upload, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -84,9 +86,8 @@ def test_a_job_past_its_wall_clock_limit_fails_with_time_limit(client, settings,
         # a job that trains for too long stops at a step boundary in the same way
         path, arch = digits_teacher
         tid = upload(client, path, "teacher").json()["id"]
-        resp = client.post("/v1/jobs", json={
-            "teacher": {"file_id": tid, **arch}, "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}},
-            "dataset": {"builtin": "digits"}, "hyperparameters": {"epochs": 500, "batch_size": 8}})
+        resp = client.post("/v1/jobs", json=digits_job(tid, arch=arch,
+                                                       hyperparameters={"epochs": 500, "batch_size": 8}))
         assert resp.status_code == 201, resp.text
         job = wait_for(client, resp.json()["id"], lambda j: j["status"] in ("cancelled", "failed", "succeeded"),
                        60, worker)

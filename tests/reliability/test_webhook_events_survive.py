@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.utils import free_port
+from harness.services import free_port
 from tests.webhook_receiver import Receiver, verify
 
 pytestmark = pytest.mark.slow

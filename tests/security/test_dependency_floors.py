@@ -17,7 +17,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from tests.utils import ROOT
+from harness.services import ROOT
 
 FLOORS = {"torch": "2.10", "python-multipart": "0.0.27"}
 

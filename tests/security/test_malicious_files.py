@@ -23,7 +23,8 @@ from safetensors.torch import save_file
 
 from jobs.settings import Settings
 from kdcore.formats import MAX_DECODED_BYTES, MAX_SAFETENSORS_HEADER, MAX_ZIP_MEMBERS
-from tests.utils import API_KEY, ROOT, problem, upload
+from harness.services import ROOT
+from tests.utils import API_KEY, problem, upload
 from tests.security import hostile_files as h
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")

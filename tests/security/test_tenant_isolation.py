@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from jobs import api_keys
+from tests.factories import digits_job
 from tests.utils import API_KEY, problem, upload
 
 UNKNOWN = {"file_id": "file_" + "0" * 24, "job_id": "job_" + "0" * 24, "webhook_id": "wh_" + "0" * 24,
@@ -66,10 +67,7 @@ def test_the_id_routes_below_are_all_of_them(client):
 def owned(client, digits_teacher) -> dict[str, str]:
     """A file, a queued job, a webhook and a delivery (a ping) of the default tenant."""
     file_id = upload(client, digits_teacher[0], "teacher").json()["id"]
-    spec = {"teacher": {"file_id": file_id, "arch": "mlp", "arch_params": {"hidden_sizes": [128]}},
-            "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}},
-            "dataset": {"builtin": "digits"}, "hyperparameters": {"epochs": 1}}
-    job = client.post("/v1/jobs", json=spec)
+    job = client.post("/v1/jobs", json=digits_job(file_id, hyperparameters={"epochs": 1}))
     assert job.status_code == 201, job.text
     hook = client.post("/v1/webhooks", json={"url": "https://hooks.example/kd"})
     assert hook.status_code == 201, hook.text
@@ -139,17 +137,6 @@ def test_a_job_spec_naming_another_tenants_file_reads_like_an_unknown_file(clien
 
 
 # ---- authentication on every route ----
-
-@pytest.fixture
-def revoked_key(client) -> str:
-    with client.app.state.sessionmaker() as session:
-        key, row = api_keys.create_key(session, tenant_name="gone")
-        session.commit()
-        assert client.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 200
-        api_keys.revoke_key(session, prefix_or_id=row.id)
-        session.commit()
-    return key
-
 
 BAD_AUTH = {
     "missing": None,

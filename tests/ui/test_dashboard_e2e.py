@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.utils import ROOT, free_port, Proc, service_env, start_worker, wait_healthy
+from harness.services import ROOT
+from tests.factories import digits_job, mlp
 
 pytestmark = pytest.mark.slow
 KEY = "kd_ui_e2e_" + "u" * 40
@@ -38,20 +37,10 @@ expect = None  # playwright.sync_api.expect, imported by the browser fixture (th
 
 
 @pytest.fixture
-def live_api(tmp_path, clean_pg, redis_url):
+def live_api(live_stack):
     """The API under uvicorn and one worker process, as in tests/e2e/test_lifecycle_http.py."""
-    port = free_port()
-    env = service_env(database_url=clean_pg, broker_url=redis_url, data_dir=tmp_path / "data", api_key=KEY,
-                      KD_API_PORT=str(port), KD_HEARTBEAT_SECONDS="0.5", KD_LEASE_SECONDS="10")
-    worker = start_worker(env, tmp_path / "worker.log")
-    api = Proc([sys.executable, "-m", "api"], env, tmp_path / "api.log")
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(base, api)
-        yield base, worker
-    finally:
-        api.stop()
-        worker.stop()
+    running = live_stack(api_key=KEY, KD_HEARTBEAT_SECONDS="0.5", KD_LEASE_SECONDS="10")
+    return running.base_url, running.workers[0]
 
 
 @pytest.fixture
@@ -241,10 +230,9 @@ def test_dashboard(live_api, browser, digits_teacher, tmp_path, clean_pg):
 
     # --- a long sweep, watched running and cancelled from its page --------------------------------
     teacher_file = api.get(f"/v1/jobs/{job_id}").json()["spec"]["teacher"]["file_id"]
-    long_job = api.post("/v1/jobs", json={
-        "teacher": {"file_id": teacher_file, **arch}, "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [32]}},
-        "dataset": {"builtin": "digits"},
-        "hyperparameters": {"epochs": 1000, "temperature": [2, 4], "alpha": 0.5}}).json()["id"]  # a sweep
+    long_job = api.post("/v1/jobs", json=digits_job(  # a sweep
+        teacher_file, arch=arch, student=mlp(32),
+        hyperparameters={"epochs": 1000, "temperature": [2, 4], "alpha": 0.5})).json()["id"]
     page.goto(f"{base}/ui/jobs/{long_job}")
     expect(page.locator("#chart-loss circle.pt").nth(2)).to_be_attached(timeout=60_000)  # 3 epochs, live
     expect(page.locator("#status-badge")).to_have_text("running")

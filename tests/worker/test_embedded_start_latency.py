@@ -13,7 +13,9 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from jobs.migrate import upgrade
 from jobs.settings import Settings
-from tests.utils import API_KEY, service_env, start_worker, upload
+from harness.services import service_env, start_worker
+from tests.factories import digits_job, mlp
+from tests.utils import API_KEY, upload
 
 pytestmark = pytest.mark.slow
 JOBS = 5
@@ -31,9 +33,8 @@ def test_a_job_starts_within_half_a_second_on_the_sqlite_broker(tmp_path, digits
         with TestClient(create_app(settings)) as client:
             client.headers["Authorization"] = f"Bearer {API_KEY}"
             teacher = upload(client, digits_teacher[0], "teacher").json()["id"]
-            body = {"teacher": {"file_id": teacher, **digits_teacher[1]},
-                    "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [8]}},
-                    "dataset": {"builtin": "digits"}, "hyperparameters": {"epochs": 1}, "baseline": False}
+            body = digits_job(teacher, arch=digits_teacher[1], student=mlp(8), hyperparameters={"epochs": 1},
+                              baseline=False)
             waits = []
             for _ in range(JOBS):  # one at a time, each submitted as the worker goes back to the queue
                 submitted = time.monotonic()

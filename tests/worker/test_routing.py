@@ -15,7 +15,9 @@ from sqlalchemy import select
 
 from jobs.db import make_engine, make_sessionmaker
 from jobs.tables import Worker
-from tests.utils import API_KEY, ROOT, service_env, start_worker, wait_for
+from harness.services import ROOT, service_env, start_worker
+from tests.factories import digits_job
+from tests.utils import API_KEY, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -71,9 +73,8 @@ def _body(client, teacher) -> dict:
 
     path, arch = teacher
     tid = upload(client, path, "teacher").json()["id"]
-    return {"teacher": {"file_id": tid, **arch}, "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}},
-            "dataset": {"builtin": "digits", "standardize": True},
-            "hyperparameters": {"epochs": 2, "learning_rate": 0.01}}
+    return digits_job(tid, arch=arch, dataset={"builtin": "digits", "standardize": True},
+                      hyperparameters={"learning_rate": 0.01})
 
 
 def test_a_killed_worker_stops_counting_as_live(client, settings, tmp_path, digits_teacher):

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from jobs.artifact_store import make_store
 from jobs.settings import Settings
+from tests.factories import digits_job
 from tests.utils import API_KEY, upload
 from worker.context import WorkerContext
 from worker.runner import run_job
@@ -28,11 +29,9 @@ def test_a_sweep_job_runs_from_the_bucket_and_checkpoints_every_run_to_it(clean_
     with TestClient(create_app(api_cfg), raise_server_exceptions=False) as client:
         client.headers["Authorization"] = f"Bearer {API_KEY}"
         teacher = upload(client, path, "teacher").json()
-        resp = client.post("/v1/jobs", json={
-            "teacher": {"file_id": teacher["id"], **arch},
-            "student": {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}},
-            "dataset": {"builtin": "digits", "standardize": True}, "baseline": False,
-            "hyperparameters": {"epochs": 2, "learning_rate": 0.01, "batch_size": 64, "alpha": [0.3, 0.7]}})
+        resp = client.post("/v1/jobs", json=digits_job(
+            teacher["id"], arch=arch, dataset={"builtin": "digits", "standardize": True}, baseline=False,
+            hyperparameters={"learning_rate": 0.01, "batch_size": 64, "alpha": [0.3, 0.7]}))
         assert resp.status_code == 201, resp.text
         job_id = resp.json()["id"]
 

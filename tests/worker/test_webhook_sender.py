@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from jobs import tenants_repo, webhooks_repo
 from jobs.tables import Webhook, WebhookDelivery, utcnow
-from tests.utils import free_port
+from harness.services import free_port
 from tests.webhook_receiver import Receiver, self_signed_certificate, verify
 from worker.context import WorkerContext
 from worker.webhook_sender import WebhookSender, resolve

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from kdcore import load_builtin, load_student
-from tests.utils import API_KEY, service_env, start_worker, submit, wait_for
+from harness.services import service_env, start_worker
+from tests.utils import API_KEY, submit, wait_for
 
 pytestmark = pytest.mark.slow
 
