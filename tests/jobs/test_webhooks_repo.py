@@ -47,6 +47,22 @@ def finish(session, job, how: str) -> None:
         assert lifecycle.fail(session, job_id=job.id, attempt=attempt, code="invalid_input", message="bad data")
 
 
+@pytest.fixture
+def succeeded_job(session, make_job, hook):
+    """A job taken to succeeded, with its delivery to `hook` queued (committed)."""
+    job = make_job()
+    finish(session, job, "succeeded")
+    session.commit()
+    return job
+
+
+def claim_one(session, now):
+    """The one due delivery, claimed at `now` (committed)."""
+    [claimed] = webhooks_repo.claim_due(session, now=now, **CLAIM)
+    session.commit()
+    return claimed
+
+
 @pytest.mark.parametrize("how", ["succeeded", "failed", "cancelled"])
 def test_a_terminal_status_queues_one_delivery_per_subscribed_webhook(session, make_tenant, make_job, hook, how):
     only_failed = webhooks_repo.create(session, tenant_id=hook.tenant_id, url="https://b.example/", events=["job.failed"],
@@ -95,15 +111,11 @@ def test_no_webhook_no_delivery(session, make_job):
     assert deliveries(session) == []
 
 
-def test_claim_record_backoff_and_give_up(session, make_job, hook):
-    job = make_job()
-    finish(session, job, "succeeded")
-    session.commit()
+def test_claim_record_backoff_and_give_up(session, succeeded_job, hook):
     now = utcnow()
-    [claimed] = webhooks_repo.claim_due(session, now=now, **CLAIM)
-    session.commit()
+    claimed = claim_one(session, now)
     assert (claimed.attempt, claimed.url, claimed.secrets) == (1, hook.url, (hook.secret,))
-    assert json.loads(claimed.body)["data"]["job"]["id"] == job.id
+    assert json.loads(claimed.body)["data"]["job"]["id"] == succeeded_job.id
     assert webhooks_repo.claim_due(session, now=now + timedelta(seconds=30), **CLAIM) == []  # held by the claim
 
     outcome = {"started_at": "t", "duration_ms": 3, "address": "203.0.113.9", "status_code": 500,
@@ -131,17 +143,12 @@ def test_claim_record_backoff_and_give_up(session, make_job, hook):
     assert webhooks_repo.claim_due(session, now=now + timedelta(days=1), **CLAIM) == []
 
 
-def test_a_2xx_succeeds_and_a_stale_attempt_records_nothing(session, make_job, hook):
-    job = make_job()
-    finish(session, job, "succeeded")
-    session.commit()
+def test_a_2xx_succeeds_and_a_stale_attempt_records_nothing(session, succeeded_job):
     now = utcnow()
-    [first] = webhooks_repo.claim_due(session, now=now, **CLAIM)
-    session.commit()
+    first = claim_one(session, now)
     # the first sender died mid-attempt: after its claim expires another takes the row
     later = now + timedelta(seconds=CLAIM["attempt_seconds"] + webhooks_repo.CLAIM_MARGIN_SECONDS)
-    [second] = webhooks_repo.claim_due(session, now=later, **CLAIM)
-    session.commit()
+    second = claim_one(session, later)
     assert second.attempt == 2
     ok = {"status_code": 204, "error": None}
     assert webhooks_repo.record_attempt(session, delivery_id=first.delivery_id, attempt=1, outcome=ok, ok=True,
@@ -155,15 +162,11 @@ def test_a_2xx_succeeds_and_a_stale_attempt_records_nothing(session, make_job, h
     assert row.attempts[1] == {"number": 2, **ok}
 
 
-def test_a_delivery_whose_last_attempt_never_came_back_is_failed(session, make_job, hook):
-    job = make_job()
-    finish(session, job, "succeeded")
-    session.commit()
+def test_a_delivery_whose_last_attempt_never_came_back_is_failed(session, succeeded_job):
     now = utcnow()
     for n in range(CLAIM["max_attempts"]):
         now += timedelta(hours=1)
-        [claimed] = webhooks_repo.claim_due(session, now=now, **CLAIM)  # each sender dies
-        session.commit()
+        claim_one(session, now)  # each sender dies
     assert webhooks_repo.claim_due(session, now=now + timedelta(hours=1), **CLAIM) == []
     session.commit()
     [row] = deliveries(session)

@@ -23,6 +23,13 @@ from tests.security import hostile_files as h
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
+def refused_under(monkeypatch, limit: str, value: int, read, path, match: str, error=FormatError) -> None:
+    """With kdcore.formats.<limit> lowered to `value`, read(path) raises `error` matching `match`."""
+    monkeypatch.setattr(formats, limit, value)
+    with pytest.raises(error, match=match):
+        read(path)
+
+
 # ---- honest files pass ----
 
 def test_an_honest_compressed_npz_within_the_free_bytes_is_read(tmp_path):
@@ -55,9 +62,8 @@ def test_a_torch_save_archive_with_many_tensors_is_still_named(tmp_path):
 
 def test_member_count_is_read_from_the_end_record_before_parsing_the_directory(tmp_path, monkeypatch):
     path = h.many_members(tmp_path / "m.npz", 50)
-    monkeypatch.setattr(formats, "MAX_ZIP_MEMBERS", 49)
-    with pytest.raises(FormatError, match=r"50 members, over the limit of 49 \(MAX_ZIP_MEMBERS\)"):
-        sniff_format(path)
+    refused_under(monkeypatch, "MAX_ZIP_MEMBERS", 49, sniff_format, path,
+                  r"50 members, over the limit of 49 \(MAX_ZIP_MEMBERS\)")
     monkeypatch.setattr(zipfile, "ZipFile", None)  # refused before zipfile is ever asked
     with pytest.raises(FormatError, match="MAX_ZIP_MEMBERS"):
         sniff_format(path)
@@ -69,16 +75,13 @@ def test_an_end_record_that_understates_the_count_is_still_caught(tmp_path, monk
     eocd = raw.rfind(b"PK\x05\x06")
     raw[eocd + 8:eocd + 12] = struct.pack("<HH", 1, 1)  # "1 entry"; the directory holds 50
     path.write_bytes(bytes(raw))
-    monkeypatch.setattr(formats, "MAX_ZIP_MEMBERS", 49)
-    with pytest.raises(FormatError, match=r"50 members.*MAX_ZIP_MEMBERS"):
-        sniff_format(path)
+    refused_under(monkeypatch, "MAX_ZIP_MEMBERS", 49, sniff_format, path, r"50 members.*MAX_ZIP_MEMBERS")
 
 
 def test_directory_size_is_capped(tmp_path, monkeypatch):
     path = h.many_members(tmp_path / "m.npz", 20)
-    monkeypatch.setattr(formats, "MAX_ZIP_DIRECTORY_BYTES", 100)
-    with pytest.raises(FormatError, match=r"directory is \d+ bytes, over the limit of 100 \(MAX_ZIP_DIRECTORY_BYTES\)"):
-        sniff_format(path)
+    refused_under(monkeypatch, "MAX_ZIP_DIRECTORY_BYTES", 100, sniff_format, path,
+                  r"directory is \d+ bytes, over the limit of 100 \(MAX_ZIP_DIRECTORY_BYTES\)")
 
 
 @pytest.mark.parametrize("mutate, reason", [
@@ -121,9 +124,8 @@ def test_a_header_that_declares_more_than_its_member_holds_is_refused(tmp_path):
 def test_the_expansion_limit_is_relative_to_the_file(tmp_path, monkeypatch):
     path = h.dataset_bomb(tmp_path / "b.npz", 4096, 64)  # 1 MiB + 32 KiB of zeros in about 1 KiB
     assert read_dataset_file(path).num_samples == 4096  # under EXPANSION_FREE_BYTES: fine
-    monkeypatch.setattr(formats, "EXPANSION_FREE_BYTES", 1024)
-    with pytest.raises(DataError, match=r"times its size, over the limit of 100 times \(MAX_EXPANSION\)"):
-        read_dataset_file(path)
+    refused_under(monkeypatch, "EXPANSION_FREE_BYTES", 1024, read_dataset_file, path,
+                  r"times its size, over the limit of 100 times \(MAX_EXPANSION\)", error=DataError)
 
 
 # ---- tables ----
@@ -169,9 +171,8 @@ def test_tensor_count_is_capped(tmp_path, monkeypatch):
     path = tmp_path / "many.safetensors"
     save_file({f"t{i}": np.zeros(1, np.float32) for i in range(20)}, str(path))
     assert len(read_safetensors_header(path)) == 20
-    monkeypatch.setattr(formats, "MAX_SAFETENSORS_TENSORS", 10)
-    with pytest.raises(FormatError, match=r"over the limit of 10 tensors \(MAX_SAFETENSORS_TENSORS\)"):
-        read_safetensors_header(path)
+    refused_under(monkeypatch, "MAX_SAFETENSORS_TENSORS", 10, read_safetensors_header, path,
+                  r"over the limit of 10 tensors \(MAX_SAFETENSORS_TENSORS\)")
 
 
 @pytest.mark.parametrize("metadata", [None, {"format": "pt"}], ids=["no-metadata", "metadata"])

@@ -25,6 +25,16 @@ def _events(ctx: WorkerContext, job_id: str) -> list[JobEvent]:
         return list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))
 
 
+def claimed_run(client, settings, digits_teacher) -> tuple[WorkerContext, str, JobRun]:
+    """A job submitted and claimed by a worker context of these settings, with its JobRun (not run)."""
+    job_id = submit(client, digits_teacher)["id"]
+    ctx = WorkerContext.build(settings)
+    with ctx.sessions() as s:
+        attempt = lifecycle.claim(s, job_id=job_id, lease_seconds=60, worker=ctx.name)
+        s.commit()
+    return ctx, job_id, JobRun(job_id, attempt, cfg=ctx.cfg, sessions=ctx.sessions, store=ctx.store, name=ctx.name)
+
+
 def test_a_jobs_reports_ride_with_the_writes_that_must_go_at_once(client, settings, digits_teacher, monkeypatch):
     monkeypatch.setattr(runner, "REPORT_DELAY_SECONDS", 3600.0)  # no report is written on its own
     job_id = submit(client, digits_teacher, epochs=2, batch_size=64)["id"]
@@ -54,12 +64,7 @@ def test_a_jobs_reports_ride_with_the_writes_that_must_go_at_once(client, settin
 
 
 def test_a_report_with_nothing_after_it_is_written_by_the_heartbeat_thread(client, settings, digits_teacher):
-    job_id = submit(client, digits_teacher)["id"]
-    ctx = WorkerContext.build(settings)
-    with ctx.sessions() as s:
-        attempt = lifecycle.claim(s, job_id=job_id, lease_seconds=60, worker=ctx.name)
-        s.commit()
-    job = JobRun(job_id, attempt, cfg=ctx.cfg, sessions=ctx.sessions, store=ctx.store, name=ctx.name)
+    ctx, job_id, job = claimed_run(client, settings, digits_teacher)
     heartbeat = threading.Thread(target=job._heartbeat_loop, daemon=True)
     heartbeat.start()
     try:
@@ -80,15 +85,10 @@ def test_a_report_with_nothing_after_it_is_written_by_the_heartbeat_thread(clien
 
 
 def test_a_report_fenced_out_in_the_heartbeat_thread_stops_the_attempt(client, settings, digits_teacher):
-    job_id = submit(client, digits_teacher)["id"]
-    ctx = WorkerContext.build(settings)
-    with ctx.sessions() as s:
-        attempt = lifecycle.claim(s, job_id=job_id, lease_seconds=60, worker=ctx.name)
-        s.commit()
-    job = JobRun(job_id, attempt, cfg=ctx.cfg, sessions=ctx.sessions, store=ctx.store, name=ctx.name)
+    ctx, job_id, job = claimed_run(client, settings, digits_teacher)
     job.on_event("data_loaded", "a report")
     with ctx.sessions() as s:  # another attempt took the job meanwhile
-        s.get(Job, job_id).attempt = attempt + 1
+        s.get(Job, job_id).attempt = job.attempt + 1
         s.commit()
     job._flush_reports()
     assert job.lease_lost.is_set() and job.should_stop()
