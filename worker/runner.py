@@ -186,10 +186,7 @@ class JobRun(PipelineCallbacks):
                 return str(self.store.fetch(row.storage_key, inputs / row.id, sha256=row.sha256))
 
             raw = spec_files.to_kdcore(job.spec, path_of)  # the same table the API checked them with
-        spec = DistillSpec.from_dict(raw)
-        if spec.hyperparameters.device == "auto":  # a spec stored before the API decided it (resolve_spec)
-            spec.hyperparameters.device = spec.resources.device
-        return spec
+        return DistillSpec.from_dict(raw)  # `device` as decided at submission (migration 0007 for older jobs)
 
     def _publish(self, out: Path, result: DistillResult) -> None:
         """Artifacts to the store, then rows and success in one transaction.
