@@ -103,7 +103,7 @@ def test_every_form_field_names_a_spec_field(client):
                    "hyperparameters.batch_size", "hyperparameters.loss", "hyperparameters.temperature",
                    "hyperparameters.early_stopping_patience", "resources.device", "resources.gpus", "resources.processes",
                    "student.init_file_id", "teacher.file_id", "dataset.unlabeled_file_ids", "dataset.labels_per_class",
-                   "hyperparameters.augment"):
+                   "hyperparameters.augment", "hyperparameters.repeats"):
         assert wanted in fields, wanted
     # choices come from kdcore's registries, so a new architecture, loss or builtin appears by itself
     from kdcore.data import DATASETS
