@@ -388,6 +388,7 @@ class JobRun(PipelineCallbacks):
 
     def on_phase(self, phase: str) -> None:
         self.phase = phase
+        self.point = self.points = None  # a sweep's or the repeats' position comes with their steps
         self._write_all((lifecycle.add_event, {"type": "phase", "message": f"phase {phase}", "data": {"phase": phase}}),
                         (lifecycle.set_progress, {"progress": self._progress_now(force=True)}), report=True)
 
@@ -481,7 +482,7 @@ class JobRun(PipelineCallbacks):
             # a sweep: the student's share is split evenly between its points, in grid order
             done = (self.point + min(done, 1.0)) / self.points
         elif self.phase == "repeats":  # StepInfo.point is the repeat (0 for seed + 1); the baseline after the student
-            offset = per_seed * (1 + (self.point or 0)) + (1 if self.current_run.startswith("baseline") else 0)
+            offset = per_seed * (1 + (self.point or 0)) + (1 if self.current_run.startswith("baseline-seed") else 0)
         return SETUP_SHARE + train_share * (offset + min(done, 1.0)) / runs
 
 

@@ -47,6 +47,8 @@ def test_a_job_with_three_seeds(client, settings, digits_teacher, monkeypatch):
     in_repeats = [p["fraction"] for p in reported if p["phase"] == "repeats"]
     # 6 runs of equal share (student and baseline per seed): the repeats hold the last 4 of them
     assert in_repeats and min(in_repeats) >= 0.05 + 0.9 * 2 / 6 - 1e-9 and max(in_repeats) <= 0.95 + 1e-9
+    # it goes on from where the baseline ended: the first repeat's student moves it within the third run's share
+    assert in_repeats[0] < 0.05 + 0.9 * 3 / 6
     assert max(in_repeats) > 0.05 + 0.9 * 5 / 6
 
     with WorkerContext.build(settings).sessions() as s:
