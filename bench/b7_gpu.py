@@ -79,7 +79,8 @@ def run() -> dict | None:
     xd, yd = x.to(device), y.to(device)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    live = ModuleTeacher(teacher, input_shape=shape, num_classes=CLASSES)
+    # on the GPU: ModuleTeacher moves its module to `device` (the CPU unless told), and the plain loops share it
+    live = ModuleTeacher(teacher, input_shape=shape, num_classes=CLASSES, device=device)
     cached = compute_teacher_logits(live, x, device=device)
     torch.cuda.synchronize()
     cache_build_s = time.perf_counter() - t0
