@@ -31,7 +31,7 @@ run: install
 	$(BIN)/python scripts/serve.py
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=20
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
