@@ -61,6 +61,11 @@ class PipelineCallbacks(Callbacks):
     def on_teacher_progress(self, done: int, total: int) -> None:
         """`done` of `total` training rows have their teacher logits (caching_teacher phase)."""
 
+    def on_repeat_checkpoint(self, info) -> None:
+        """A repeat run (hyperparameters.repeats) wrote a checkpoint: keep it where a resumed job finds
+        it. Not announced: a repeat reports only its score (a `repeat` event), and a few-label baseline
+        checkpoints every one of its many short epochs."""
+
 
 @dataclass
 class Splits:
@@ -404,8 +409,8 @@ class _SweepPointCallbacks(Callbacks):
 
 class _RepeatCallbacks(Callbacks):
     """A repeat run's trainer callbacks: steps (StepInfo carries the repeat as `point`/`points`),
-    cancellation, checkpoints and resumes go through to the job's callbacks; per-epoch metrics do
-    not (the service keeps one metric row per (job, run, epoch) for the delivered student and the
+    cancellation, checkpoints (as `on_repeat_checkpoint`) and resumes go through to the job's
+    callbacks; per-epoch metrics do not (the service keeps one metric row per (job, run, epoch) for the delivered student and the
     baseline; a repeat reports its score once, as a `repeat` event)."""
 
     def __init__(self, outer: PipelineCallbacks):
@@ -418,7 +423,7 @@ class _RepeatCallbacks(Callbacks):
         return self.outer.should_stop()
 
     def on_checkpoint(self, info) -> None:
-        self.outer.on_checkpoint(info)
+        self.outer.on_repeat_checkpoint(info)
 
     def on_resume(self, *, run: str, epoch: int, skipped) -> None:
         self.outer.on_resume(run=run, epoch=epoch, skipped=skipped)

@@ -431,6 +431,10 @@ class JobRun(PipelineCallbacks):
                     message=f"{self.current_run}: checkpoint after epoch {info.epoch}",
                     data={"run": self.current_run, "epoch": info.epoch, "sha256": info.sha256, "bytes": info.bytes})
 
+    def on_repeat_checkpoint(self, info) -> None:
+        if self.checkpoints is not None:  # to the store, where a resumed attempt finds it; no event
+            self.checkpoints.push()
+
     def on_teacher_progress(self, done: int, total: int) -> None:
         # progress.step/steps count the training rows the teacher has labelled (caching_teacher)
         self._progress(step=done, steps=total, force=done == total)

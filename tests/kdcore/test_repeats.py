@@ -128,9 +128,8 @@ class _StopInRepeat(PhaseRecorder):
         super().__init__()
         self.repeat_checkpoints = 0
 
-    def on_checkpoint(self, info):
-        if self.phases[-1] == "repeats":
-            self.repeat_checkpoints += 1
+    def on_repeat_checkpoint(self, info):
+        self.repeat_checkpoints += 1
 
     def should_stop(self):
         return self.repeat_checkpoints >= 1
