@@ -21,7 +21,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs.db import is_lock_timeout
-from jobs.errors import Conflict, NotFound, TooLarge
+from jobs.errors import Conflict, NotFound, TooLarge, TooManyPending
 from kdcore.errors import KDError
 
 log = logging.getLogger("api")
@@ -159,6 +159,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(TooLarge)
     async def _too_large(request: Request, exc: TooLarge):
         return problem_response(request, 413, exc.message, slug="too-large")
+
+    @app.exception_handler(TooManyPending)
+    async def _too_many_pending(request: Request, exc: TooManyPending):
+        return problem_response(request, 429, exc.message, slug="too-many-pending",
+                                headers={"Retry-After": str(exc.RETRY_AFTER_SECONDS)})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):

@@ -106,6 +106,7 @@ class Settings(BaseSettings):
     webhook_retry_base_seconds: float = Field(default=30, gt=0)  # attempt n+1 waits base * 2**(n-1)...
     webhook_retry_max_seconds: float = Field(default=3600, gt=0)  # ...but never longer than this
     webhook_poll_seconds: float = Field(default=2, gt=0)  # how often each worker's sender looks for due ones
+    webhook_pending_limit: int = Field(default=20, ge=1)  # a ping or redelivery past this many pending: 429
     webhook_delivery_retention_seconds: float = Field(default=30 * 24 * 3600, gt=0)  # finished ones, then deleted
 
     @property

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from jobs.errors import Conflict, NotFound
+from jobs.errors import Conflict, NotFound, TooManyPending
 from jobs.pagination import newest_first_page
 from jobs.tables import (
     DELIVERY_STATUSES,
@@ -118,9 +118,20 @@ def list_deliveries(session: Session, *, tenant_id: str, webhook_id: str, limit:
     return newest_first_page(session, stmt, WebhookDelivery, tenant_id=tenant_id, after=after, limit=limit)
 
 
-def enqueue_ping(session: Session, *, tenant_id: str, webhook_id: str, now: datetime) -> WebhookDelivery:
-    """A `ping` event for this webhook alone, due at once."""
-    get(session, tenant_id=tenant_id, webhook_id=webhook_id)
+def _check_pending(session: Session, *, tenant_id: str, webhook_id: str, limit: int) -> None:
+    """Lock the webhook; TooManyPending when `limit` of its deliveries already wait to be sent (a ping
+    or redelivery may not make the service send a receiver more than that at once)."""
+    owned(session, Webhook, tenant_id=tenant_id, row_id=webhook_id, noun="webhook", fresh=True, lock=True)
+    pending = session.scalar(select(func.count()).select_from(WebhookDelivery).where(
+        WebhookDelivery.webhook_id == webhook_id, WebhookDelivery.status == PENDING))
+    if pending >= limit:
+        raise TooManyPending(pending, limit)
+
+
+def enqueue_ping(session: Session, *, tenant_id: str, webhook_id: str, now: datetime,
+                 pending_limit: int) -> WebhookDelivery:
+    """A `ping` event for this webhook alone, due at once (TooManyPending past `pending_limit`)."""
+    _check_pending(session, tenant_id=tenant_id, webhook_id=webhook_id, limit=pending_limit)
     event_id = new_id("evt")
     row = WebhookDelivery(id=new_id("whd"), webhook_id=webhook_id, tenant_id=tenant_id, event_id=event_id,
                           event_type=PING, job_id=None, status=PENDING, attempt_count=0, attempts=[],
@@ -131,10 +142,12 @@ def enqueue_ping(session: Session, *, tenant_id: str, webhook_id: str, now: date
     return row
 
 
-def redeliver(session: Session, *, tenant_id: str, webhook_id: str, delivery_id: str, now: datetime) -> WebhookDelivery:
+def redeliver(session: Session, *, tenant_id: str, webhook_id: str, delivery_id: str, now: datetime,
+              pending_limit: int) -> WebhookDelivery:
     """A new delivery of a finished delivery's event (same event id and body), due at once, with a
-    fresh KD_WEBHOOK_MAX_ATTEMPTS. A delivery still pending is a Conflict."""
-    get(session, tenant_id=tenant_id, webhook_id=webhook_id)
+    fresh KD_WEBHOOK_MAX_ATTEMPTS. A delivery still pending is a Conflict; TooManyPending past
+    `pending_limit`."""
+    _check_pending(session, tenant_id=tenant_id, webhook_id=webhook_id, limit=pending_limit)
     old = owned(session, WebhookDelivery, tenant_id=tenant_id, row_id=delivery_id, noun="delivery", fresh=True)
     if old.webhook_id != webhook_id:  # another webhook's delivery reads as unknown here
         raise NotFound(f"no delivery {delivery_id!r}")

@@ -73,21 +73,25 @@ def list_deliveries(webhook_id: str, session: SessionDep, tenant: TenantDep,
     return DeliveryList(data=[DeliveryOut.from_row(r) for r in rows], has_more=has_more)
 
 
-@router.post("/{webhook_id}/test", status_code=202, response_model=DeliveryOut)
-def ping_webhook(webhook_id: str, session: SessionDep, tenant: TenantDep) -> DeliveryOut:
-    """Queue a `ping` event to this webhook; follow it in its deliveries."""
-    row = webhooks_repo.enqueue_ping(session, tenant_id=tenant.id, webhook_id=webhook_id, now=utcnow())
+@router.post("/{webhook_id}/test", status_code=202, response_model=DeliveryOut, responses={429: PROBLEM_SCHEMA})
+def ping_webhook(webhook_id: str, session: SessionDep, tenant: TenantDep, settings: SettingsDep) -> DeliveryOut:
+    """Queue a `ping` event to this webhook; follow it in its deliveries. 429 while
+    KD_WEBHOOK_PENDING_LIMIT of its deliveries wait to be sent."""
+    row = webhooks_repo.enqueue_ping(session, tenant_id=tenant.id, webhook_id=webhook_id, now=utcnow(),
+                                     pending_limit=settings.webhook_pending_limit)
     out = DeliveryOut.from_row(row)
     session.commit()
     return out
 
 
 @router.post("/{webhook_id}/deliveries/{delivery_id}/retry", status_code=202, response_model=DeliveryOut,
-             responses={409: PROBLEM_SCHEMA})
-def redeliver(webhook_id: str, delivery_id: str, session: SessionDep, tenant: TenantDep) -> DeliveryOut:
-    """Send a finished delivery's event again, as a new delivery (409 while it is still pending)."""
+             responses={409: PROBLEM_SCHEMA, 429: PROBLEM_SCHEMA})
+def redeliver(webhook_id: str, delivery_id: str, session: SessionDep, tenant: TenantDep,
+              settings: SettingsDep) -> DeliveryOut:
+    """Send a finished delivery's event again, as a new delivery (409 while it is still pending; 429
+    while KD_WEBHOOK_PENDING_LIMIT of the webhook's deliveries wait to be sent)."""
     row = webhooks_repo.redeliver(session, tenant_id=tenant.id, webhook_id=webhook_id, delivery_id=delivery_id,
-                                  now=utcnow())
+                                  now=utcnow(), pending_limit=settings.webhook_pending_limit)
     out = DeliveryOut.from_row(row)
     session.commit()
     return out

@@ -123,6 +123,17 @@ def test_bad_bodies_and_the_per_tenant_limit(client):
     assert "KD_WEBHOOKS_PER_TENANT" in body["detail"]
 
 
+def test_pings_past_the_pending_limit_are_429(client, settings):
+    hook = register(client, "https://hooks.example/ping")
+    for _ in range(settings.webhook_pending_limit):  # no worker sends them: every ping stays pending
+        assert client.post(f"/v1/webhooks/{hook['id']}/test").status_code == 202
+    refused = client.post(f"/v1/webhooks/{hook['id']}/test")
+    body = problem(refused, 429)
+    assert refused.headers["retry-after"] == "30" and "KD_WEBHOOK_PENDING_LIMIT" in body["detail"]
+    pending = client.get(f"/v1/webhooks/{hook['id']}/deliveries", params={"limit": 100}).json()["data"]
+    assert len(pending) == settings.webhook_pending_limit == 20  # the default; the refused one left nothing
+
+
 def test_another_tenant_cannot_see_use_or_delete_a_webhook(client, other_tenant_headers):
     mine = register(client, "https://hooks.example/mine")
     unknown = "wh_" + "0" * 24

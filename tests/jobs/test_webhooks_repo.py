@@ -12,8 +12,10 @@ from sqlalchemy import select
 
 from jobs import lifecycle, tenants_repo, webhooks_repo
 from jobs.db import make_sessionmaker
-from jobs.errors import Conflict, NotFound
+from jobs.errors import Conflict, NotFound, TooManyPending
 from jobs.tables import WebhookDelivery, utcnow
+
+UNCAPPED = {"pending_limit": 1000}  # a cap these tests never reach (the cap: test_pings_and_redeliveries_are_capped)
 
 ALL = ["job.succeeded", "job.failed", "job.cancelled"]
 CLAIM = {"limit": 10, "attempt_seconds": 5, "max_attempts": 3}
@@ -176,14 +178,14 @@ def test_a_delivery_whose_last_attempt_never_came_back_is_failed(session, succee
 def test_the_tenants_side_keeps_to_its_tenant(session, make_tenant, make_job, hook):
     other = make_tenant("other")
     for fn in (webhooks_repo.get, webhooks_repo.delete_webhook, webhooks_repo.enqueue_ping):
-        kwargs = {"now": utcnow()} if fn is webhooks_repo.enqueue_ping else {}
+        kwargs = {"now": utcnow(), **UNCAPPED} if fn is webhooks_repo.enqueue_ping else {}
         with pytest.raises(NotFound):
             fn(session, tenant_id=other.id, webhook_id=hook.id, **kwargs)
     with pytest.raises(NotFound):
         webhooks_repo.list_deliveries(session, tenant_id=other.id, webhook_id=hook.id, limit=10, after=None)
     assert webhooks_repo.list_webhooks(session, tenant_id=other.id) == []
     assert webhooks_repo.count(session, tenant_id=other.id) == 0
-    ping = webhooks_repo.enqueue_ping(session, tenant_id=hook.tenant_id, webhook_id=hook.id, now=utcnow())
+    ping = webhooks_repo.enqueue_ping(session, tenant_id=hook.tenant_id, webhook_id=hook.id, now=utcnow(), **UNCAPPED)
     session.commit()
     rows, more = webhooks_repo.list_deliveries(session, tenant_id=hook.tenant_id, webhook_id=hook.id, limit=10,
                                                after=None)
@@ -201,7 +203,7 @@ def test_concurrent_senders_never_claim_the_same_delivery(pg_engine):
         tenant = tenants_repo.get_or_create(s, name="acme")
         hook = webhooks_repo.create(s, tenant_id=tenant.id, url="https://hooks.example/", events=ALL, now=utcnow())
         for _ in range(12):
-            webhooks_repo.enqueue_ping(s, tenant_id=tenant.id, webhook_id=hook.id, now=utcnow())
+            webhooks_repo.enqueue_ping(s, tenant_id=tenant.id, webhook_id=hook.id, now=utcnow(), **UNCAPPED)
         s.commit()
     barrier, taken, lock = threading.Barrier(4), [], threading.Lock()
 
@@ -224,7 +226,8 @@ def test_concurrent_senders_never_claim_the_same_delivery(pg_engine):
 def test_finished_deliveries_are_purged_after_their_retention_and_pending_ones_never(session, make_job, hook):
     now = utcnow()
     old_done, old_pending, new_done = (
-        webhooks_repo.enqueue_ping(session, tenant_id=hook.tenant_id, webhook_id=hook.id, now=now) for _ in range(3))
+        webhooks_repo.enqueue_ping(session, tenant_id=hook.tenant_id, webhook_id=hook.id, now=now, **UNCAPPED)
+        for _ in range(3))
     old_done.status, old_done.finished_at = "succeeded", now - timedelta(days=40)
     new_done.status, new_done.finished_at = "failed", now - timedelta(days=1)
     old_pending.created_at = now - timedelta(days=40)
@@ -236,19 +239,21 @@ def test_finished_deliveries_are_purged_after_their_retention_and_pending_ones_n
 
 def test_a_finished_delivery_can_be_sent_again_as_a_new_one(session, make_tenant, hook):
     now = utcnow()
-    first = webhooks_repo.enqueue_ping(session, tenant_id=hook.tenant_id, webhook_id=hook.id, now=now)
+    first = webhooks_repo.enqueue_ping(session, tenant_id=hook.tenant_id, webhook_id=hook.id, now=now, **UNCAPPED)
     session.commit()
     with pytest.raises(Conflict):  # still pending: it is retried on its own
-        webhooks_repo.redeliver(session, tenant_id=hook.tenant_id, webhook_id=hook.id, delivery_id=first.id, now=now)
+        webhooks_repo.redeliver(session, tenant_id=hook.tenant_id, webhook_id=hook.id, delivery_id=first.id, now=now,
+                                **UNCAPPED)
     [claimed] = webhooks_repo.claim_due(session, now=now, **CLAIM)
     webhooks_repo.record_attempt(session, delivery_id=claimed.delivery_id, attempt=1, outcome={"status_code": 500},
                                  ok=False, now=now, **{**RETRY, "max_attempts": 1})
     session.commit()
     other = make_tenant("other")
     with pytest.raises(NotFound):
-        webhooks_repo.redeliver(session, tenant_id=other.id, webhook_id=hook.id, delivery_id=first.id, now=now)
+        webhooks_repo.redeliver(session, tenant_id=other.id, webhook_id=hook.id, delivery_id=first.id, now=now,
+                                **UNCAPPED)
     again = webhooks_repo.redeliver(session, tenant_id=hook.tenant_id, webhook_id=hook.id, delivery_id=first.id,
-                                    now=now)
+                                    now=now, **UNCAPPED)
     session.commit()
     assert (again.event_id, again.body, again.status, again.attempt_count) == (first.event_id, first.body, "pending", 0)
     [claimed] = webhooks_repo.claim_due(session, now=now, **CLAIM)
@@ -266,7 +271,7 @@ def test_a_rotated_secret_signs_beside_the_new_one_until_it_expires(session, mak
     new_secret = rotated.secret
     assert new_secret != old_secret and rotated.previous_secret == old_secret
     for _ in range(2):
-        webhooks_repo.enqueue_ping(session, tenant_id=hook.tenant_id, webhook_id=hook.id, now=now)
+        webhooks_repo.enqueue_ping(session, tenant_id=hook.tenant_id, webhook_id=hook.id, now=now, **UNCAPPED)
     session.commit()
     [claimed] = webhooks_repo.claim_due(session, now=now, **{**CLAIM, "limit": 1})
     assert claimed.secrets == (new_secret, old_secret)
@@ -276,3 +281,32 @@ def test_a_rotated_secret_signs_beside_the_new_one_until_it_expires(session, mak
     again = webhooks_repo.rotate_secret(session, tenant_id=hook.tenant_id, webhook_id=hook.id, now=now,
                                         previous_valid_seconds=0)
     assert again.previous_secret is None and again.previous_secret_expires_at is None
+
+
+def test_pings_and_redeliveries_are_capped(session, hook):
+    """A ping or redelivery past `pending_limit` waiting deliveries is refused: the service never sends a
+    receiver more than that at a tenant's request (job events are never refused)."""
+    now = utcnow()
+    first = webhooks_repo.enqueue_ping(session, tenant_id=hook.tenant_id, webhook_id=hook.id, now=now, pending_limit=2)
+    webhooks_repo.enqueue_ping(session, tenant_id=hook.tenant_id, webhook_id=hook.id, now=now, pending_limit=2)
+    session.commit()
+    with pytest.raises(TooManyPending) as refused:
+        webhooks_repo.enqueue_ping(session, tenant_id=hook.tenant_id, webhook_id=hook.id, now=now, pending_limit=2)
+    session.rollback()
+    assert (refused.value.pending, refused.value.limit) == (2, 2)
+    assert "KD_WEBHOOK_PENDING_LIMIT" in refused.value.message
+    assert len(deliveries(session)) == 2  # nothing was added
+    # one of them sent: a redelivery of it fits again, and then the cap holds for redeliveries too
+    [claimed] = webhooks_repo.claim_due(session, now=now, **{**CLAIM, "limit": 1})
+    webhooks_repo.record_attempt(session, delivery_id=claimed.delivery_id, attempt=1, outcome={"status_code": 200},
+                                 ok=True, now=now, **RETRY)
+    session.commit()
+    sent = claimed.delivery_id
+    webhooks_repo.redeliver(session, tenant_id=hook.tenant_id, webhook_id=hook.id, delivery_id=sent, now=now,
+                            pending_limit=2)
+    session.commit()
+    with pytest.raises(TooManyPending):
+        webhooks_repo.redeliver(session, tenant_id=hook.tenant_id, webhook_id=hook.id, delivery_id=sent, now=now,
+                                pending_limit=2)
+    session.rollback()
+    assert first.id in {d.id for d in deliveries(session)}

@@ -19,6 +19,8 @@ from tests.webhook_receiver import Receiver, self_signed_certificate, verify
 from worker.context import WorkerContext
 from worker.webhook_sender import WebhookSender, resolve
 
+UNCAPPED = {"pending_limit": 1000}  # a cap on pending pings these tests never reach
+
 ALL = ["job.succeeded", "job.failed", "job.cancelled"]
 
 
@@ -40,7 +42,7 @@ def ping(sender: WebhookSender, url: str) -> tuple[str, str]:
     with sender.sessions() as s:
         tenant = tenants_repo.get_or_create(s, name="acme")
         hook = webhooks_repo.create(s, tenant_id=tenant.id, url=url, events=ALL, now=utcnow())
-        delivery = webhooks_repo.enqueue_ping(s, tenant_id=tenant.id, webhook_id=hook.id, now=utcnow())
+        delivery = webhooks_repo.enqueue_ping(s, tenant_id=tenant.id, webhook_id=hook.id, now=utcnow(), **UNCAPPED)
         s.commit()
         return delivery.id, hook.secret
 
