@@ -29,6 +29,7 @@ def test_upgrade_matches_models_and_downgrade_removes_everything(empty_database_
             indexes = {ix["name"] for ix in inspect(conn).get_indexes("jobs")}
             assert {"ix_jobs_tenant_created", "ix_jobs_tenant_status", "ix_jobs_status_created"} <= indexes
             assert "ix_jobs_status" not in indexes  # 0006: ix_jobs_status_created covers it
+            assert "ix_files_tenant_sha256" in {ix["name"] for ix in inspect(conn).get_indexes("files")}  # 0008
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
         upgrade(empty_database_url)  # already at head: a no-op
