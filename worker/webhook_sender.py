@@ -14,6 +14,11 @@ One attempt:
    between the check and the connection; no proxy from the environment, no redirect followed;
 4. POST the body with `KD-Signature`, `KD-Event-Id`, `KD-Event-Type`, `KD-Delivery-Id`; a 2xx within
    KD_WEBHOOK_TIMEOUT_SECONDS (per connect and per read) succeeds; the response body is never read.
+   The whole attempt ends after ATTEMPT_TIMEOUTS × KD_WEBHOOK_TIMEOUT_SECONDS however the receiver
+   trickles its answer: a watchdog shuts the connection's socket down, which wakes the blocked read.
+   Without it, one receiver sending a header byte every few seconds held its thread, and the round
+   that waits for every attempt, for as long as it liked: every other tenant's deliveries on that
+   worker waited with it.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ SENDS_PER_ROUND = 8  # deliveries claimed per round, attempted at once
 # A claim keeps its row from other senders for this many times KD_WEBHOOK_TIMEOUT_SECONDS (httpx bounds
 # the connect, the write and each read by it), plus webhooks_repo.CLAIM_MARGIN_SECONDS.
 CLAIM_TIMEOUTS = 4
+# An attempt's whole duration, connect to status line, is at most this many KD_WEBHOOK_TIMEOUT_SECONDS
+# (below CLAIM_TIMEOUTS, so a claim never runs out under an attempt that is still going).
+ATTEMPT_TIMEOUTS = 3
 PURGE_INTERVAL_SECONDS = 3600  # how often finished deliveries past their retention are deleted
 PURGE_BATCH = 1000  # rows per delete statement
 
@@ -50,6 +58,44 @@ def resolve(host: str, port: int) -> list[IPAddress]:
     """Every address `host` resolves to, in the resolver's order (OSError when it does not resolve)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos))
+
+
+class _Watchdog:
+    """Ends an attempt after `seconds` in all: it learns the connection's socket from httpcore's trace
+    and, past the deadline, shuts it down (a read blocked on it returns at once and httpx raises)."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.expired = seconds, False
+        self.sock: socket.socket | None = None
+        self.lock = threading.Lock()
+        self.timer = threading.Timer(seconds, self._expire)
+        self.timer.daemon = True
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event == "connection.connect_tcp.complete" and info.get("return_value") is not None:
+            with self.lock:
+                self.sock = info["return_value"].get_extra_info("socket")
+                if self.expired:  # connected just as the deadline passed
+                    self._shutdown()
+
+    def _expire(self) -> None:
+        with self.lock:
+            self.expired = True
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already closed: the attempt ended on its own
+                pass
+
+    def __enter__(self) -> "_Watchdog":
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.timer.cancel()
 
 
 class WebhookSender:
@@ -112,16 +158,22 @@ class WebhookSender:
                    EVENT_ID_HEADER: claimed.event_id, EVENT_TYPE_HEADER: claimed.event_type,
                    DELIVERY_ID_HEADER: claimed.delivery_id}
         target = httpx.URL(claimed.url).copy_with(host=str(ip))
-        extensions = {"sni_hostname": host} if parts.scheme.lower() == "https" else {}
         timeout = self.cfg.webhook_timeout_seconds
+        watchdog = _Watchdog(timeout * ATTEMPT_TIMEOUTS)
+        extensions: dict[str, Any] = {"trace": watchdog.trace}
+        if parts.scheme.lower() == "https":
+            extensions["sni_hostname"] = host
         try:
-            with httpx.Client(verify=self.ssl_context, trust_env=False, follow_redirects=False,
-                              timeout=timeout) as client:
+            with watchdog, httpx.Client(verify=self.ssl_context, trust_env=False, follow_redirects=False,
+                                        timeout=timeout) as client:
                 with client.stream("POST", target, content=body, headers=headers, extensions=extensions) as resp:
                     code = resp.status_code
-        except httpx.TimeoutException:
-            return done(error=f"no answer from {ip} within {timeout:g} s (KD_WEBHOOK_TIMEOUT_SECONDS)")
         except httpx.HTTPError as exc:
+            if watchdog.expired:
+                return done(error=f"no complete answer from {ip} within {watchdog.seconds:g} s ({ATTEMPT_TIMEOUTS} × "
+                                  "KD_WEBHOOK_TIMEOUT_SECONDS, an attempt's whole time)")
+            if isinstance(exc, httpx.TimeoutException):
+                return done(error=f"no answer from {ip} within {timeout:g} s (KD_WEBHOOK_TIMEOUT_SECONDS)")
             return done(error=f"could not post to {ip} port {port}: {exc or type(exc).__name__}")
         if 200 <= code < 300:
             return done(ok=True, status_code=code)

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
+import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -130,6 +133,53 @@ def test_a_receiver_that_does_not_answer_in_time_is_an_attempt_that_failed(setti
     sender.run_once()
     row = delivery(sender, delivery_id)
     assert "within 0.5 s (KD_WEBHOOK_TIMEOUT_SECONDS)" in row.last_error and row.last_status_code is None
+
+
+class TricklingReceiver:
+    """Answers `HTTP/1.1 200 OK` and then one header byte every 0.1 s, for a minute: every read
+    gets something well within any per-read timeout, the status never completes."""
+
+    def __init__(self):
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            deadline = time.monotonic() + 60
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                try:
+                    conn.sendall(b"a")
+                except OSError:  # the sender hung up
+                    return
+                time.sleep(0.1)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.close()
+
+
+def test_a_receiver_that_trickles_its_answer_is_cut_at_the_attempts_whole_time(settings):
+    slow = TricklingReceiver()
+    try:
+        sender = make(settings, webhook_allow_private_networks=True, webhook_timeout_seconds=0.5)
+        delivery_id, _ = ping(sender, f"http://127.0.0.1:{slow.port}/hook")
+        round_ = threading.Thread(target=sender.run_once, daemon=True)
+        started = time.monotonic()
+        round_.start()
+        round_.join(timeout=20)
+        took = time.monotonic() - started
+        assert not round_.is_alive(), "the round never ended: the trickle held it"
+        row = delivery(sender, delivery_id)
+        assert "within 1.5 s (3 × KD_WEBHOOK_TIMEOUT_SECONDS" in row.last_error, row.last_error
+        assert row.last_status_code is None and row.status == "pending"  # retried later, like any failure
+        assert took < 5, took  # 1.5 s and the recording, not the receiver's minute
+    finally:
+        slow.close()
 
 
 def test_a_closed_port_and_an_unknown_name_are_recorded(settings):
