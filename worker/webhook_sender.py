@@ -1,9 +1,9 @@
 """The webhook sender: a daemon thread in every worker process, beside the reaper and the presence beat.
 
-Each round (every KD_WEBHOOK_POLL_SECONDS, at once again after a full one) it claims up to
-SENDS_PER_ROUND due deliveries in one short transaction (jobs/webhooks_repo.py:claim_due), makes the
-attempts at once in its own threads holding no database connection, and records each outcome in a
-transaction of its own. A job never waits for it: the job's transaction only inserted the rows.
+Each round (every KD_WEBHOOK_POLL_SECONDS, at once again while it finds some) it claims as many due
+deliveries as it has free threads (SENDS_PER_ROUND in all) in one short transaction
+(jobs/webhooks_repo.py:claim_due), makes each attempt in one of those threads holding no database
+connection, and records its outcome in a transaction of its own; a round does not wait for its attempts. A job never waits for it: the job's transaction only inserted the rows.
 
 One attempt:
 1. resolve the URL's host (every attempt: a name may move);
@@ -103,18 +103,44 @@ class WebhookSender:
         self.cfg, self.sessions, self.resolver = ctx.cfg, ctx.sessions, resolver
         self.ssl_context = ssl.create_default_context()  # made once: loading the CA bundle costs ~20 ms
         self.pool = ThreadPoolExecutor(SENDS_PER_ROUND, thread_name_prefix="webhook")
+        self.free = threading.Semaphore(SENDS_PER_ROUND)  # sender threads not in an attempt
 
-    def run_once(self) -> int:
-        """One round: claim, attempt, record. The number of deliveries attempted."""
+    def run_once(self, *, wait: bool = True) -> int:
+        """One round: claim as many due deliveries as there are free sender threads, attempt each in
+        one, record each outcome; the number claimed. `wait` returns once all are recorded; the
+        sender's own loop does not wait, so a slow receiver keeps its own thread busy (up to
+        ATTEMPT_TIMEOUTS × KD_WEBHOOK_TIMEOUT_SECONDS) and no one else's delivery waits for it."""
+        slots = 0
+        while slots < SENDS_PER_ROUND and self.free.acquire(blocking=False):
+            slots += 1
+        if not slots:
+            return 0
         cfg = self.cfg
-        with self.sessions() as s:
-            claimed = webhooks_repo.claim_due(s, now=utcnow(), limit=SENDS_PER_ROUND,
-                                              attempt_seconds=cfg.webhook_timeout_seconds * CLAIM_TIMEOUTS,
-                                              max_attempts=cfg.webhook_max_attempts)
-            s.commit()
-        for _ in self.pool.map(self._deliver, claimed):
-            pass
+        try:
+            with self.sessions() as s:
+                claimed = webhooks_repo.claim_due(s, now=utcnow(), limit=slots,
+                                                  attempt_seconds=cfg.webhook_timeout_seconds * CLAIM_TIMEOUTS,
+                                                  max_attempts=cfg.webhook_max_attempts)
+                s.commit()
+        except BaseException:
+            for _ in range(slots):
+                self.free.release()
+            raise
+        for _ in range(slots - len(claimed)):
+            self.free.release()
+        futures = [self.pool.submit(self._deliver_in_slot, c) for c in claimed]
+        if wait:
+            for future in futures:
+                future.result()
         return len(claimed)
+
+    def _deliver_in_slot(self, claimed: webhooks_repo.Claimed) -> None:
+        try:
+            self._deliver(claimed)
+        except Exception:  # the database is away: the claim runs out and the delivery is attempted again
+            log.exception("webhook delivery %s: could not record its attempt", claimed.delivery_id)
+        finally:
+            self.free.release()
 
     def _deliver(self, claimed: webhooks_repo.Claimed) -> None:
         outcome, ok = self.attempt(claimed)
@@ -204,8 +230,8 @@ class WebhookSender:
                         purged_at = time.monotonic()
                         if purged := self.purge():
                             log.info("deleted %d webhook deliveries past KD_WEBHOOK_DELIVERY_RETENTION_SECONDS", purged)
-                    while self.run_once() == SENDS_PER_ROUND and not stop.is_set():
-                        pass  # a full round: more may be due
+                    while self.run_once(wait=False) and not stop.is_set():
+                        pass  # claimed some: more may be due while threads are free
                 except Exception:  # the database is away: try again next round
                     log.exception("webhook round failed")
 

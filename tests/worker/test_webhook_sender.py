@@ -142,11 +142,12 @@ class TricklingReceiver:
     def __init__(self):
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
-        self.stop = threading.Event()
+        self.stop, self.accepted = threading.Event(), threading.Event()
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
         conn, _ = self.server.accept()
+        self.accepted.set()
         with conn:
             conn.recv(65536)
             conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
@@ -179,6 +180,25 @@ def test_a_receiver_that_trickles_its_answer_is_cut_at_the_attempts_whole_time(s
         assert row.last_status_code is None and row.status == "pending"  # retried later, like any failure
         assert took < 5, took  # 1.5 s and the recording, not the receiver's minute
     finally:
+        slow.close()
+
+
+def test_a_slow_receiver_holds_its_own_thread_and_no_one_elses_delivery(settings, receiver):
+    slow = TricklingReceiver()
+    sender = make(settings, webhook_allow_private_networks=True, webhook_timeout_seconds=2, webhook_poll_seconds=0.1)
+    stop = sender.start()
+    try:
+        ping(sender, f"http://127.0.0.1:{slow.port}/hook")  # cut only after 6 s
+        assert slow.accepted.wait(10)
+        started = time.monotonic()
+        fast_id, _ = ping(sender, receiver.url())
+        while delivery(sender, fast_id).status == "pending" and time.monotonic() - started < 10:
+            time.sleep(0.05)
+        took = time.monotonic() - started
+        assert delivery(sender, fast_id).status == "succeeded"
+        assert took < 3, f"the fast delivery waited {took:.1f} s behind the slow attempt"
+    finally:
+        stop.set()
         slow.close()
 
 
