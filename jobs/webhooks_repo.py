@@ -199,19 +199,33 @@ class Claimed:
     attempt: int  # this attempt's number, 1 for the first
     url: str
     secrets: tuple[str, ...]  # the current signing secret, then the previous one while it is still valid
+    tenant_id: str  # whose delivery (the sender caps the attempts one tenant has under way)
 
 
 def claim_due(session: Session, *, now: datetime, limit: int, attempt_seconds: float,
-              max_attempts: int) -> list[Claimed]:
+              max_attempts: int, per_tenant: int | None = None,
+              in_flight: dict[str, int] | None = None) -> list[Claimed]:
     """Take up to `limit` due deliveries for one attempt each (oldest due first). A due delivery whose
-    attempts are already spent (its sender died during the last one) is failed instead."""
+    attempts are already spent (its sender died during the last one) is failed instead.
+    `per_tenant` caps one tenant's attempts under way, counting those the caller has `in_flight`
+    (tenant id -> attempts), so one tenant's slow receivers cannot take every sender thread."""
     # Nothing is written when nothing is due (an idle sender asks every KD_WEBHOOK_POLL_SECONDS; on SQLite
     # a write would take the database's lock each time).
-    due = session.execute(
-        select(WebhookDelivery.id, WebhookDelivery.attempt_count)
-        .where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now)
-        .order_by(WebhookDelivery.next_attempt_at).limit(limit)
-        .with_for_update(skip_locked=True)).all()
+    left = {} if per_tenant is None else {t: per_tenant - n for t, n in (in_flight or {}).items()}
+    stmt = (select(WebhookDelivery.id, WebhookDelivery.attempt_count, WebhookDelivery.tenant_id)
+            .where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now))
+    full = [tenant for tenant, n in left.items() if n <= 0]
+    if full:
+        stmt = stmt.where(WebhookDelivery.tenant_id.not_in(full))
+    # with a cap, a few more rows than `limit`, so one tenant past its share does not leave the claim short
+    stmt = stmt.order_by(WebhookDelivery.next_attempt_at).limit(limit if per_tenant is None else limit * 4)
+    due = []
+    for row in session.execute(stmt.with_for_update(skip_locked=True)).all():
+        if len(due) == limit:
+            break
+        if per_tenant is None or left.get(row.tenant_id, per_tenant) > 0:
+            due.append(row)
+            left[row.tenant_id] = left.get(row.tenant_id, per_tenant or 0) - 1
     spent = [row.id for row in due if row.attempt_count >= max_attempts]
     if spent:
         session.execute(
@@ -229,7 +243,8 @@ def claim_due(session: Session, *, now: datetime, limit: int, attempt_seconds: f
         .values(attempt_count=WebhookDelivery.attempt_count + 1,
                 next_attempt_at=now + timedelta(seconds=attempt_seconds + CLAIM_MARGIN_SECONDS))
         .returning(WebhookDelivery.id, WebhookDelivery.webhook_id, WebhookDelivery.event_id,
-                   WebhookDelivery.event_type, WebhookDelivery.body, WebhookDelivery.attempt_count)
+                   WebhookDelivery.event_type, WebhookDelivery.body, WebhookDelivery.attempt_count,
+                   WebhookDelivery.tenant_id)
         .execution_options(synchronize_session=False)).all()
     if not taken:
         return []
@@ -244,7 +259,7 @@ def claim_due(session: Session, *, now: datetime, limit: int, attempt_seconds: f
 
     return [Claimed(delivery_id=t.id, webhook_id=t.webhook_id, event_id=t.event_id, event_type=t.event_type,
                     body=t.body, attempt=t.attempt_count, url=hooks[t.webhook_id].url,
-                    secrets=secrets_of(hooks[t.webhook_id]))
+                    secrets=secrets_of(hooks[t.webhook_id]), tenant_id=t.tenant_id)
             for t in sorted(taken, key=lambda t: ids.index(t.id))]
 
 

@@ -3,7 +3,9 @@
 Each round (every KD_WEBHOOK_POLL_SECONDS, at once again while it finds some) it claims as many due
 deliveries as it has free threads (SENDS_PER_ROUND in all) in one short transaction
 (jobs/webhooks_repo.py:claim_due), makes each attempt in one of those threads holding no database
-connection, and records its outcome in a transaction of its own; a round does not wait for its attempts. A job never waits for it: the job's transaction only inserted the rows.
+connection, and records its outcome in a transaction of its own; a round does not wait for its attempts,
+and one tenant's deliveries have at most SENDS_PER_TENANT of the threads at once (its slow receivers
+cannot take them all). A job never waits for it: the job's transaction only inserted the rows.
 
 One attempt:
 1. resolve the URL's host (every attempt: a name may move);
@@ -43,7 +45,8 @@ from jobs.webhooks import (DELIVERY_ID_HEADER, EVENT_ID_HEADER, EVENT_TYPE_HEADE
 from worker.context import WorkerContext
 
 log = logging.getLogger("worker.webhooks")
-SENDS_PER_ROUND = 8  # deliveries claimed per round, attempted at once
+SENDS_PER_ROUND = 8  # sender threads: deliveries attempted at once
+SENDS_PER_TENANT = 4  # of those, at most this many for one tenant's deliveries (the rest wait their turn)
 # A claim keeps its row from other senders for this many times KD_WEBHOOK_TIMEOUT_SECONDS (httpx bounds
 # the connect, the write and each read by it), plus webhooks_repo.CLAIM_MARGIN_SECONDS.
 CLAIM_TIMEOUTS = 4
@@ -104,6 +107,8 @@ class WebhookSender:
         self.ssl_context = ssl.create_default_context()  # made once: loading the CA bundle costs ~20 ms
         self.pool = ThreadPoolExecutor(SENDS_PER_ROUND, thread_name_prefix="webhook")
         self.free = threading.Semaphore(SENDS_PER_ROUND)  # sender threads not in an attempt
+        self.in_flight: dict[str, int] = {}  # tenant id -> its attempts under way in this process
+        self.in_flight_lock = threading.Lock()
 
     def run_once(self, *, wait: bool = True) -> int:
         """One round: claim as many due deliveries as there are free sender threads, attempt each in
@@ -116,11 +121,14 @@ class WebhookSender:
         if not slots:
             return 0
         cfg = self.cfg
+        with self.in_flight_lock:
+            in_flight = dict(self.in_flight)
         try:
             with self.sessions() as s:
                 claimed = webhooks_repo.claim_due(s, now=utcnow(), limit=slots,
                                                   attempt_seconds=cfg.webhook_timeout_seconds * CLAIM_TIMEOUTS,
-                                                  max_attempts=cfg.webhook_max_attempts)
+                                                  max_attempts=cfg.webhook_max_attempts,
+                                                  per_tenant=SENDS_PER_TENANT, in_flight=in_flight)
                 s.commit()
         except BaseException:
             for _ in range(slots):
@@ -128,6 +136,9 @@ class WebhookSender:
             raise
         for _ in range(slots - len(claimed)):
             self.free.release()
+        with self.in_flight_lock:
+            for c in claimed:
+                self.in_flight[c.tenant_id] = self.in_flight.get(c.tenant_id, 0) + 1
         futures = [self.pool.submit(self._deliver_in_slot, c) for c in claimed]
         if wait:
             for future in futures:
@@ -140,6 +151,10 @@ class WebhookSender:
         except Exception:  # the database is away: the claim runs out and the delivery is attempted again
             log.exception("webhook delivery %s: could not record its attempt", claimed.delivery_id)
         finally:
+            with self.in_flight_lock:
+                left = self.in_flight.pop(claimed.tenant_id, 1) - 1
+                if left:
+                    self.in_flight[claimed.tenant_id] = left
             self.free.release()
 
     def _deliver(self, claimed: webhooks_repo.Claimed) -> None:

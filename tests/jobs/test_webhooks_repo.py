@@ -310,3 +310,26 @@ def test_pings_and_redeliveries_are_capped(session, hook):
                                 pending_limit=2)
     session.rollback()
     assert first.id in {d.id for d in deliveries(session)}
+
+
+def test_a_claim_caps_one_tenants_attempts_under_way(session, make_tenant, hook):
+    """One tenant's due deliveries, older than another's, take no more than `per_tenant` attempts at once,
+    counting those already under way; the other tenant's come next in the same claim."""
+    now = utcnow()
+    loud = [webhooks_repo.enqueue_ping(session, tenant_id=hook.tenant_id, webhook_id=hook.id,
+                                       now=now - timedelta(seconds=10), **UNCAPPED) for _ in range(6)]
+    quiet_tenant = make_tenant("quiet")
+    quiet_hook = webhooks_repo.create(session, tenant_id=quiet_tenant.id, url="https://q.example/", events=ALL, now=now)
+    quiet = webhooks_repo.enqueue_ping(session, tenant_id=quiet_tenant.id, webhook_id=quiet_hook.id, now=now,
+                                       **UNCAPPED)
+    session.commit()
+    claim = {**CLAIM, "limit": 8}
+    taken = webhooks_repo.claim_due(session, now=now, per_tenant=4, in_flight={hook.tenant_id: 1}, **claim)
+    session.commit()
+    assert [c.tenant_id for c in taken].count(hook.tenant_id) == 3 and quiet.id in {c.delivery_id for c in taken}
+    assert all(c.tenant_id in (hook.tenant_id, quiet_tenant.id) for c in taken)
+    # at its share: none of the loud tenant's three still due is taken
+    taken = webhooks_repo.claim_due(session, now=now, per_tenant=4, in_flight={hook.tenant_id: 4}, **claim)
+    assert taken == []
+    # no cap: the rest
+    assert {c.delivery_id for c in webhooks_repo.claim_due(session, now=now, **claim)} <= {d.id for d in loud}

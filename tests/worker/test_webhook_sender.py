@@ -20,7 +20,7 @@ from jobs.tables import Webhook, WebhookDelivery, utcnow
 from harness.services import free_port
 from tests.webhook_receiver import Receiver, self_signed_certificate, verify
 from worker.context import WorkerContext
-from worker.webhook_sender import WebhookSender, resolve
+from worker.webhook_sender import SENDS_PER_ROUND, SENDS_PER_TENANT, WebhookSender, resolve
 
 UNCAPPED = {"pending_limit": 1000}  # a cap on pending pings these tests never reach
 
@@ -137,17 +137,27 @@ def test_a_receiver_that_does_not_answer_in_time_is_an_attempt_that_failed(setti
 
 class TricklingReceiver:
     """Answers `HTTP/1.1 200 OK` and then one header byte every 0.1 s, for a minute: every read
-    gets something well within any per-read timeout, the status never completes."""
+    gets something well within any per-read timeout, the status never completes. Serves each
+    connection in a thread of its own; `connections` counts them."""
 
     def __init__(self):
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.stop, self.accepted = threading.Event(), threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
 
-    def _serve(self) -> None:
-        conn, _ = self.server.accept()
-        self.accepted.set()
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:  # closed
+                return
+            self.connections += 1
+            self.accepted.set()
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
         with conn:
             conn.recv(65536)
             conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
@@ -197,6 +207,31 @@ def test_a_slow_receiver_holds_its_own_thread_and_no_one_elses_delivery(settings
         took = time.monotonic() - started
         assert delivery(sender, fast_id).status == "succeeded"
         assert took < 3, f"the fast delivery waited {took:.1f} s behind the slow attempt"
+    finally:
+        stop.set()
+        slow.close()
+
+
+def test_one_tenants_slow_receivers_take_at_most_half_the_sender_threads(settings, receiver):
+    slow = TricklingReceiver()
+    sender = make(settings, webhook_allow_private_networks=True, webhook_timeout_seconds=2, webhook_poll_seconds=0.1)
+    with sender.sessions() as s:
+        loud = tenants_repo.get_or_create(s, name="loud")
+        hook = webhooks_repo.create(s, tenant_id=loud.id, url=f"http://127.0.0.1:{slow.port}/", events=ALL,
+                                    now=utcnow())
+        for _ in range(SENDS_PER_ROUND):
+            webhooks_repo.enqueue_ping(s, tenant_id=loud.id, webhook_id=hook.id, now=utcnow(), **UNCAPPED)
+        s.commit()
+    stop = sender.start()
+    try:
+        assert slow.accepted.wait(10)
+        time.sleep(0.5)  # rounds every 0.1 s: the loud tenant's other deliveries had their chance
+        assert slow.connections == SENDS_PER_TENANT
+        started = time.monotonic()
+        fast_id, _ = ping(sender, receiver.url())  # another tenant ("acme")
+        while delivery(sender, fast_id).status == "pending" and time.monotonic() - started < 10:
+            time.sleep(0.05)
+        assert delivery(sender, fast_id).status == "succeeded" and time.monotonic() - started < 3
     finally:
         stop.set()
         slow.close()
