@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Engine, Text, and_, bindparam, case, cast, func, or_, select, tuple_, type_coerce
+from sqlalchemy import (JSON, Engine, Text, and_, bindparam, case, cast, func, or_, select, true, tuple_,
+                        type_coerce)
 from sqlalchemy.dialects.postgresql import JSONB
 
 from jobs.api_keys import KEY_PREFIX, hash_key
@@ -185,24 +186,29 @@ def job_for_key(engine: Engine, *, key_hash: str | None, job_id: str, stale_seco
 def _list_statement(dialect: str, *, status: bool, after: bool) -> _Statement:
     key = ("list", dialect, status, after)
     if key not in _statements:
-        on = [_jobs.c.tenant_id == _keys.c.tenant_id]
+        valid_key = and_(_keys.c.key_hash == bindparam("key_hash"), _keys.c.revoked_at.is_(None))
+        # the page is a subquery of its own, ordered and limited on the tenant's jobs alone, so PostgreSQL reads
+        # it from ix_jobs_tenant_created, newest first, and stops at `limit`; as an outer join of api_keys to
+        # all of the tenant's jobs, it read and sorted every one of them for each page (4.9 ms at 6000 jobs)
+        tenant = select(_keys.c.tenant_id).where(valid_key).scalar_subquery()
+        where = [_jobs.c.tenant_id == tenant]
         if status:
-            on.append(_jobs.c.status == bindparam("status"))
+            where.append(_jobs.c.status == bindparam("status"))
         columns = [_keys.c.tenant_id.label("key_tenant_id")]
         if after:
             def cursor(column):
-                return (select(column).where(_cursor.c.id == bindparam("after"),
-                                             _cursor.c.tenant_id == _keys.c.tenant_id)
-                        .correlate(_keys).scalar_subquery())
+                return select(column).where(_cursor.c.id == bindparam("after"),
+                                            _cursor.c.tenant_id == tenant).scalar_subquery()
             cursor_id = cursor(_cursor.c.id)
-            on.append(tuple_(_jobs.c.created_at, _jobs.c.id) < tuple_(cursor(_cursor.c.created_at), cursor_id))
+            where.append(tuple_(_jobs.c.created_at, _jobs.c.id) < tuple_(cursor(_cursor.c.created_at), cursor_id))
             columns.append(cursor_id.label("cursor_id"))
+        page = (select(*_PAGE_COLUMNS).where(*where)
+                .order_by(_jobs.c.created_at.desc(), _jobs.c.id.desc()).limit(bindparam("limit")).subquery("page"))
+        key_row = select(*columns).where(valid_key).subquery("key_row")
         _statements[key] = _Statement(
-            select(*columns, *_PAGE_COLUMNS)
-            .select_from(_keys.outerjoin(_jobs, and_(*on)))
-            .where(_keys.c.key_hash == bindparam("key_hash"), _keys.c.revoked_at.is_(None))
-            .order_by(_jobs.c.created_at.desc(), _jobs.c.id.desc())
-            .limit(bindparam("limit")))
+            select(*key_row.c, *page.c)
+            .select_from(key_row.outerjoin(page, true()))
+            .order_by(page.c.created_at.desc(), page.c.id.desc()))
     return _statements[key]
 
 
