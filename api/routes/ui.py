@@ -83,7 +83,7 @@ def _field(name: str, label: str, control: str, hint: str = "", *, wrap: bool = 
 def _file_field(name: str, label: str, input_id: str, purposes: tuple[str, ...], hint: str = "") -> str:
     """A file-id field with its own upload: the chosen file is uploaded at once (with the first purpose,
     or the one picked) and its id fills the field."""
-    purpose = (f"<select class='upload-purpose' aria-label='purpose'>"
+    purpose = ("<select class='upload-purpose' aria-label='purpose'>"
                + "".join(f"<option>{p}</option>" for p in purposes) + "</select>") if len(purposes) > 1 else ""
     control = (f"<input id='{input_id}' class='file-id' placeholder='file_… (or upload)'>"
                f"<span class='upload'><input type='file' class='upload-file' data-purpose='{purposes[0]}' "
