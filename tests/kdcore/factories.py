@@ -7,12 +7,16 @@ from pathlib import Path
 
 import torch
 
-from harness.teachers import save_state_dict, train_digits_mlp
-from kdcore.pipeline import PipelineCallbacks
-from kdcore.spec import DistillSpec
+import pytest
 
-__all__ = ["FAST", "STUDENT", "TEACHER_PARAMS", "PhaseRecorder", "distill_spec", "save_state_dict",
-           "train_digits_teacher"]
+from harness.teachers import save_state_dict, train_digits_mlp
+from kdcore.pipeline import PipelineCallbacks, run_distillation
+from kdcore.results import DistillResult
+from kdcore.spec import DistillSpec
+from kdcore.trainer import Stopped
+
+__all__ = ["FAST", "STUDENT", "TEACHER_PARAMS", "PhaseRecorder", "StopAfterFirstCheckpoint", "distill_spec",
+           "save_state_dict", "stop_then_resume", "train_digits_teacher"]
 
 TEACHER_PARAMS = {"hidden_sizes": [64]}
 STUDENT = {"arch": "mlp", "arch_params": {"hidden_sizes": [16]}}
@@ -50,3 +54,33 @@ class PhaseRecorder(PipelineCallbacks):
 
     def on_epoch_end(self, metrics):
         self.epochs.append(metrics)
+
+
+class StopAfterFirstCheckpoint(PhaseRecorder):
+    """Asks to stop once the job's first checkpoint is written; `repeats_only`: the first checkpoint of a
+    repeat run (`on_repeat_checkpoint`, hyperparameters.repeats)."""
+
+    def __init__(self, *, repeats_only: bool = False):
+        super().__init__()
+        self.saved, self.repeats_only = 0, repeats_only
+
+    def on_checkpoint(self, info):
+        self.saved += not self.repeats_only
+
+    def on_repeat_checkpoint(self, info):
+        self.saved += 1
+
+    def should_stop(self):
+        return self.saved >= 1
+
+
+def stop_then_resume(spec: DistillSpec, tmp_path: Path, stopper: PipelineCallbacks,
+                     ) -> tuple[PhaseRecorder, DistillResult]:
+    """Run `spec` until `stopper` stops it (no summary is written), then again on the same checkpoint
+    directory: the second run's recorder and result."""
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    with pytest.raises(Stopped):
+        run_distillation(spec, out_dir=out, checkpoint_dir=ckpt, callbacks=stopper, export_onnx_file=False)
+    assert not (out / "summary.json").exists()
+    cb = PhaseRecorder()
+    return cb, run_distillation(spec, out_dir=out, checkpoint_dir=ckpt, callbacks=cb, export_onnx_file=False)

@@ -12,8 +12,8 @@ import torch
 
 from kdcore.models import build_model
 from kdcore.pipeline import run_distillation
-from kdcore.trainer import Stopped
-from tests.kdcore.factories import PhaseRecorder, distill_spec, save_state_dict
+from tests.kdcore.factories import (PhaseRecorder, StopAfterFirstCheckpoint, distill_spec, save_state_dict,
+                                    stop_then_resume)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
                                                   reason="no CUDA device on this machine")]
@@ -72,22 +72,8 @@ def test_crop_flip_on_images_with_a_live_teacher(tmp_path):
 
 
 def test_a_stopped_cuda_run_resumes_from_its_checkpoints(files, tmp_path):
-    class StopAfterFirst(PhaseRecorder):
-        saved = 0
-
-        def on_checkpoint(self, info):
-            self.saved += 1
-
-        def should_stop(self):
-            return self.saved >= 1
-
     spec = distill_spec(files["state_dict"], baseline=False, epochs=3, **_cuda())
-    with pytest.raises(Stopped):
-        run_distillation(spec, out_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt",
-                         callbacks=StopAfterFirst(), export_onnx_file=False)
-    cb = PhaseRecorder()
-    result = run_distillation(spec, out_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt", callbacks=cb,
-                              export_onnx_file=False)
+    cb, result = stop_then_resume(spec, tmp_path, StopAfterFirstCheckpoint())
     assert [m.epoch for m in cb.epochs] == [2, 3]  # the resumed run trained only what was left
     assert result.student.epochs_run == 3 and result.student.accuracy > 0.5
 

@@ -20,8 +20,8 @@ from kdcore.export import read_student_metadata
 from kdcore.models import build_model, count_params, estimate_macs
 from kdcore.pipeline import PHASES, load_splits, run_distillation
 from kdcore.results import DistillResult, ModelReport, StudentReport
-from kdcore.trainer import Stopped
-from tests.kdcore.factories import PhaseRecorder, distill_spec, save_state_dict, train_digits_teacher
+from tests.kdcore.factories import (PhaseRecorder, StopAfterFirstCheckpoint, distill_spec, save_state_dict,
+                                    stop_then_resume, train_digits_teacher)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
                                         "ignore::torch.jit.TracerWarning")
@@ -116,27 +116,8 @@ def test_phases_are_reported_in_the_documented_order(state_dict_run, files, tmp_
     assert not (tmp_path / "student.onnx").exists()
 
 
-class StopAfterFirstCheckpoint(PhaseRecorder):
-    def __init__(self):
-        super().__init__()
-        self.saved = 0
-
-    def on_checkpoint(self, info):
-        self.saved += 1
-
-    def should_stop(self):
-        return self.saved >= 1
-
-
 def test_an_interrupted_run_resumes_from_its_checkpoints_and_reports_every_epoch(files, tmp_path):
-    spec = distill_spec(files["state_dict"], baseline=False)
-    with pytest.raises(Stopped):
-        run_distillation(spec, out_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt",
-                         callbacks=StopAfterFirstCheckpoint(), export_onnx_file=False)
-    assert not (tmp_path / "out" / "summary.json").exists()
-    cb = PhaseRecorder()
-    run_distillation(spec, out_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt", callbacks=cb,
-                     export_onnx_file=False)
+    cb, _ = stop_then_resume(distill_spec(files["state_dict"], baseline=False), tmp_path, StopAfterFirstCheckpoint())
     assert [m.epoch for m in cb.epochs] == [2]  # only epoch 2 was trained again
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["run"], r["epoch"]) for r in rows] == [("student", 1), ("student", 2)]

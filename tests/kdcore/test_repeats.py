@@ -15,8 +15,7 @@ from kdcore.errors import SpecError
 from kdcore.pipeline import PHASES, run_distillation
 from kdcore.results import Spread
 from kdcore.spec import MAX_REPEATS, MAX_SWEEP_EPOCHS, DistillSpec
-from kdcore.trainer import Stopped
-from tests.kdcore.factories import PhaseRecorder, distill_spec
+from tests.kdcore.factories import PhaseRecorder, StopAfterFirstCheckpoint, distill_spec, stop_then_resume
 
 
 def _spec_error(hp: dict) -> SpecError:
@@ -121,29 +120,10 @@ def test_one_seed_has_no_repeats(repeated):
     assert alone[5].repeats is None and alone[5].to_dict()["repeats"] is None
 
 
-class _StopInRepeat(PhaseRecorder):
-    """Stops after the first checkpoint of a repeat run."""
-
-    def __init__(self):
-        super().__init__()
-        self.repeat_checkpoints = 0
-
-    def on_repeat_checkpoint(self, info):
-        self.repeat_checkpoints += 1
-
-    def should_stop(self):
-        return self.repeat_checkpoints >= 1
-
-
 def test_an_interrupted_repeat_resumes_and_ends_as_an_uninterrupted_job(files, split_files, repeated, tmp_path):
     result, _, _, _ = repeated
     spec = distill_spec(files["state_dict"], dataset=split_files, seed=5, repeats=3)
-    with pytest.raises(Stopped):
-        run_distillation(spec, out_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt",
-                         callbacks=_StopInRepeat(), export_onnx_file=False)
-    cb = PhaseRecorder()
-    resumed = run_distillation(spec, out_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt", callbacks=cb,
-                               export_onnx_file=False)
+    _, resumed = stop_then_resume(spec, tmp_path, StopAfterFirstCheckpoint(repeats_only=True))
     assert resumed.repeats == result.repeats
     assert resumed.student.accuracy == result.student.accuracy
 
