@@ -223,9 +223,11 @@ def claim_due(session: Session, *, now: datetime, limit: int, attempt_seconds: f
     for row in session.execute(stmt.with_for_update(skip_locked=True)).all():
         if len(due) == limit:
             break
-        if per_tenant is None or left.get(row.tenant_id, per_tenant) > 0:
-            due.append(row)
-            left[row.tenant_id] = left.get(row.tenant_id, per_tenant or 0) - 1
+        if per_tenant is not None:
+            if left.get(row.tenant_id, per_tenant) <= 0:
+                continue
+            left[row.tenant_id] = left.get(row.tenant_id, per_tenant) - 1
+        due.append(row)
     spent = [row.id for row in due if row.attempt_count >= max_attempts]
     if spent:
         session.execute(
