@@ -1,6 +1,6 @@
-"""B4's floor: what a bare FastAPI app costs under B4's settings (uvicorn with 2 processes on an
-IPPROTO_TCP socket as `python -m api` binds it, wrk with 1 thread, 16 and 64 connections, a fresh
-PostgreSQL database holding one job row): a hello-world as a sync and as an async route, and one
+"""B4's floor: what a bare FastAPI app costs under B4's settings (uvicorn with 2 processes, each on
+its own IPPROTO_TCP SO_REUSEPORT socket as `python -m api` binds them, wrk with 1 thread, 16 and 64
+connections, a fresh PostgreSQL database holding one job row): a hello-world as a sync and as an async route, and one
 SQLAlchemy Core select of the job row, in a sync route (a worker thread, a pooled connection with
 pre-ping, as the service's engine) and in an async route (SQLAlchemy's asyncio engine on psycopg's
 async driver). Requests/s, p99 and the API processes' CPU per request, medians of ROUNDS rounds.
@@ -63,13 +63,13 @@ def create_app():
 
 def _serve(port: int) -> None:
     import uvicorn
-    from uvicorn.supervisors import Multiprocess
 
-    from api.__main__ import listening_socket
+    from api.__main__ import LISTEN_BACKLOG, ReusePortSupervisor
 
     config = uvicorn.Config("bench.b4_floor:create_app", factory=True, host="127.0.0.1", port=port, workers=2,
-                            log_level="info", proxy_headers=True)  # the access log on, as the service's
-    Multiprocess(config, sockets=[listening_socket("127.0.0.1", port)]).run()
+                            log_level="info", proxy_headers=True,  # the access log on, as the service's
+                            backlog=LISTEN_BACKLOG)
+    ReusePortSupervisor(config, "127.0.0.1", port).run()
 
 
 def run() -> dict:
