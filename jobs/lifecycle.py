@@ -83,7 +83,9 @@ class HeartbeatResult:
 
 
 def _update(session: Session, *where, returning=(Job.id,), **values):
-    """One conditional UPDATE of a job; the returned row, or None when no row matched."""
+    """One conditional UPDATE of a job; the returned row, or None when no row matched. It may change
+    what a fence held in this transaction relied on (status, attempt): the fence is taken again."""
+    session.info.pop(_HELD_FENCE, None)
     stmt = (update(Job).where(*where).values(**values).returning(*returning)
             .execution_options(synchronize_session="fetch"))
     return session.execute(stmt).one_or_none()
@@ -117,10 +119,47 @@ def _status_event(session: Session, *, job_id: str, attempt: int, status: str, m
         webhooks_repo.enqueue_job_event(session, job_id=job_id, status=status, now=now)
 
 
-def _fence(session: Session, *, job_id: str, attempt: int, now: datetime, returning=(Job.id,), **values):
-    """The guard of every write by a worker: the row still carries its attempt and is active."""
-    return _update(session, Job.id == job_id, Job.attempt == attempt, Job.status.in_(ACTIVE_STATUSES),
-                   returning=returning, updated_at=now, **values)
+# session.info key: (transaction, job id, attempt) of the last fence that passed in that transaction
+_HELD_FENCE = "kd_lifecycle_held_fence"
+
+
+def _transaction(session: Session):
+    """The innermost transaction the session is in (a savepoint's own, else the outer one), or None."""
+    return session.get_nested_transaction() or session.get_transaction()
+
+
+def _holds_fence(session: Session, job_id: str, attempt: int) -> bool:
+    held = session.info.get(_HELD_FENCE)
+    return held is not None and held[0] is _transaction(session) and held[1:] == (job_id, attempt)
+
+
+def _fence(session: Session, *, job_id: str, attempt: int, now: datetime, returning=None, **values):
+    """The guard of every write by a worker: the row still carries its attempt and is active.
+
+    Once a fence passed in a transaction, the job row stays locked by it until the commit (on
+    PostgreSQL the UPDATE's row lock; on SQLite the database's write lock), so nobody else can
+    re-claim or end the job meanwhile: a later write of the same attempt in that transaction that
+    changes nothing on the row itself (an event, a metric, an artifact) is let through without
+    another UPDATE. One that changes the row (progress, the lease, a status) still updates it;
+    updated_at stays the time of the transaction's first fence unless the status changes. Any
+    other UPDATE of a job in the transaction drops what was held."""
+    held = _holds_fence(session, job_id, attempt)
+    if held and not values and returning is None:
+        return (job_id,)
+    if not held or "status" in values:
+        values["updated_at"] = now
+    row = _update(session, Job.id == job_id, Job.attempt == attempt, Job.status.in_(ACTIVE_STATUSES),
+                  returning=returning or (Job.id,), **values)
+    if row is not None and "status" not in values:
+        session.info[_HELD_FENCE] = (_transaction(session), job_id, attempt)
+    return row
+
+
+def fence(session: Session, *, job_id: str, attempt: int, now: datetime | None = None) -> bool:
+    """Take the fence of `attempt` for the rest of this transaction (updated_at = `now`): the worker's
+    first statement in each of its transactions, so the fenced writes that follow (events, metrics,
+    artifacts) need no UPDATE of their own. False when the lease is lost."""
+    return _fence(session, job_id=job_id, attempt=attempt, now=now or utcnow()) is not None
 
 
 def wrote(result: Any) -> bool:

@@ -351,7 +351,11 @@ class JobRun(PipelineCallbacks):
         # the progress row is one value: within one transaction only the last write of it is ever seen
         last = max((i for i, (fn, _) in enumerate(pending) if fn is lifecycle.set_progress), default=None)
         pending = [w for i, w in enumerate(pending) if w[0] is not lifecycle.set_progress or i == last]
-        ok = True
+        # Every transaction of the attempt starts here: one fenced UPDATE (updated_at = now) that the
+        # writes after it in the transaction rely on instead of an UPDATE each (jobs/lifecycle.py, fence).
+        ok = lifecycle.fence(s, job_id=self.job_id, attempt=self.attempt)
+        if not ok:
+            return False
         for fn, kwargs in pending:
             result = fn(s, job_id=self.job_id, attempt=self.attempt, **kwargs)
             ok = lifecycle.wrote(result) and ok

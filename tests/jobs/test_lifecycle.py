@@ -367,3 +367,57 @@ def test_every_event_has_a_level_and_a_failure_is_an_error(session, make_job):
     events = jobs_repo.events(session, tenant_id=job.tenant_id, job_id=job.id)
     assert [(e.type, e.level) for e in events] == [("status", "info"), ("log", "info"), ("warning", "warning"),
                                                    ("checkpoint", "warning"), ("status", "error")]
+
+
+def test_a_transactions_first_fence_carries_the_attempts_writes_after_it(session, make_job):
+    """A fence that passed holds the job row until the commit: the writes after it in the same
+    transaction need no UPDATE of their own, unless they change the row; a stale attempt, a later
+    transaction and a status change in between are fenced again."""
+    from sqlalchemy import event
+
+    job = make_job()
+    lifecycle.claim(session, job_id=job.id, lease_seconds=LEASE, worker="w1")
+    session.commit()
+    updates: list[str] = []
+
+    def count(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("UPDATE"):
+            updates.append(statement)
+
+    bind = session.get_bind()
+    event.listen(bind, "before_cursor_execute", count)
+    try:
+        assert lifecycle.fence(session, job_id=job.id, attempt=1)
+        assert lifecycle.add_event(session, job_id=job.id, attempt=1, type="log", message="a")
+        assert lifecycle.add_metric(session, job_id=job.id, attempt=1, run="student", epoch=1, values={"x": 1})
+        assert lifecycle.add_artifact(session, job_id=job.id, attempt=1, kind="summary", storage_key="k",
+                                      bytes=1, sha256="0" * 64)
+        assert lifecycle.add_event_once(session, job_id=job.id, attempt=1, type="epoch", message="e",
+                                        data={"run": "student", "epoch": 1}, key=("run", "epoch"))
+        assert len(updates) == 1  # the fence's own
+        assert lifecycle.set_progress(session, job_id=job.id, attempt=1, progress={"fraction": 0.5})
+        assert len(updates) == 2  # progress changes the row
+        session.commit()
+        assert lifecycle.add_event(session, job_id=job.id, attempt=1, type="log", message="b")
+        assert len(updates) == 3  # a new transaction is fenced again
+        session.commit()
+
+        # another attempt took the job: the old one's fence does not pass, nor its writes
+        assert lifecycle.claim(session, job_id=job.id, lease_seconds=LEASE, worker="w2", now=later(LEASE + 1)) == 2
+        session.commit()
+        assert not lifecycle.fence(session, job_id=job.id, attempt=1)
+        assert lifecycle.add_event(session, job_id=job.id, attempt=1, type="log", message="stale") is None
+        session.rollback()
+
+        # a status change in the transaction ends what the fence held
+        assert lifecycle.fence(session, job_id=job.id, attempt=2)
+        assert lifecycle.succeed(session, job_id=job.id, attempt=2, result={})
+        assert lifecycle.add_event(session, job_id=job.id, attempt=2, type="log", message="after") is None
+        session.commit()
+    finally:
+        event.remove(bind, "before_cursor_execute", count)
+    row = fresh(session, job.id)
+    assert row.status == "succeeded" and row.progress == {"fraction": 0.5}
+    messages = [e.message for e in jobs_repo.events(session, tenant_id=job.tenant_id, job_id=job.id)
+                if e.type == "log"]
+    assert messages == ["a", "b"]
