@@ -5,16 +5,22 @@ so concurrent writers (API, worker, reaper) wait for the write lock instead of f
 default transaction handling is kept on purpose: it begins a transaction at the first write, so a
 read never holds a snapshot that must later be upgraded to a write lock (the upgrade deadlock).
 
-PostgreSQL (production): psycopg 3, `pool_pre_ping` so a connection dropped by a database restart
-is replaced instead of failing the next request. READ COMMITTED (the default) is what the state
-machine's conditional updates are written for.
+PostgreSQL (production): psycopg 3. Every checkout from the pool pings the connection first (SQLAlchemy's
+`pool_pre_ping`, done by a `checkout` listener here), so a connection dropped by a database restart is
+replaced, and the pool's older connections with it, instead of failing the next request. Single-statement
+reads (jobs/reads.py) skip the ping inside `unpinged()` and retry once on a disconnect instead: the ping is
+a round trip of its own, a third of what a GET of a job costs the API and the database (bench/RESULTS.md,
+B4). READ COMMITTED (the default) is what the state machine's conditional updates are written for.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Iterator
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -49,7 +55,43 @@ def make_engine(url: str, *, lock_timeout_ms: int | None = None, idle_in_transac
         connect_args = dict(kwargs.pop("connect_args", {}))
         connect_args["options"] = " ".join([connect_args.get("options", ""), *options]).strip()
         kwargs["connect_args"] = connect_args
-    return create_engine(parsed, pool_pre_ping=True, **kwargs)
+    engine = create_engine(parsed, **kwargs)
+    _ping_on_checkout(engine)
+    return engine
+
+
+_UNPINGED: ContextVar[bool] = ContextVar("kd_unpinged_checkout", default=False)
+
+
+@contextmanager
+def unpinged() -> Iterator[None]:
+    """Checkouts in this block skip the ping: for a read that retries itself once on a disconnect."""
+    token = _UNPINGED.set(True)
+    try:
+        yield
+    finally:
+        _UNPINGED.reset(token)
+
+
+def _ping_on_checkout(engine: Engine) -> None:
+    """`pool_pre_ping`, as SQLAlchemy does it (a new connection is not pinged; a failed ping invalidates
+    the pool's connections made before it and the checkout gets a new one), unless `unpinged()`."""
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "connect")
+    def _fresh(_dbapi_connection, record) -> None:
+        record.info["kd_fresh"] = True
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_connection, record, _proxy) -> None:
+        if record.info.pop("kd_fresh", False) or _UNPINGED.get():
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as err:
+            if dialect.is_disconnect(err, dbapi_connection, None):
+                raise exc.InvalidatePoolError() from err
+            raise
 
 
 def _sqlite_engine(url, **kwargs) -> Engine:

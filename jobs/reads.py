@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from collections import namedtuple
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -32,6 +33,7 @@ from sqlalchemy import (JSON, Engine, Text, and_, bindparam, case, cast, func, o
 from sqlalchemy.dialects.postgresql import JSONB
 
 from jobs.api_keys import KEY_PREFIX, hash_key
+from jobs.db import unpinged
 from jobs.tables import (JOB_STATUSES, QUEUED, ApiKey, Job, JobEvent, Tenant, UTCDateTime, Worker, could_be_id,
                          utcnow)
 
@@ -87,25 +89,40 @@ class _Statement:
         # bound parameters with values (path keys, literals); the named ones are given per call
         self.defaults = {k: v for k, v in compiled.construct_params(_check=False).items() if v is not None}
 
+    def _execute(self, conn, params: dict[str, Any]) -> list:
+        conn.autocommit = True
+        try:
+            return conn.execute(self.sql, {**self.defaults, **params}).fetchall()
+        finally:
+            if not conn.closed:
+                conn.autocommit = False
+
     def rows(self, engine: Engine, params: dict[str, Any]) -> list:
         if engine.dialect.name != "postgresql":
             with engine.connect() as conn:
                 return conn.execute(self.stmt, params).all()
-        pooled = engine.raw_connection()  # pre-pinged, as any checkout
-        try:
-            conn = pooled.driver_connection
-            conn.autocommit = True
+        # No ping before the statement (a round trip of its own): a read is safe to send again, so a
+        # connection found dropped (a database restart) is replaced and the statement sent once more,
+        # this time on a pinged checkout, which also replaces the pool's other stale connections.
+        for attempt in (1, 2):
+            with unpinged() if attempt == 1 else nullcontext():
+                pooled = engine.raw_connection()
             try:
-                raw = conn.execute(self.sql, {**self.defaults, **params}).fetchall()
+                raw = self._execute(pooled.driver_connection, params)
+                break
+            except engine.dialect.loaded_dbapi.OperationalError as err:
+                conn = pooled.driver_connection
+                dropped = conn.closed or engine.dialect.is_disconnect(err, conn, None)
+                if dropped:
+                    pooled.invalidate()
+                if not dropped or attempt == 2:
+                    raise
+            except Exception:
+                if pooled.driver_connection.closed:
+                    pooled.invalidate()
+                raise
             finally:
-                if not conn.closed:
-                    conn.autocommit = False
-        except Exception:
-            if pooled.driver_connection.closed:
-                pooled.invalidate()
-            raise
-        finally:
-            pooled.close()
+                pooled.close()
         rows = []
         for values in raw:
             if self.utc:  # as UTCDateTime returns them, whatever the session's TimeZone
