@@ -135,9 +135,9 @@ def test_a_live_stream_keeps_alive_and_ends_once_the_job_finishes(client, teache
 
 def test_a_live_streams_poll_is_one_statement(client, teacher_id, monkeypatch):
     """A stream polls every 0.5 s for as long as it is open, so what a poll costs is what open streams
-    cost (bench/RESULTS.md, B8: 200 idle streams took 0.86 of a core). A poll is the pool's ping and
-    one statement, the key check included; it was a session with BEGIN, two or three statements and
-    ROLLBACK."""
+    cost (bench/RESULTS.md, B8: 200 idle streams took 0.86 of a core). A poll is one statement, the
+    key check included, with no pool ping before it; it was a session with BEGIN, two or three
+    statements and ROLLBACK."""
     import psycopg
 
     job = new_job(client, teacher_id)
@@ -170,7 +170,7 @@ def test_a_live_streams_poll_is_one_statement(client, teacher_id, monkeypatch):
             time.sleep(0.05)
         counted = len(statements) - before[0], len(polls) - before[1]
     assert counted[1] >= 10, counted
-    assert counted[0] <= 2 * counted[1] + 2, (counted, statements[before[0]:][:12])
+    assert counted[0] <= counted[1] + 2, (counted, statements[before[0]:][:12])
 
 
 def test_the_openapi_document_names_the_event_stream(client):
