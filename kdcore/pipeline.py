@@ -31,7 +31,7 @@ from kdcore.export import export_onnx, save_student
 from kdcore.formats import sniff_format
 from kdcore.models import build_model, check_input_shape, resolve_arch_params
 from kdcore.spec import DistillSpec
-from kdcore.spec_checks import DataInfo, check_student, header_shapes, state_dict_mismatches, state_dict_shapes
+from kdcore.spec_checks import DataInfo, check_student_accepted, header_shapes, state_dict_mismatches, state_dict_shapes
 from kdcore.teacher_logit_cache import can_cache, compute_teacher_logits
 from kdcore.onnx_sandbox import GraphLimits
 from kdcore.results import (DistillResult, ModelReport, Repeats, Spread, StudentReport, Sweep, SweepChoice, SweepEpoch,
@@ -153,8 +153,8 @@ def _read_split(path: str | None, field: str, train: ArrayDataset, num_classes: 
 
 def check_models(spec: DistillSpec, *, input_shape: tuple[int, ...], num_classes: int) -> None:
     """Student architecture, parameters and size against the data; raises SpecError naming the field."""
-    check_student(spec.student.arch, spec.student.arch_params, DataInfo(input_shape, num_classes, 0),
-                  batch_size=spec.hyperparameters.batch_size)
+    check_student_accepted(spec.student.arch, spec.student.arch_params, DataInfo(input_shape, num_classes, 0),
+                           batch_size=spec.hyperparameters.batch_size)
     if spec.teacher.arch is not None:
         tparams = resolve_arch_params(spec.teacher.arch, spec.teacher.arch_params, field="teacher.arch_params")
         check_input_shape(spec.teacher.arch, tparams, input_shape, field="teacher.arch")

@@ -7,6 +7,8 @@ calls them inside `POST /v1/jobs`.
 
 from __future__ import annotations
 
+import json
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +65,31 @@ def check_student(arch: str, arch_params: dict | None, data: DataInfo,
                             "(MAX_ACTIVATION_BYTES); lower hyperparameters.batch_size or the student's size",
                             field="student.arch_params")
     return params
+
+
+def check_student_accepted(arch: str, arch_params: dict | None, data: DataInfo,
+                           batch_size: int | None = None) -> dict[str, Any]:
+    """`check_student`, remembered for the students it accepted (the run's own check of a spec the
+    service already accepted: building the student on the meta device and running a batch through
+    it cost about 2.6 ms of a tiny job's CPU, bench/RESULTS.md B6). The check is a pure function of
+    its arguments and the limits, which are part of the key; a refusal is not kept (it raises anew);
+    each call gets its own copy of the parameters. At most _ACCEPTED_MAX entries, the oldest dropped."""
+    key = (arch, json.dumps(arch_params, sort_keys=True), data, batch_size, MAX_STUDENT_PARAMETERS,
+           MAX_ACTIVATION_BYTES)
+    with _accepted_lock:
+        text = _accepted.get(key)
+    if text is None:
+        text = json.dumps(check_student(arch, arch_params, data, batch_size=batch_size))
+        with _accepted_lock:
+            if len(_accepted) >= _ACCEPTED_MAX:
+                _accepted.pop(next(iter(_accepted)))
+            _accepted[key] = text
+    return json.loads(text)
+
+
+_ACCEPTED_MAX = 256
+_accepted: dict[tuple, str] = {}
+_accepted_lock = threading.Lock()
 
 
 def activation_bytes(model: torch.nn.Module, input_shape: tuple[int, ...], batch_size: int) -> int:

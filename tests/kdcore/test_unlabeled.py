@@ -317,3 +317,27 @@ def test_activation_memory_per_batch_is_bounded():
     with pytest.raises(SpecError) as info:
         check_student("resnet32x4", {}, DataInfo((3, 32, 32), 10, 100), batch_size=65_536)
     assert info.value.field == "student.arch_params" and "GiB" in info.value.message
+
+
+def test_the_runs_student_check_is_remembered_for_accepted_students_only(monkeypatch):
+    """check_student_accepted (the pipeline's check of a spec the service already accepted) builds a
+    student it accepted once; a refusal, other parameters or a lowered limit are checked anew."""
+    from kdcore import spec_checks
+    from kdcore.spec_checks import DataInfo, check_student_accepted
+
+    monkeypatch.setattr(spec_checks, "_accepted", {})
+    builds = []
+    real = spec_checks.build_model
+    monkeypatch.setattr(spec_checks, "build_model", lambda *a, **k: builds.append(a[0]) or real(*a, **k))
+    data = DataInfo((64,), 10, 0)
+    first = check_student_accepted("mlp", {"hidden_sizes": [8]}, data, batch_size=64)
+    first["hidden_sizes"].append(99)  # the caller's copy
+    assert check_student_accepted("mlp", {"hidden_sizes": [8]}, data, batch_size=64) == {**first, "hidden_sizes": [8]}
+    assert len(builds) == 1
+    check_student_accepted("mlp", {"hidden_sizes": [9]}, data, batch_size=64)
+    assert len(builds) == 2
+    monkeypatch.setattr(spec_checks, "MAX_STUDENT_PARAMETERS", 10)
+    for _ in range(2):
+        with pytest.raises(SpecError, match="parameters"):
+            check_student_accepted("mlp", {"hidden_sizes": [8]}, data, batch_size=64)
+    assert len(builds) == 4
