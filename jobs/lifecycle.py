@@ -70,6 +70,7 @@ from jobs.tables import (
     JobMetric,
     UTCDateTime,
     could_be_id,
+    new_id,
     utcnow,
 )
 
@@ -155,11 +156,14 @@ def _fence(session: Session, *, job_id: str, attempt: int, now: datetime, return
     return row
 
 
-def fence(session: Session, *, job_id: str, attempt: int, now: datetime | None = None) -> bool:
-    """Take the fence of `attempt` for the rest of this transaction (updated_at = `now`): the worker's
-    first statement in each of its transactions, so the fenced writes that follow (events, metrics,
-    artifacts) need no UPDATE of their own. False when the lease is lost."""
-    return _fence(session, job_id=job_id, attempt=attempt, now=now or utcnow()) is not None
+def fence(session: Session, *, job_id: str, attempt: int, now: datetime | None = None,
+          progress: dict[str, Any] | None = None) -> bool:
+    """Take the fence of `attempt` for the rest of this transaction (updated_at = `now`), writing
+    `progress` (as set_progress) in the same UPDATE when given: the worker's first statement in each
+    of its transactions, so the fenced writes that follow (events, metrics, artifacts) need no UPDATE
+    of their own. False when the lease is lost."""
+    values = {} if progress is None else {"progress": progress}
+    return _fence(session, job_id=job_id, attempt=attempt, now=now or utcnow(), **values) is not None
 
 
 def wrote(result: Any) -> bool:
@@ -277,6 +281,27 @@ def add_event(session: Session, *, job_id: str, attempt: int, type: str, message
                          data=data, now=now, level=level)
 
 
+def add_events(session: Session, *, job_id: str, attempt: int, events: list[dict[str, Any]]) -> list[int] | None:
+    """`add_event` for several events at once, in their order: each a dict of add_event's keyword
+    arguments (type, message; data, level, now optional). Their seqs, or None when the lease is lost.
+    Two statements whatever their number (the job's last seq, read under the fence's row lock, then
+    one INSERT of every row) instead of one INSERT each."""
+    if not events:
+        return []
+    now = utcnow()
+    for e in events:
+        _check_level(e.get("level", INFO))
+    if _fence(session, job_id=job_id, attempt=attempt, now=events[0].get("now") or now) is None:
+        return None
+    last = session.scalar(select(func.coalesce(func.max(JobEvent.seq), 0)).where(JobEvent.job_id == job_id))
+    seqs = [last + 1 + i for i in range(len(events))]
+    session.execute(insert(JobEvent).values([
+        {"job_id": job_id, "seq": seq, "attempt": attempt, "type": e["type"], "level": e.get("level", INFO),
+         "message": e["message"], "data": e.get("data"), "created_at": e.get("now") or now}
+        for seq, e in zip(seqs, events)]))
+    return seqs
+
+
 def add_event_once(session: Session, *, job_id: str, attempt: int, type: str, message: str,
                    data: dict[str, Any], key: tuple[str, ...], now: datetime | None = None,
                    level: str = INFO) -> int | None:
@@ -340,6 +365,27 @@ def add_artifact(session: Session, *, job_id: str, attempt: int, kind: str, stor
     session.add(Artifact(job_id=job_id, kind=kind, storage_key=storage_key, bytes=bytes, sha256=sha256,
                          created_at=now))
     session.flush()
+    return True
+
+
+def add_artifacts(session: Session, *, job_id: str, attempt: int, artifacts: list[dict[str, Any]],
+                  now: datetime | None = None) -> bool:
+    """`add_artifact` for several files at once (each a dict of kind, storage_key, bytes, sha256; one
+    per kind): one DELETE of the kinds' older rows and one INSERT of all, instead of two statements
+    and an ORM flush each."""
+    if not artifacts:
+        return True
+    now = now or utcnow()
+    kinds = [a["kind"] for a in artifacts]
+    if len(set(kinds)) != len(kinds):
+        raise ValueError(f"one artifact per kind, got {kinds}")
+    if _fence(session, job_id=job_id, attempt=attempt, now=now) is None:
+        return False
+    session.execute(delete(Artifact).where(Artifact.job_id == job_id, Artifact.kind.in_(kinds))
+                    .execution_options(synchronize_session="fetch"))
+    session.execute(insert(Artifact).values([
+        {"id": new_id("art"), "job_id": job_id, "kind": a["kind"], "storage_key": a["storage_key"],
+         "bytes": a["bytes"], "sha256": a["sha256"], "created_at": now} for a in artifacts]))
     return True
 
 

@@ -201,15 +201,13 @@ class JobRun(PipelineCallbacks):
                     key = f"jobs/{self.job_id}/attempt-{self.attempt}/{filename}"
                     stored.append((kind, self.store.put_file(key, out / filename)))
             with self.writing, self.sessions() as s:
-                self._fenced(self._drain(s))
-                for kind, obj in stored:
-                    self._fenced(lifecycle.add_artifact(s, job_id=self.job_id, attempt=self.attempt, kind=kind,
-                                                        storage_key=obj.key, bytes=obj.bytes, sha256=obj.sha256))
+                self._fenced(self._drain(s, progress={"phase": "exporting", "fraction": 1.0, "eta_seconds": 0.0,
+                                                      "epochs": self.epochs}))
+                self._fenced(lifecycle.add_artifacts(s, job_id=self.job_id, attempt=self.attempt, artifacts=[
+                    {"kind": kind, "storage_key": obj.key, "bytes": obj.bytes, "sha256": obj.sha256}
+                    for kind, obj in stored]))
                 self._fenced(lifecycle.add_event(s, job_id=self.job_id, attempt=self.attempt, type="result",
                                                  message=_outcome_line(result), data=None) is not None)
-                self._fenced(lifecycle.set_progress(s, job_id=self.job_id, attempt=self.attempt,
-                                                    progress={"phase": "exporting", "fraction": 1.0,
-                                                              "eta_seconds": 0.0, "epochs": self.epochs}))
                 self._fenced(lifecycle.succeed(s, job_id=self.job_id, attempt=self.attempt,
                                                result=result.to_dict()))
                 s.commit()
@@ -344,21 +342,25 @@ class JobRun(PipelineCallbacks):
             s.commit()
         self._fenced(ok)
 
-    def _drain(self, s: Session) -> bool:
+    def _drain(self, s: Session, progress: dict | None = None) -> bool:
         """Write the waiting reports in `s` (the caller holds `writing` and commits); False when one
-        was fenced out (the lease is lost)."""
+        was fenced out (the lease is lost). `progress`: the progress row this transaction ends with."""
         pending, self.pending, self.pending_since = self.pending, [], None
-        # the progress row is one value: within one transaction only the last write of it is ever seen
-        last = max((i for i, (fn, _) in enumerate(pending) if fn is lifecycle.set_progress), default=None)
-        pending = [w for i, w in enumerate(pending) if w[0] is not lifecycle.set_progress or i == last]
-        # Every transaction of the attempt starts here: one fenced UPDATE (updated_at = now) that the
-        # writes after it in the transaction rely on instead of an UPDATE each (jobs/lifecycle.py, fence).
-        ok = lifecycle.fence(s, job_id=self.job_id, attempt=self.attempt)
-        if not ok:
+        # The progress row is one value: within one transaction only its last write is ever seen, the
+        # transaction's own or else the last report's; it goes with the fence.
+        if progress is None:
+            progress = next((kw["progress"] for fn, kw in reversed(pending) if fn is lifecycle.set_progress), None)
+        # Every transaction of the attempt starts here: one fenced UPDATE (updated_at = now, the
+        # progress) that the writes after it in the transaction rely on instead of an UPDATE each
+        # (jobs/lifecycle.py, fence).
+        if not lifecycle.fence(s, job_id=self.job_id, attempt=self.attempt, progress=progress):
             return False
-        for fn, kwargs in pending:
-            result = fn(s, job_id=self.job_id, attempt=self.attempt, **kwargs)
-            ok = lifecycle.wrote(result) and ok
+        # the reports' events in one INSERT, in the order they were made (each with its own time)
+        events = [kwargs for fn, kwargs in pending if fn is lifecycle.add_event]
+        ok = lifecycle.wrote(lifecycle.add_events(s, job_id=self.job_id, attempt=self.attempt, events=events))
+        for fn, kwargs in pending:  # any other kind of report, in its order
+            if fn is not lifecycle.add_event and fn is not lifecycle.set_progress:
+                ok = lifecycle.wrote(fn(s, job_id=self.job_id, attempt=self.attempt, **kwargs)) and ok
         return ok
 
     def _flush_reports(self) -> None:
@@ -416,14 +418,13 @@ class JobRun(PipelineCallbacks):
         self.run_epochs = m.epochs  # (before the progress row below, which reports it)
         progress = self._progress_now(epoch=m.epoch, step=None, steps=None, force=True)
         with self.writing, self.sessions() as s:
-            self._fenced(self._drain(s))
+            # a run's own epoch count: the baseline on few labelled rows runs more (shorter) epochs
+            self._fenced(self._drain(s, progress=progress))
             self._fenced(lifecycle.add_metric(s, job_id=self.job_id, attempt=self.attempt, run=m.run,
                                               epoch=m.epoch, values=m.to_dict()))
             self._fenced(lifecycle.add_event_once(
                 s, job_id=self.job_id, attempt=self.attempt, type="epoch", data=m.to_dict(), key=EPOCH_KEY,
                 message=_epoch_line(m)) is not None)
-            # a run's own epoch count: the baseline on few labelled rows runs more (shorter) epochs
-            self._fenced(lifecycle.set_progress(s, job_id=self.job_id, attempt=self.attempt, progress=progress))
             s.commit()
 
     def on_checkpoint(self, info) -> None:

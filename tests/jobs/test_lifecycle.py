@@ -398,8 +398,12 @@ def test_a_transactions_first_fence_carries_the_attempts_writes_after_it(session
         assert lifecycle.set_progress(session, job_id=job.id, attempt=1, progress={"fraction": 0.5})
         assert len(updates) == 2  # progress changes the row
         session.commit()
+        assert lifecycle.fence(session, job_id=job.id, attempt=1, progress={"fraction": 0.6})  # one UPDATE for both
+        assert len(updates) == 3
+        session.commit()
+        assert fresh(session, job.id).progress == {"fraction": 0.6}
         assert lifecycle.add_event(session, job_id=job.id, attempt=1, type="log", message="b")
-        assert len(updates) == 3  # a new transaction is fenced again
+        assert len(updates) == 4  # a new transaction is fenced again
         session.commit()
 
         # another attempt took the job: the old one's fence does not pass, nor its writes
@@ -417,7 +421,65 @@ def test_a_transactions_first_fence_carries_the_attempts_writes_after_it(session
     finally:
         event.remove(bind, "before_cursor_execute", count)
     row = fresh(session, job.id)
-    assert row.status == "succeeded" and row.progress == {"fraction": 0.5}
+    assert row.status == "succeeded" and row.progress == {"fraction": 0.6}
     messages = [e.message for e in jobs_repo.events(session, tenant_id=job.tenant_id, job_id=job.id)
                 if e.type == "log"]
     assert messages == ["a", "b"]
+
+
+def test_several_events_and_artifacts_are_one_insert_each(session, make_job):
+    """add_events and add_artifacts (the worker's drained reports, its published files): the rows
+    add_event and add_artifact would write, in order, in one INSERT each (after the fence)."""
+    from sqlalchemy import event
+
+    job = make_job()
+    lifecycle.claim(session, job_id=job.id, lease_seconds=LEASE, worker="w1")
+    assert lifecycle.add_artifact(session, job_id=job.id, attempt=1, kind="summary", storage_key="old",
+                                  bytes=1, sha256="0" * 64)
+    session.commit()
+    made = [utcnow() - timedelta(seconds=s) for s in (3, 2, 1)]
+    inserts: list[str] = []
+
+    def count(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("INSERT"):
+            inserts.append(statement)
+
+    bind = session.get_bind()
+    event.listen(bind, "before_cursor_execute", count)
+    try:
+        assert lifecycle.fence(session, job_id=job.id, attempt=1)
+        seqs = lifecycle.add_events(session, job_id=job.id, attempt=1, events=[
+            {"type": "phase", "message": "phase loading", "data": {"phase": "loading"}, "now": made[0]},
+            {"type": "data_loaded", "message": "rows", "now": made[1]},
+            {"type": "warning", "message": "near chance", "level": "warning", "data": {"x": 1}, "now": made[2]}])
+        assert seqs == [2, 3, 4]  # after the claim's status event
+        assert len(inserts) == 1
+        assert lifecycle.add_artifacts(session, job_id=job.id, attempt=1, artifacts=[
+            {"kind": "summary", "storage_key": "new", "bytes": 2, "sha256": "1" * 64},
+            {"kind": "metrics", "storage_key": "m", "bytes": 3, "sha256": "2" * 64}])
+        assert len(inserts) == 2
+        assert lifecycle.add_event(session, job_id=job.id, attempt=1, type="log", message="next") == 5
+        assert lifecycle.add_events(session, job_id=job.id, attempt=1, events=[]) == []
+        with pytest.raises(ValueError, match="level"):
+            lifecycle.add_events(session, job_id=job.id, attempt=1, events=[{"type": "x", "message": "m",
+                                                                           "level": "debug"}])
+        with pytest.raises(ValueError, match="one artifact per kind"):
+            lifecycle.add_artifacts(session, job_id=job.id, attempt=1, artifacts=[
+                {"kind": "summary", "storage_key": "a", "bytes": 1, "sha256": "1" * 64}] * 2)
+        session.commit()
+    finally:
+        event.remove(bind, "before_cursor_execute", count)
+    events = jobs_repo.events(session, tenant_id=job.tenant_id, job_id=job.id)
+    rows = [(e.seq, e.type, e.level, e.data, e.attempt) for e in events]
+    assert rows[1:] == [(2, "phase", "info", {"phase": "loading"}, 1), (3, "data_loaded", "info", None, 1),
+                        (4, "warning", "warning", {"x": 1}, 1), (5, "log", "info", None, 1)]
+    assert [e.created_at for e in events if 2 <= e.seq <= 4] == made
+    arts = {a.kind: (a.storage_key, a.bytes) for a in session.scalars(select(Artifact).where(Artifact.job_id == job.id))}
+    assert arts == {"summary": ("new", 2), "metrics": ("m", 3)}  # the older summary replaced
+
+    # a stale attempt writes none of them
+    assert lifecycle.claim(session, job_id=job.id, lease_seconds=LEASE, worker="w2", now=later(LEASE + 1)) == 2
+    session.commit()
+    assert lifecycle.add_events(session, job_id=job.id, attempt=1, events=[{"type": "log", "message": "x"}]) is None
+    assert lifecycle.add_artifacts(session, job_id=job.id, attempt=1, artifacts=[
+        {"kind": "summary", "storage_key": "stale", "bytes": 1, "sha256": "3" * 64}]) is False
