@@ -28,6 +28,14 @@ def test_a_job_with_three_seeds(client, settings, digits_teacher, monkeypatch):
         return set_progress(s, progress=progress, **kw)
 
     monkeypatch.setattr(lifecycle, "set_progress", record)
+    fence = lifecycle.fence
+
+    def record_fence(s, *, progress: dict | None = None, **kw):  # a transaction's progress goes with its fence
+        if progress is not None:
+            reported.append(progress)
+        return fence(s, progress=progress, **kw)
+
+    monkeypatch.setattr(lifecycle, "fence", record_fence)
     # every fraction the bar computes, with the run it was computed in (reports in between are coalesced)
     computed: list[tuple[str, str, float]] = []
     fraction = runner.JobRun._fraction
