@@ -6,10 +6,12 @@ serialising it again was most of a page's cost (bench/RESULTS.md, B4). The page'
 those JSON columns as text (jobs/reads.py), and the JSON of a job is kept under the tuple of every
 column its representation reads: a row equal to one seen before gives the same JSON, and a row that
 differs in anything is a new key. Nothing can go stale; the oldest entries make room past MAX_ENTRIES.
+A queued job's waiting reason, which changes while its row does not, is added to its kept JSON each time.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import operator
 import threading
@@ -18,6 +20,8 @@ from typing import Any
 
 from api.schemas.jobs import JobOut
 from jobs.reads import JOB_FIELDS, JSON_FIELDS
+from jobs.tables import QUEUED
+from jobs.workers_repo import waiting_reason
 
 MAX_ENTRIES = 4096  # about 1.5 KB of JSON and the row's own size each: some 12 MB at most per process
 
@@ -26,23 +30,45 @@ _job_fields = operator.attrgetter(*JOB_FIELDS)  # the key: the tuple of those co
 _lock = threading.Lock()
 
 
-def job_json(row: Any) -> str:
-    """JobOut.from_row(row).model_dump_json() for a page row (its JSON_FIELDS as text)."""
+def _job_out(row: Any) -> JobOut:
+    fields = {name: getattr(row, name) for name in JOB_FIELDS}
+    for name in JSON_FIELDS:
+        if fields[name] is not None:
+            fields[name] = json.loads(fields[name])
+    return JobOut.from_row(SimpleNamespace(**fields))
+
+
+# JobOut's last field, null in a kept JSON; a queued job's is filled in when it is answered
+_WAITING_NULL = '"waiting_reason":null}'
+
+
+def job_json(row: Any, live_queues: frozenset[str] = frozenset()) -> str:
+    """JobOut.from_row(row).model_dump_json() for a page row (its JSON_FIELDS as text); a queued job's
+    with its `waiting_reason` given `live_queues` (its `queue_position` only GET /v1/jobs/{id} gives)."""
     key = _job_fields(row)
     text = _kept.get(key)
     if text is None:
-        fields = {name: getattr(row, name) for name in JOB_FIELDS}
-        for name in JSON_FIELDS:
-            if fields[name] is not None:
-                fields[name] = json.loads(fields[name])
-        text = JobOut.from_row(SimpleNamespace(**fields)).model_dump_json()
+        out = _job_out(row)
+        text = out.model_dump_json()
+        assert text.endswith(_WAITING_NULL), "waiting_reason is JobOut's last field"
         with _lock:
             if len(_kept) >= MAX_ENTRIES:
                 _kept.pop(next(iter(_kept)))  # the oldest
             _kept[key] = text
-    return text
+    if row.status != QUEUED:
+        return text
+    # a queued job's reason changes (workers come and go) while its row does not: added to the kept JSON
+    reason = _waiting_reason(row.spec, live_queues)
+    return f'{text[:-len(_WAITING_NULL)]}"waiting_reason":{json.dumps(reason, ensure_ascii=False)}}}'
 
 
-def page_json(rows: list[Any], has_more: bool) -> str:
+@functools.lru_cache(maxsize=1024)
+def _waiting_reason(spec_text: str | None, live_queues: frozenset[str]) -> str | None:
+    """workers_repo.waiting_reason of a spec given as JSON text (a page asks again every few seconds)."""
+    return waiting_reason(json.loads(spec_text) if spec_text is not None else None, live_queues)
+
+
+def page_json(rows: list[Any], has_more: bool, live_queues: frozenset[str] = frozenset()) -> str:
     """JobList(data=[JobOut of each row], has_more=...).model_dump_json(), from each job's JSON."""
-    return f'{{"object":"list","data":[{",".join(job_json(r) for r in rows)}],"has_more":{"true" if has_more else "false"}}}'
+    data = ",".join(job_json(r, live_queues) for r in rows)
+    return f'{{"object":"list","data":[{data}],"has_more":{"true" if has_more else "false"}}}'

@@ -66,6 +66,7 @@ class KeyedPage:
     jobs: list[Any]
     has_more: bool
     cursor_found: bool  # False when `after` names no job of this tenant
+    live_queues: frozenset[str] = frozenset()  # the queues live workers serve (for a queued job's waiting_reason)
 
 
 def key_hash(plain_key: str) -> str | None:
@@ -155,20 +156,23 @@ def _live_queues(dialect: str):
     return select(agg).where(live).scalar_subquery()
 
 
+def _queue_position(job):
+    """How many older queued jobs wait on `job`'s queue: the routing rule of jobs/routing.py (as
+    workers_repo.queue_position writes it), between two rows."""
+    same_queue = and_(_device(_older) == _device(job), or_(_device(job) != "cuda", _gpus(_older) == _gpus(job)))
+    return (select(func.count()).select_from(_older)
+            .where(_older.c.status == QUEUED, same_queue,
+                   tuple_(_older.c.created_at, _older.c.id) < tuple_(job.c.created_at, job.c.id))
+            .correlate(job).scalar_subquery())
+
+
 def _job_statement(dialect: str) -> _Statement:
     key = ("job", dialect)
     if key not in _statements:
-        # the routing rule of jobs/routing.py (as workers_repo.queue_position writes it), between two rows
-        same_queue = and_(_device(_older) == _device(_jobs),
-                          or_(_device(_jobs) != "cuda", _gpus(_older) == _gpus(_jobs)))
-        position = (select(func.count()).select_from(_older)
-                    .where(_older.c.status == QUEUED, same_queue,
-                           tuple_(_older.c.created_at, _older.c.id) < tuple_(_jobs.c.created_at, _jobs.c.id))
-                    .correlate(_jobs).scalar_subquery())
         queued = _jobs.c.status == QUEUED
         _statements[key] = _Statement(
             select(_keys.c.tenant_id.label("key_tenant_id"), *_JOB_COLUMNS,
-                   case((queued, position)).label("queue_position"),
+                   case((queued, _queue_position(_jobs))).label("queue_position"),
                    case((queued, _live_queues(dialect))).label("live_queues"))
             .select_from(_keys.outerjoin(_jobs, and_(_jobs.c.tenant_id == _keys.c.tenant_id,
                                                      _jobs.c.id == bindparam("job_id"))))
@@ -191,12 +195,7 @@ def job_for_key(engine: Engine, *, key_hash: str | None, job_id: str, stale_seco
     row = rows[0]
     if row.id is None:
         return KeyedJob(row.key_tenant_id, None)
-    live = None
-    if row.status == QUEUED:
-        lists = row.live_queues
-        if isinstance(lists, str):
-            lists = json.loads(lists)
-        live = frozenset(q for queues in (lists or []) for q in (queues or []))
+    live = _queue_set(row.live_queues) if row.status == QUEUED else None
     return KeyedJob(row.key_tenant_id, row, row.queue_position, live)
 
 
@@ -221,6 +220,9 @@ def _list_statement(dialect: str, *, status: bool, after: bool) -> _Statement:
             columns.append(cursor_id.label("cursor_id"))
         page = (select(*_PAGE_COLUMNS).where(*where)
                 .order_by(_jobs.c.created_at.desc(), _jobs.c.id.desc()).limit(bindparam("limit")).subquery("page"))
+        # the live workers' queues once, with the key: a queued job's waiting_reason. Not its position: a
+        # count per queued row doubled the database's share of a page of queued jobs (bench/RESULTS.md, B4)
+        columns.append(_live_queues(dialect).label("live_queues"))
         key_row = select(*columns).where(valid_key).subquery("key_row")
         _statements[key] = _Statement(
             select(*key_row.c, *page.c)
@@ -229,15 +231,18 @@ def _list_statement(dialect: str, *, status: bool, after: bool) -> _Statement:
     return _statements[key]
 
 
-def jobs_for_key(engine: Engine, *, key_hash: str | None, limit: int, after: str | None = None,
-                 status: str | None = None) -> KeyedPage:
+def jobs_for_key(engine: Engine, *, key_hash: str | None, limit: int, stale_seconds: float, after: str | None = None,
+                 status: str | None = None, now: datetime | None = None) -> KeyedPage:
     """The key's tenant and a page of its jobs, newest first, after the job `after` (the cursor
-    pagination of jobs/pagination.py), in one statement. The rows' JSON_FIELDS are JSON text."""
+    pagination of jobs/pagination.py), and the queues live workers serve, in one statement. The rows'
+    JSON_FIELDS are JSON text."""
     if key_hash is None:
         return KeyedPage(None, [], False, True)
     if status is not None and status not in JOB_STATUSES:
         raise ValueError(f"status must be one of {', '.join(JOB_STATUSES)}")
-    params: dict[str, Any] = {"key_hash": key_hash, "limit": limit + 1}
+    now = now or utcnow()
+    params: dict[str, Any] = {"key_hash": key_hash, "limit": limit + 1,
+                              "cutoff": now - timedelta(seconds=stale_seconds)}
     if status is not None:
         params["status"] = status
     if after is not None:
@@ -250,7 +255,14 @@ def jobs_for_key(engine: Engine, *, key_hash: str | None, limit: int, after: str
     if after is not None and rows[0].cursor_id is None:
         return KeyedPage(tenant_id, [], False, False)
     jobs = [r for r in rows if r.id is not None]
-    return KeyedPage(tenant_id, jobs[:limit], len(jobs) > limit, True)
+    return KeyedPage(tenant_id, jobs[:limit], len(jobs) > limit, True, _queue_set(rows[0].live_queues))
+
+
+def _queue_set(lists) -> frozenset[str]:
+    """The live workers' queues, from the aggregated JSON array of their `queues` lists."""
+    if isinstance(lists, str):
+        lists = json.loads(lists)
+    return frozenset(q for queues in (lists or []) for q in (queues or []))
 
 
 @dataclass(frozen=True)

@@ -89,14 +89,15 @@ async def list_jobs(request: Request, key: KeyDep,
                     limit: PageLimit = 20,
                     after: PageAfter = None,
                     status: Status | None = None) -> Response:
-    """List jobs, newest first."""
-    page = await read(request, reads.jobs_for_key, key_hash=reads.key_hash(key),
-                      limit=limit, after=after, status=status.value if status else None)
+    """List jobs, newest first; a queued job with why it waits (its queue position: GET /v1/jobs/{id})."""
+    page = await read(request, reads.jobs_for_key, key_hash=reads.key_hash(key), limit=limit, after=after,
+                      status=status.value if status else None,
+                      stale_seconds=request.app.state.settings.worker_stale_seconds)
     if page.tenant_id is None:
         raise unknown_key()
     if not page.cursor_found:
         raise NotFound(f"cursor {after!r} names no row to page after")
-    return Response(job_json.page_json(page.jobs, page.has_more), media_type="application/json")
+    return Response(job_json.page_json(page.jobs, page.has_more, page.live_queues), media_type="application/json")
 
 
 @router.get("/{job_id}", response_model=JobOut, openapi_extra=BEARER_SECURITY)

@@ -211,7 +211,7 @@ class JobOut(BaseModel):
                                                 "spec.resources)")
     queue_position: int | None = Field(None, description="while queued, in GET /v1/jobs/{id}: how many older "
                                                          "queued jobs wait on the same queue (0 = next)")
-    waiting_reason: str | None = Field(None, description="while queued, in GET /v1/jobs/{id}: why no worker takes "
+    waiting_reason: str | None = Field(None, description="while queued (also in GET /v1/jobs): why no worker takes "
                                                          "it, e.g. no live worker serves its queue; null otherwise")
 
     @classmethod

@@ -4,31 +4,17 @@
 // rows per page: ?limit=N in the address (1-100, the API's range), else 20
 const PAGE = Math.min(100, Math.max(1, parseInt(new URLSearchParams(location.search).get("limit"), 10) || 20));
 const listState = {cursors: [null], status: ""};  // cursors[i]: the `after` of page i (null: the newest)
-const waiting = new Map();  // queued job id -> {reason, position, at}: GET /v1/jobs/{id} says why it waits
 
-// GET /v1/jobs has no waiting_reason (only GET /v1/jobs/{id} computes it), so each queued job of the
-// page is asked once every 10 s.
-async function waitingFor(j) {
-  const known = waiting.get(j.id);
-  if (known && Date.now() - known.at < 10000) return known;
-  try {
-    const one = await apiJson(jobPath(j.id));
-    const w = {reason: one.waiting_reason, position: one.queue_position, at: Date.now()};
-    waiting.set(j.id, w);
-    return w;
-  } catch (_) { return known || null; }
-}
-
-function statusCell(j, w) {
+// A queued job of the page says why it waits (GET /v1/jobs gives waiting_reason; its position is on its page).
+function statusCell(j) {
   const td = el("td", {class: "status", "data-label": "Status"}, badge(j.status));
   const p = j.progress || {};
   let line = null;
   if (j.status === "running") {
     line = Math.round((p.fraction || 0) * 100) + " %" + (p.phase ? " · " + p.phase : "") +
       (p.epoch != null && p.epochs ? " · epoch " + p.epoch + "/" + p.epochs : "");
-  } else if (j.status === "queued" && w) {
-    line = (w.position != null ? (w.position === 0 ? "next in " : w.position + " ahead in ") + (j.queue || "its queue") : "") +
-      (w.reason ? (w.position != null ? ": " : "") + w.reason : "");
+  } else if (j.status === "queued") {
+    line = j.waiting_reason || "waiting in " + (j.queue || "its queue");
   } else if (j.status === "failed" && j.error) {
     line = j.error.code;
   }
@@ -36,13 +22,13 @@ function statusCell(j, w) {
   return td;
 }
 
-function row(j, w) {
+function row(j) {
   const r = j.result || {}, s = r.student || {}, spec = j.spec || {};
   const tr = el("tr", {dataset: {job: j.id}});
   const link = el("a", {href: "/ui/jobs/" + encodeURIComponent(j.id), text: j.id});
   tr.append(el("td", {class: "id", "data-label": "Job"}, link));
   tr.append(el("td", {class: "archs", "data-label": "Teacher → student", text: teacherLabel(spec) + " → " + studentLabel(spec)}));
-  tr.append(statusCell(j, w));
+  tr.append(statusCell(j));
   const acc = s.accuracy != null ? pct(s.accuracy) : s.agreement != null ? pct(s.agreement) + " agreement" : "";
   tr.append(el("td", {class: "accuracy num", "data-label": "Accuracy", text: acc}));
   const gain = points(r.distillation_gain);
@@ -64,8 +50,7 @@ async function loadPage() {
   if (listState.status) q.set("status", listState.status);
   try {
     const list = await apiJson("/v1/jobs?" + q);
-    const ws = await Promise.all(list.data.map((j) => (j.status === "queued" ? waitingFor(j) : null)));
-    $("jobs").querySelector("tbody").replaceChildren(...list.data.map((j, i) => row(j, ws[i])));
+    $("jobs").querySelector("tbody").replaceChildren(...list.data.map(row));
     $("empty").hidden = list.data.length > 0 || page > 0;
     $("newer").disabled = page === 0;
     $("older").disabled = !list.has_more;

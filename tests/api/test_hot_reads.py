@@ -86,7 +86,7 @@ def test_a_revoked_key_is_refused_by_every_api_process_at_once(clean_pg, live_st
 def test_a_page_is_the_same_json_whether_its_jobs_were_seen_before_or_not(client, queued_job, digits_teacher):
     from api import job_json
     from api.schemas.jobs import JobList, JobOut
-    from jobs import jobs_repo, reads
+    from jobs import jobs_repo, reads, workers_repo
     from jobs.tables import Job
 
     first = client.get("/v1/jobs?limit=20")
@@ -94,13 +94,22 @@ def test_a_page_is_the_same_json_whether_its_jobs_were_seen_before_or_not(client
     assert first.content == again.content
     with client.app.state.sessionmaker() as session:
         rows, more = jobs_repo.list_jobs(session, tenant_id=session.get(Job, queued_job).tenant_id, limit=20)
-    assert first.text == JobList(data=[JobOut.from_row(r) for r in rows], has_more=more).model_dump_json()
+        expected = []
+        for r in rows:  # a queued job with why it waits, as GET /v1/jobs/{id} says it
+            out = JobOut.from_row(r)
+            if r.status == "queued":
+                out.waiting_reason = workers_repo.queue_status(session, job=r, stale_seconds=30).waiting_reason
+            expected.append(out)
+    assert first.text == JobList(data=expected, has_more=more).model_dump_json()
+    one = client.get(f"/v1/jobs/{queued_job}").json()
+    listed = [j for j in first.json()["data"] if j["id"] == queued_job]
+    assert listed == [{**one, "queue_position": None}] and "no live worker" in listed[0]["waiting_reason"]
     # a job that changed is a new row: its new JSON, not the kept one
     assert client.post(f"/v1/jobs/{queued_job}/cancel").json()["status"] == "cancelled"
     after = client.get("/v1/jobs?limit=20").json()["data"]
     assert [j["status"] for j in after if j["id"] == queued_job] == ["cancelled"]
     key = reads.key_hash(API_KEY)
-    page = reads.jobs_for_key(client.app.state.engine, key_hash=key, limit=20)
+    page = reads.jobs_for_key(client.app.state.engine, key_hash=key, limit=20, stale_seconds=30)
     assert job_json.page_json(page.jobs, True).endswith('],"has_more":true}')
 
 

@@ -72,18 +72,32 @@ def test_a_job_and_where_it_waits_in_one_statement(engine, session, make_job, ke
         assert found.tenant_id == cpu[0].tenant_id and found.job is None
 
 
+def test_a_page_carries_the_live_workers_queues(engine, session, make_job, keyed):
+    """GET /v1/jobs's statement reads the queues live workers serve once, for each queued job's
+    waiting_reason (the dashboard no longer asks job by job)."""
+    now = utcnow()
+    make_job(spec=_spec(CPU))
+    workers_repo.register(session, name="w@a", hostname="a", pid=1, queues=["kd.cpu", "kd.cuda.1"], device="cuda",
+                          gpus=1, now=now)
+    session.commit()
+    page = reads.jobs_for_key(engine, key_hash=keyed, limit=20, stale_seconds=30, now=now)
+    assert page.live_queues == workers_repo.live_queues(session, stale_seconds=30, now=now) == {"kd.cpu", "kd.cuda.1"}
+    later = reads.jobs_for_key(engine, key_hash=keyed, limit=20, stale_seconds=30, now=now + timedelta(seconds=31))
+    assert later.live_queues == frozenset() and len(later.jobs) == 1
+
+
 def test_an_unknown_or_revoked_key_reads_nothing_at_once(engine, session, tenant, make_job):
     job = make_job(spec=_spec(CPU))
     key, row = api_keys.create_key(session, tenant_name=tenant.name)
     session.commit()
     assert reads.job_for_key(engine, key_hash=reads.key_hash(key), job_id=job.id, stale_seconds=30).job is not None
-    assert reads.jobs_for_key(engine, key_hash=reads.key_hash(key), limit=5).jobs
+    assert reads.jobs_for_key(engine, key_hash=reads.key_hash(key), limit=5, stale_seconds=30).jobs
     api_keys.revoke_key(session, prefix_or_id=row.id)
     session.commit()
     for key_hash in (reads.key_hash(key), reads.key_hash("kd_" + "A" * 43), reads.key_hash("sk-other")):
         assert reads.job_for_key(engine, key_hash=key_hash, job_id=job.id, stale_seconds=30) == reads.KeyedJob(None,
                                                                                                                None)
-        page = reads.jobs_for_key(engine, key_hash=key_hash, limit=5)
+        page = reads.jobs_for_key(engine, key_hash=key_hash, limit=5, stale_seconds=30)
         assert page.tenant_id is None and page.jobs == []
 
 
@@ -97,7 +111,8 @@ def test_pages_match_the_repository(engine, session, make_job, keyed, make_tenan
         for limit in (1, 2, 3, 100):
             after = None
             while True:
-                page = reads.jobs_for_key(engine, key_hash=keyed, limit=limit, after=after, status=status)
+                page = reads.jobs_for_key(engine, key_hash=keyed, limit=limit, after=after, status=status,
+                                           stale_seconds=30)
                 rows, more = jobs_repo.list_jobs(session, tenant_id=tenant_id, limit=limit, after=after, status=status)
                 assert page.tenant_id == tenant_id and page.cursor_found and page.has_more == more
                 assert [r.id for r in page.jobs] == [r.id for r in rows]
@@ -111,12 +126,12 @@ def test_pages_match_the_repository(engine, session, make_job, keyed, make_tenan
     # a cursor that names no job of this tenant (another tenant's, unknown, malformed) is not page one
     other_job = session.scalar(Job.__table__.select().where(Job.tenant_id != tenant_id).with_only_columns(Job.id))
     for after in (other_job, "job_nope", "\x00"):
-        page = reads.jobs_for_key(engine, key_hash=keyed, limit=5, after=after)
+        page = reads.jobs_for_key(engine, key_hash=keyed, limit=5, after=after, stale_seconds=30)
         assert page.tenant_id == tenant_id and not page.cursor_found and page.jobs == []
 
 
 def test_a_tenant_without_jobs_has_an_empty_page(engine, keyed):
-    page = reads.jobs_for_key(engine, key_hash=keyed, limit=20)
+    page = reads.jobs_for_key(engine, key_hash=keyed, limit=20, stale_seconds=30)
     assert page.tenant_id is not None and page.jobs == [] and not page.has_more and page.cursor_found
 
 
