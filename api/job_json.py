@@ -48,9 +48,7 @@ def job_json(row: Any, live_queues: frozenset[str] = frozenset()) -> str:
     key = _job_fields(row)
     text = _kept.get(key)
     if text is None:
-        out = _job_out(row)
-        text = out.model_dump_json()
-        assert text.endswith(_WAITING_NULL), "waiting_reason is JobOut's last field"
+        text = _job_out(row).model_dump_json()
         with _lock:
             if len(_kept) >= MAX_ENTRIES:
                 _kept.pop(next(iter(_kept)))  # the oldest
@@ -59,6 +57,12 @@ def job_json(row: Any, live_queues: frozenset[str] = frozenset()) -> str:
         return text
     # a queued job's reason changes (workers come and go) while its row does not: added to the kept JSON
     reason = _waiting_reason(row.spec, live_queues)
+    if reason is None:
+        return text
+    if not text.endswith(_WAITING_NULL):  # a field after waiting_reason: the model says it, at full cost
+        out = _job_out(row)
+        out.waiting_reason = reason
+        return out.model_dump_json()
     return f'{text[:-len(_WAITING_NULL)]}"waiting_reason":{json.dumps(reason, ensure_ascii=False)}}}'
 
 
