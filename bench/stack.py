@@ -20,7 +20,7 @@ from jobs.migrate import upgrade
 
 __all__ = ["API_KEY", "PG_SERVER", "ROOT", "Stack", "free_port", "stack", "tiny_job", "tiny_teacher"]
 
-REDIS_BENCH_DB = 12
+REDIS_BENCH_DB = 12  # tests use 1..11 (tests/utils.py), b6_profile 13
 API_KEY = "kd_bench_" + "b" * 40
 
 
