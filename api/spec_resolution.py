@@ -9,9 +9,8 @@ is decided here, once, as the device of the queue the job is routed to (`resourc
 from __future__ import annotations
 
 import json
-import threading
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from sqlalchemy.orm import Session
 
@@ -25,37 +24,8 @@ from kdcore.data import MAX_DATASET_BYTES, MAX_SAMPLES
 from kdcore.errors import KDError, SpecError
 from kdcore import spec_checks
 from kdcore.spec import DistillSpec
-from kdcore.spec_checks import (DataInfo, builtin_info, check_state_dict_teacher, check_student,
+from kdcore.spec_checks import (DataInfo, builtin_info, check_state_dict_teacher, check_student_accepted,
                                 check_student_init, check_teacher_info)
-
-
-def _checked_student(arch: str, arch_params: dict | None, data: DataInfo, batch_size: int | None) -> dict[str, Any]:
-    """`check_student`, remembered for the students it accepted: it builds the student on the meta
-    device and runs one batch through it, about a fifth of a submission's CPU (bench/RESULTS.md, B4),
-    and a tenant submits the same few students again and again."""
-    key = ("student", arch, json.dumps(arch_params, sort_keys=True), data, batch_size,
-           spec_checks.MAX_STUDENT_PARAMETERS, spec_checks.MAX_ACTIVATION_BYTES)  # the limits it checks against
-    return _accepted(key, lambda: check_student(arch, arch_params, data, batch_size=batch_size))
-
-
-def _accepted(key: tuple, check: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """`check()`'s result (resolved parameters), kept under `key` once it has passed: the checks
-    remembered here are pure functions of their key. A refusal is not kept (it raises anew). Each
-    call gets its own copy."""
-    with _accepted_lock:
-        text = _accepted_results.get(key)
-    if text is None:
-        text = json.dumps(check())
-        with _accepted_lock:
-            if len(_accepted_results) >= _ACCEPTED_MAX:
-                _accepted_results.pop(next(iter(_accepted_results)))  # the oldest
-            _accepted_results[key] = text
-    return json.loads(text)
-
-
-_ACCEPTED_MAX = 256
-_accepted_results: dict[tuple, str] = {}
-_accepted_lock = threading.Lock()
 
 
 def resolve_spec(session: Session, *, tenant_id: str, body: JobCreate, store: ArtifactStore) -> dict[str, Any]:
@@ -77,8 +47,8 @@ def resolve_spec(session: Session, *, tenant_id: str, body: JobCreate, store: Ar
         data, labeled = _training_data(spec, rows)
         spec.resolve_labels(labeled)
         data = _check_labelled_files(data, rows)
-        spec.student.arch_params = _checked_student(spec.student.arch, spec.student.arch_params, data,
-                                                    spec.hyperparameters.batch_size)
+        spec.student.arch_params = check_student_accepted(spec.student.arch, spec.student.arch_params, data,
+                                                          spec.hyperparameters.batch_size)
         check_augment_shape(spec.hyperparameters.augmentations, data.input_shape)
         _check_teacher(spec, rows["teacher.file_id"], data, store)
         if "student.init_file_id" in rows:
@@ -205,7 +175,7 @@ def _check_teacher(spec: DistillSpec, row, data: DataInfo, store: ArtifactStore)
             # a stored object never changes (its key is written once): the check of its header against an
             # architecture is kept like the student's (it builds the teacher on the meta device)
             key = ("teacher", row.storage_key, row.sha256, arch, json.dumps(arch_params, sort_keys=True), data)
-            spec.teacher.arch_params = _accepted(key, lambda: check_state_dict_teacher(
+            spec.teacher.arch_params = spec_checks.remembered(key, lambda: check_state_dict_teacher(
                 str(store.local_path(row.storage_key)), arch, arch_params, data))
         return
     if spec.teacher.arch is not None or spec.teacher.arch_params:

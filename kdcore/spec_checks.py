@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -69,17 +69,22 @@ def check_student(arch: str, arch_params: dict | None, data: DataInfo,
 
 def check_student_accepted(arch: str, arch_params: dict | None, data: DataInfo,
                            batch_size: int | None = None) -> dict[str, Any]:
-    """`check_student`, remembered for the students it accepted (the run's own check of a spec the
-    service already accepted: building the student on the meta device and running a batch through
-    it cost about 2.6 ms of a tiny job's CPU, bench/RESULTS.md B6). The check is a pure function of
-    its arguments and the limits, which are part of the key; a refusal is not kept (it raises anew);
-    each call gets its own copy of the parameters. At most _ACCEPTED_MAX entries, the oldest dropped."""
-    key = (arch, json.dumps(arch_params, sort_keys=True), data, batch_size, MAX_STUDENT_PARAMETERS,
+    """`check_student`, remembered for the students it accepted (`remembered`): it builds the student on
+    the meta device and runs a batch through it, about 2.6 ms of a tiny job's CPU (bench/RESULTS.md B6)
+    and a fifth of a submission's (B4). The limits it checks against are part of the key."""
+    key = ("student", arch, json.dumps(arch_params, sort_keys=True), data, batch_size, MAX_STUDENT_PARAMETERS,
            MAX_ACTIVATION_BYTES)
+    return remembered(key, lambda: check_student(arch, arch_params, data, batch_size=batch_size))
+
+
+def remembered(key: tuple, check: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`check()`'s result (resolved parameters), kept under `key` once it has passed: for checks that are
+    pure functions of their key. A refusal is not kept (it raises anew); each call gets its own copy.
+    At most _ACCEPTED_MAX entries, the oldest dropped."""
     with _accepted_lock:
         text = _accepted.get(key)
     if text is None:
-        text = json.dumps(check_student(arch, arch_params, data, batch_size=batch_size))
+        text = json.dumps(check())
         with _accepted_lock:
             if len(_accepted) >= _ACCEPTED_MAX:
                 _accepted.pop(next(iter(_accepted)))

@@ -58,3 +58,30 @@ def test_a_temperature_outside_its_limits_is_a_422(client, teacher_id, temperatu
     assert err["errors"][0]["field"] == "hyperparameters.temperature"
     assert "between 0.1 (MIN_TEMPERATURE) and 100 (MAX_TEMPERATURE)" in err["detail"]
     assert client.get("/v1/jobs").json()["data"] == []
+
+
+def test_the_student_and_teacher_checks_are_remembered_for_what_they_accepted(client, teacher_id, monkeypatch):
+    """A submission builds the student (and a state-dict teacher) on the meta device once per distinct
+    student, teacher file and data: the checks kdcore.spec_checks.remembered keeps. A refused student is
+    checked again each time."""
+    from kdcore import spec_checks
+    monkeypatch.setattr(spec_checks, "_accepted", {})
+    calls = []
+    for name in ("check_student", "check_state_dict_teacher"):
+        real = getattr(spec_checks, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(spec_checks, name, counted)
+    from api import spec_resolution
+    monkeypatch.setattr(spec_resolution, "check_state_dict_teacher", spec_checks.check_state_dict_teacher)
+    for _ in range(2):
+        assert client.post("/v1/jobs", json=digits_job(teacher_id)).status_code == 201
+    assert sorted(calls) == ["check_state_dict_teacher", "check_student"]
+    assert client.post("/v1/jobs", json=digits_job(teacher_id, student=mlp(24))).status_code == 201
+    assert calls.count("check_student") == 2
+    too_big = digits_job(teacher_id, student=mlp(*[100_000] * 20))
+    for _ in range(2):
+        problem(client.post("/v1/jobs", json=too_big), 422)
+    assert calls.count("check_student") == 4
