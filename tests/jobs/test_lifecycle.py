@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import timedelta
+from typing import Iterator
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from jobs import jobs_repo, lifecycle
 from jobs.errors import Conflict, LeaseLost, NotFound
@@ -369,24 +371,31 @@ def test_every_event_has_a_level_and_a_failure_is_an_error(session, make_job):
                                                    ("checkpoint", "warning"), ("status", "error")]
 
 
-def test_a_transactions_first_fence_carries_the_attempts_writes_after_it(session, make_job):
-    """A fence that passed holds the job row until the commit: the writes after it in the same
-    transaction need no UPDATE of their own, unless they change the row; a stale attempt, a later
-    transaction and a status change in between are fenced again."""
-    from sqlalchemy import event
-
-    job = make_job()
-    lifecycle.claim(session, job_id=job.id, lease_seconds=LEASE, worker="w1")
-    session.commit()
-    updates: list[str] = []
+@contextmanager
+def sent(session, verb: str) -> Iterator[list[str]]:
+    """The statements beginning with `verb` (UPDATE, INSERT...) that the session's engine sends meanwhile."""
+    statements: list[str] = []
 
     def count(conn, cursor, statement, *args):
-        if statement.lstrip().upper().startswith("UPDATE"):
-            updates.append(statement)
+        if statement.lstrip().upper().startswith(verb):
+            statements.append(statement)
 
     bind = session.get_bind()
     event.listen(bind, "before_cursor_execute", count)
     try:
+        yield statements
+    finally:
+        event.remove(bind, "before_cursor_execute", count)
+
+
+def test_a_transactions_first_fence_carries_the_attempts_writes_after_it(session, make_job):
+    """A fence that passed holds the job row until the commit: the writes after it in the same
+    transaction need no UPDATE of their own, unless they change the row; a stale attempt, a later
+    transaction and a status change in between are fenced again."""
+    job = make_job()
+    lifecycle.claim(session, job_id=job.id, lease_seconds=LEASE, worker="w1")
+    session.commit()
+    with sent(session, "UPDATE") as updates:
         assert lifecycle.fence(session, job_id=job.id, attempt=1)
         assert lifecycle.add_event(session, job_id=job.id, attempt=1, type="log", message="a")
         assert lifecycle.add_metric(session, job_id=job.id, attempt=1, run="student", epoch=1, values={"x": 1})
@@ -418,8 +427,6 @@ def test_a_transactions_first_fence_carries_the_attempts_writes_after_it(session
         assert lifecycle.succeed(session, job_id=job.id, attempt=2, result={})
         assert lifecycle.add_event(session, job_id=job.id, attempt=2, type="log", message="after") is None
         session.commit()
-    finally:
-        event.remove(bind, "before_cursor_execute", count)
     row = fresh(session, job.id)
     assert row.status == "succeeded" and row.progress == {"fraction": 0.6}
     messages = [e.message for e in jobs_repo.events(session, tenant_id=job.tenant_id, job_id=job.id)
@@ -430,23 +437,13 @@ def test_a_transactions_first_fence_carries_the_attempts_writes_after_it(session
 def test_several_events_and_artifacts_are_one_insert_each(session, make_job):
     """add_events and add_artifacts (the worker's drained reports, its published files): the rows
     add_event and add_artifact would write, in order, in one INSERT each (after the fence)."""
-    from sqlalchemy import event
-
     job = make_job()
     lifecycle.claim(session, job_id=job.id, lease_seconds=LEASE, worker="w1")
     assert lifecycle.add_artifact(session, job_id=job.id, attempt=1, kind="summary", storage_key="old",
                                   bytes=1, sha256="0" * 64)
     session.commit()
     made = [utcnow() - timedelta(seconds=s) for s in (3, 2, 1)]
-    inserts: list[str] = []
-
-    def count(conn, cursor, statement, *args):
-        if statement.lstrip().upper().startswith("INSERT"):
-            inserts.append(statement)
-
-    bind = session.get_bind()
-    event.listen(bind, "before_cursor_execute", count)
-    try:
+    with sent(session, "INSERT") as inserts:
         assert lifecycle.fence(session, job_id=job.id, attempt=1)
         seqs = lifecycle.add_events(session, job_id=job.id, attempt=1, events=[
             {"type": "phase", "message": "phase loading", "data": {"phase": "loading"}, "now": made[0]},
@@ -467,8 +464,6 @@ def test_several_events_and_artifacts_are_one_insert_each(session, make_job):
             lifecycle.add_artifacts(session, job_id=job.id, attempt=1, artifacts=[
                 {"kind": "summary", "storage_key": "a", "bytes": 1, "sha256": "1" * 64}] * 2)
         session.commit()
-    finally:
-        event.remove(bind, "before_cursor_execute", count)
     events = jobs_repo.events(session, tenant_id=job.tenant_id, job_id=job.id)
     rows = [(e.seq, e.type, e.level, e.data, e.attempt) for e in events]
     assert rows[1:] == [(2, "phase", "info", {"phase": "loading"}, 1), (3, "data_loaded", "info", None, 1),
