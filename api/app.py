@@ -22,7 +22,7 @@ from api import housekeeping, problems, sse
 from api.body_limit import BodyLimitMiddleware
 from api.enqueue import Enqueuer
 from api.routes import files, health, jobs, ui, webhooks
-from jobs import api_keys
+from jobs import api_keys, reads
 from jobs.artifact_store import make_store
 from jobs.db import make_engine, make_sessionmaker
 from jobs.settings import Settings
@@ -34,6 +34,7 @@ Authenticate with `Authorization: Bearer <key>`. Errors are RFC 9457 problem+jso
 
 DOCS_ASSETS = "/docs-assets"
 API_POOL_SIZE = 15  # database connections per API process (and database slots: api/deps.py)
+API_READ_CONNECTIONS = 5  # PostgreSQL: the hot reads' own connections per API process (jobs/reads.py:AsyncReader)
 
 
 class ProblemModel(BaseModel):
@@ -84,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if (executor := getattr(app.state, "read_executor", None)) is not None:
                 app.state.read_executor = None
                 executor.shutdown(wait=False)
+            if app.state.async_reader is not None:
+                app.state.async_reader.close()
             app.state.engine.dispose()
 
     # /docs is served with Swagger UI's assets from the app itself (the swagger-ui-bundle package),
@@ -102,6 +105,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                    idle_in_transaction_timeout_ms=settings.db_idle_in_transaction_timeout_ms,
                                    pool_size=API_POOL_SIZE, max_overflow=0, **json_options)
     app.state.sessionmaker = make_sessionmaker(app.state.engine)
+    # On PostgreSQL the one-statement reads (GET a job, a page of jobs, the key of a submission or an
+    # upload, a stream's poll) go out from the event loop on connections of their own (api/deps.py:read)
+    app.state.async_reader = reads.AsyncReader(settings.db_url, API_READ_CONNECTIONS) \
+        if make_url(settings.db_url).get_backend_name() == "postgresql" else None
     app.state.store = make_store(settings)  # a directory, or S3 (KD_ARTIFACT_URL)
     app.state.enqueuer = Enqueuer(settings.celery_broker_url)
     app.state.stream_slots = sse.StreamSlots(settings.max_streams_per_tenant)

@@ -9,14 +9,14 @@ Each event is written as
     <blank line>
 
 so a client that reconnects sends `Last-Event-ID` and resumes after it. The stream polls the
-database every POLL_SECONDS through the caller's `run` (a database slot, a pooled connection and a
-worker thread for that poll only: between polls the stream holds no connection and no slot), sends a
+database every POLL_SECONDS through the caller's `run` (api/deps.py:read: a connection for that poll
+only, between polls the stream holds none), sends a
 `: keep-alive` comment every KEEPALIVE_SECONDS of silence, and ends once the job is in a terminal
 status and every event up to then has been sent, or, at the first poll KEY_CHECK_SECONDS after the
 last check that finds the stream's API key revoked, at once.
 
 A poll is one statement (jobs/reads.py:stream_poll: status, events and, every KEY_CHECK_SECONDS, the
-key) on a pooled connection in autocommit mode, in one thread hop (api/deps.py:read). It was a session
+key) in autocommit mode, sent from the event loop on PostgreSQL (api/deps.py:read). It was a session
 per poll with two or three statements and their BEGIN and ROLLBACK: 200 idle streams took 0.86 of a
 core and GET job throughput fell to 20 % (bench/RESULTS.md, B8).
 """
@@ -28,7 +28,6 @@ import time
 from collections import Counter
 from typing import AsyncIterator, Awaitable, Callable
 
-from sqlalchemy import Engine
 from starlette.responses import StreamingResponse
 
 from api.problems import Problem
@@ -108,20 +107,20 @@ def format_event(event: EventOut) -> str:
     return f"id: {event.id}\nevent: {event.type}\ndata: {event.model_dump_json()}\n\n"
 
 
-def _poll(engine: Engine, *, tenant_id: str, job_id: str, after_seq: int,
-          key_hash: str | None) -> tuple[list[EventOut], bool]:
+Run = Callable[..., Awaitable]  # run(read, **kwargs): a jobs/reads.py read, as api/deps.py:read sends it
+
+
+async def _poll(run: Run, *, tenant_id: str, job_id: str, after_seq: int,
+                key_hash: str | None) -> tuple[list[EventOut], bool]:
     """(events after after_seq, whether the stream may end after them), in one statement
     (jobs/reads.py:stream_poll): the status and the events are one snapshot, so a terminal status
     implies its events are visible. With `key_hash`, a key that is no longer valid ends the stream."""
-    poll = reads.stream_poll(engine, tenant_id=tenant_id, job_id=job_id, after_seq=after_seq, limit=BATCH,
-                             key_hash=key_hash, check_key=key_hash is not None)
+    poll = await run(reads.stream_poll, tenant_id=tenant_id, job_id=job_id, after_seq=after_seq, limit=BATCH,
+                     key_hash=key_hash, check_key=key_hash is not None)
     if not poll.found:  # deleted while streaming, or the key was revoked: nothing more will come
         return [], True
     events = [EventOut.from_row(r) for r in poll.events]
     return events, poll.status in TERMINAL_STATUSES and len(events) < BATCH
-
-
-Run = Callable[..., Awaitable]  # run(fn, **kwargs): fn(engine, **kwargs) in a thread, under a database slot
 
 
 async def event_stream(run: Run, *, tenant_id: str, job_id: str, after_seq: int, plain_key: str,
@@ -135,7 +134,7 @@ async def event_stream(run: Run, *, tenant_id: str, job_id: str, after_seq: int,
         check_key = time.monotonic() - last_key_check >= key_check_seconds
         if check_key:
             last_key_check = time.monotonic()
-        events, done = await run(_poll, tenant_id=tenant_id, job_id=job_id, after_seq=after_seq,
+        events, done = await _poll(run, tenant_id=tenant_id, job_id=job_id, after_seq=after_seq,
                                  key_hash=key_hash if check_key else None)
         for event in events:
             yield format_event(event)

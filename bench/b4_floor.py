@@ -10,6 +10,7 @@ async driver). Requests/s, p99 and the API processes' CPU per request, medians o
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import statistics
@@ -18,7 +19,7 @@ import sys
 from bench.b4_api_load import _wrk, api_cpu_seconds
 from harness.services import ROOT, Proc, free_port, fresh_database, wait_healthy
 
-ROUTES = ("/hello-sync", "/hello-async", "/select-sync", "/select-async")
+ROUTES = ("/hello-sync", "/hello-async", "/select-sync", "/select-async", "/psycopg-sync", "/psycopg-async")
 CONNECTIONS = (16, 64)
 ROUNDS = 3
 POOL = 8  # per process and engine: 2 processes x 2 engines x 8 stay well under PostgreSQL's 100 connections
@@ -57,6 +58,39 @@ def create_app():
         async with async_engine.connect() as conn:
             row = (await conn.execute(stmt)).first()
         return {"id": row.id, "status": row.status}
+
+    # The same row by psycopg alone, as jobs/reads.py sends the service's hot reads: its SQL text on a
+    # pooled connection in autocommit mode, in a worker thread (sync) or on the event loop (async).
+    sql = "SELECT id, status FROM jobs WHERE id = %(id)s"
+    raw = url.replace("postgresql+psycopg://", "postgresql://")
+
+    @app.get("/psycopg-sync")
+    def psycopg_sync():
+        pooled = engine.raw_connection()
+        try:
+            conn = pooled.driver_connection
+            conn.autocommit = True
+            row = conn.execute(sql, {"id": job}).fetchone()
+            conn.autocommit = False
+        finally:
+            pooled.close()
+        return {"id": row[0], "status": row[1]}
+
+    idle: list = []
+    made = [0]
+    available = asyncio.Semaphore(POOL)
+
+    @app.get("/psycopg-async")
+    async def psycopg_async():
+        import psycopg
+
+        async with available:
+            conn = idle.pop() if idle else await psycopg.AsyncConnection.connect(raw, autocommit=True)
+            try:
+                row = await (await conn.execute(sql, {"id": job})).fetchone()
+            finally:
+                idle.append(conn)
+        return {"id": row[0], "status": row[1]}
 
     return app
 

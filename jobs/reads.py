@@ -17,16 +17,26 @@ runs on the pooled psycopg connection itself, in autocommit mode (no BEGIN and R
 with its rows read by position: SQLAlchemy's execution and result machinery cost about 120 µs of CPU
 per statement here, three times the statement's own client cost (B4's profile). Elsewhere (SQLite,
 the embedded mode) SQLAlchemy runs it.
+
+Each read is written once, as a generator that yields its one statement and its parameters and is sent
+the rows back (psycopg drives its own protocol the same way: one generator, a blocking and an asyncio
+driver). `one_statement` makes the read's name the blocking driver (an engine's pooled connection, in the
+caller's thread); `AsyncReader` is the asyncio driver, for the API on PostgreSQL: the statement goes out
+from the event loop on a psycopg AsyncConnection of its own small pool, with no worker thread. The
+thread hop cost a bare app's select 0.63-0.75 ms of API CPU per request against 0.43-0.55 ms from the
+event loop (bench/RESULTS.md, B4's floor).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 from collections import namedtuple
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Callable, Generator
 
 from sqlalchemy import (JSON, Engine, Text, and_, bindparam, case, cast, func, or_, select, true, tuple_,
                         type_coerce)
@@ -124,6 +134,10 @@ class _Statement:
                 raise
             finally:
                 pooled.close()
+        return self.named(raw)
+
+    def named(self, raw: list[tuple]) -> list:
+        """psycopg's rows as this statement's row type."""
         rows = []
         for values in raw:
             if self.utc:  # as UTCDateTime returns them, whatever the session's TimeZone
@@ -133,6 +147,103 @@ class _Statement:
                         values[i] = values[i].astimezone(timezone.utc)
             rows.append(self.row(*values))
         return rows
+
+
+Steps = Generator[tuple[_Statement, dict[str, Any]], list, Any]
+
+
+def one_statement(steps: Callable[..., Steps]):
+    """`steps(dialect, **kwargs)`, a read that yields (statement, params) once and is sent its rows, as a
+    function of (engine, **kwargs) that sends the statement through the engine; `.steps` is the read
+    itself, for `AsyncReader`."""
+    @functools.wraps(steps)
+    def read(engine: Engine, /, **kwargs: Any):
+        gen = steps(engine.dialect.name, **kwargs)
+        try:
+            statement, params = next(gen)
+            gen.send(statement.rows(engine, params))
+        except StopIteration as done:
+            return done.value
+        raise RuntimeError(f"{steps.__name__} asked for a second statement")
+
+    read.steps = steps
+    return read
+
+
+class AsyncReader:
+    """The reads of this module sent from the event loop (PostgreSQL only): `await reader.read(job_for_key,
+    key_hash=..., ...)` answers what `job_for_key(engine, key_hash=..., ...)` does. Up to `size` psycopg
+    AsyncConnections in autocommit mode, opened as reads need them and kept; a read waits on the loop
+    for a free one (holding nothing else). As the blocking driver: no ping before the statement, and a
+    connection found dropped (a database restart) is closed with every idle one (they are as old) and
+    the statement sent once more on a new connection. A read cancelled in the middle of its statement
+    (its client went away) closes its connection: its protocol state is unknown.
+
+    The API keeps one per process (api/app.py, api/deps.py:read). It serves one event loop at a time (an
+    asyncio.Semaphore belongs to the loop it first waited on): a read from another loop closes the idle
+    connections and starts a new semaphore there."""
+
+    def __init__(self, url: str, size: int):
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        if parsed.get_backend_name() != "postgresql":
+            raise ValueError("AsyncReader reads PostgreSQL only")
+        self.conninfo = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+        self.size = size
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._free = asyncio.Semaphore(size)
+        self._idle: list = []
+
+    async def read(self, fn: Callable[..., Any], /, **kwargs: Any):
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new loop (a test client's): start afresh on it
+            self.close()
+            self._loop, self._free = loop, asyncio.Semaphore(self.size)
+        gen = fn.steps("postgresql", **kwargs)
+        try:
+            statement, params = next(gen)
+            gen.send(await self.rows(statement, params))
+        except StopIteration as done:
+            return done.value
+        raise RuntimeError(f"{fn.__name__} asked for a second statement")
+
+    async def rows(self, statement: _Statement, params: dict[str, Any]) -> list:
+        import psycopg
+
+        async with self._free:
+            for attempt in (1, 2):
+                conn = self._idle.pop() if self._idle else await psycopg.AsyncConnection.connect(
+                    self.conninfo, autocommit=True)
+                try:
+                    cursor = await conn.execute(statement.sql, {**statement.defaults, **params})
+                    raw = await cursor.fetchall()
+                except psycopg.Error as err:
+                    dropped = conn.closed or conn.broken
+                    if dropped:
+                        self._close(conn)
+                        while self._idle:  # as old as the one found dropped
+                            self._close(self._idle.pop())
+                    else:  # the statement failed (a timeout, say); in autocommit the connection is fine
+                        self._idle.append(conn)
+                    if not (dropped and isinstance(err, psycopg.OperationalError)) or attempt == 2:
+                        raise
+                except BaseException:  # cancelled mid-statement
+                    self._close(conn)
+                    raise
+                else:
+                    self._idle.append(conn)
+                    return statement.named(raw)
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    @staticmethod
+    def _close(conn) -> None:
+        conn.pgconn.finish()  # at once, without a trip round the loop; the object is dropped
+
+    def close(self) -> None:
+        """Close the idle connections (the API's shutdown); reads in flight close theirs when cancelled."""
+        while self._idle:
+            self._close(self._idle.pop())
 
 
 _statements: dict[tuple, _Statement] = {}
@@ -180,16 +291,17 @@ def _job_statement(dialect: str) -> _Statement:
     return _statements[key]
 
 
-def job_for_key(engine: Engine, *, key_hash: str | None, job_id: str, stale_seconds: float,
-                now: datetime | None = None) -> KeyedJob:
-    """The key's tenant and its job `job_id`, in one statement (see the module's docstring)."""
+@one_statement
+def job_for_key(dialect: str, *, key_hash: str | None, job_id: str, stale_seconds: float,
+                now: datetime | None = None) -> Steps:
+    """The key's tenant and its job `job_id` (a KeyedJob), in one statement (see the module's docstring)."""
     if key_hash is None:
         return KeyedJob(None, None)
     now = now or utcnow()
-    rows = _job_statement(engine.dialect.name).rows(engine, {
+    rows = yield _job_statement(dialect), {
         # an id we never issue (a NUL byte, 10 kB of text) is not sent: it names no row
         "job_id": job_id if could_be_id(job_id) else "", "key_hash": key_hash,
-        "cutoff": now - timedelta(seconds=stale_seconds)})
+        "cutoff": now - timedelta(seconds=stale_seconds)}
     if not rows:
         return KeyedJob(None, None)
     row = rows[0]
@@ -231,9 +343,10 @@ def _list_statement(dialect: str, *, status: bool, after: bool) -> _Statement:
     return _statements[key]
 
 
-def jobs_for_key(engine: Engine, *, key_hash: str | None, limit: int, stale_seconds: float, after: str | None = None,
-                 status: str | None = None, now: datetime | None = None) -> KeyedPage:
-    """The key's tenant and a page of its jobs, newest first, after the job `after` (the cursor
+@one_statement
+def jobs_for_key(dialect: str, *, key_hash: str | None, limit: int, stale_seconds: float, after: str | None = None,
+                 status: str | None = None, now: datetime | None = None) -> Steps:
+    """The key's tenant and a page (a KeyedPage) of its jobs, newest first, after the job `after` (the cursor
     pagination of jobs/pagination.py), and the queues live workers serve, in one statement. The rows'
     JSON_FIELDS are JSON text."""
     if key_hash is None:
@@ -247,8 +360,7 @@ def jobs_for_key(engine: Engine, *, key_hash: str | None, limit: int, stale_seco
         params["status"] = status
     if after is not None:
         params["after"] = after if could_be_id(after) else ""
-    rows = _list_statement(engine.dialect.name, status=status is not None, after=after is not None).rows(
-        engine, params)
+    rows = yield _list_statement(dialect, status=status is not None, after=after is not None), params
     if not rows:
         return KeyedPage(None, [], False, True)
     tenant_id = rows[0].key_tenant_id
@@ -292,15 +404,16 @@ def _stream_statement(dialect: str, *, check_key: bool) -> _Statement:
     return _statements[key]
 
 
-def stream_poll(engine: Engine, *, tenant_id: str, job_id: str, after_seq: int, limit: int,
-                key_hash: str | None = None, check_key: bool = False) -> StreamPoll:
-    """One poll of a live event stream (api/sse.py), in one statement: the job's status and its events
+@one_statement
+def stream_poll(dialect: str, *, tenant_id: str, job_id: str, after_seq: int, limit: int,
+                key_hash: str | None = None, check_key: bool = False) -> Steps:
+    """One poll (a StreamPoll) of a live event stream (api/sse.py), in one statement: the job's status and its events
     after `after_seq` (one snapshot: a terminal status implies its events are visible), and with
     `check_key` whether the stream's key is still a valid key of the job's tenant."""
     params: dict[str, Any] = {"job_id": job_id, "tenant_id": tenant_id, "after_seq": after_seq, "limit": limit}
     if check_key:
         params["key_hash"] = key_hash or ""
-    rows = _stream_statement(engine.dialect.name, check_key=check_key).rows(engine, params)
+    rows = yield _stream_statement(dialect, check_key=check_key), params
     if not rows or (check_key and not rows[0].key_valid):
         return StreamPoll(False, None, [])
     return StreamPoll(True, rows[0].job_status, [r for r in rows if r.seq is not None])
@@ -316,10 +429,11 @@ def _tenant_statement(dialect: str) -> _Statement:
     return _statements[key]
 
 
-def tenant_for_key(engine: Engine, *, key_hash: str | None) -> tuple[str, str] | None:
-    """(id, name) of the tenant whose valid key has this hash, or None: api_keys.authenticate in one
+@one_statement
+def tenant_for_key(dialect: str, *, key_hash: str | None) -> Steps:
+    """(id, name) or None: of the tenant whose valid key has this hash, or None: api_keys.authenticate in one
     statement, for routes that authenticate before they do anything else (uploads, submissions)."""
     if key_hash is None:
         return None
-    rows = _tenant_statement(engine.dialect.name).rows(engine, {"key_hash": key_hash})
+    rows = yield _tenant_statement(dialect), {"key_hash": key_hash}
     return (rows[0].id, rows[0].name) if rows else None

@@ -136,3 +136,33 @@ def tenant_row_locked(client, db_url: str):
             conn.rollback()
     finally:
         holder.dispose()
+
+
+def psycopg_statements(monkeypatch) -> list[str]:
+    """Every statement and transaction command psycopg sends from here on (pool pings included), from a
+    worker thread or from the event loop (the API's AsyncReader)."""
+    import psycopg
+
+    sent: list[str] = []
+
+    def text(query) -> str:
+        return bytes(query).decode()[:60] if isinstance(query, (bytes, bytearray)) else str(query)[:60]
+
+    def counted(cls, name):
+        real = getattr(cls, name)
+
+        def sync(self, query, *args, **kwargs):
+            sent.append(text(query))
+            return real(self, query, *args, **kwargs)
+
+        async def coro(self, query, *args, **kwargs):
+            sent.append(text(query))
+            return await real(self, query, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, coro if cls.__name__.startswith("Async") else sync)
+
+    for cls in (psycopg.Cursor, psycopg.AsyncCursor):
+        counted(cls, "execute")
+    for cls in (psycopg.Connection, psycopg.AsyncConnection):
+        counted(cls, "_exec_command")
+    return sent

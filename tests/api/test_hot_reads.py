@@ -11,7 +11,7 @@ import pytest
 
 from jobs import api_keys
 from jobs.db import make_engine, make_sessionmaker
-from tests.utils import API_KEY, problem, upload
+from tests.utils import API_KEY, problem, psycopg_statements, upload
 
 
 @pytest.fixture
@@ -23,28 +23,10 @@ def queued_job(client, digits_teacher) -> str:
     return job.json()["id"]
 
 
-def _statements(monkeypatch) -> list[str]:
-    """Every statement and transaction command psycopg sends from here on (pool pings included)."""
-    sent: list[str] = []
-    real_execute, real_command = psycopg.Cursor.execute, psycopg.Connection._exec_command
-
-    def execute(self, query, *args, **kwargs):
-        sent.append(str(query)[:60])
-        return real_execute(self, query, *args, **kwargs)
-
-    def command(self, command, *args, **kwargs):
-        sent.append(bytes(command).decode()[:60] if isinstance(command, (bytes, bytearray)) else str(command)[:60])
-        return real_command(self, command, *args, **kwargs)
-
-    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
-    monkeypatch.setattr(psycopg.Connection, "_exec_command", command)
-    return sent
-
-
 def test_a_job_and_a_page_are_one_statement_each(client, queued_job, monkeypatch):
     for path in (f"/v1/jobs/{queued_job}", "/v1/jobs?limit=20", f"/v1/jobs?limit=1&after={queued_job}&status=queued"):
         client.get(path)  # the pool has a connection
-        sent = _statements(monkeypatch)
+        sent = psycopg_statements(monkeypatch)
         resp = client.get(path)
         assert resp.status_code == 200, resp.text
         monkeypatch.undo()

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from api import sse
 from jobs.tables import Job, JobEvent
 from tests.factories import digits_job
-from tests.utils import API_KEY, problem, upload
+from tests.utils import API_KEY, problem, psycopg_statements, upload
 
 SSE = {"Accept": "text/event-stream"}
 
@@ -138,19 +138,8 @@ def test_a_live_streams_poll_is_one_statement(client, teacher_id, monkeypatch):
     cost (bench/RESULTS.md, B8: 200 idle streams took 0.86 of a core). A poll is one statement, the
     key check included, with no pool ping before it; it was a session with BEGIN, two or three
     statements and ROLLBACK."""
-    import psycopg
-
     job = new_job(client, teacher_id)
-    statements, polls = [], []
-    real_execute, real_command, real_poll = psycopg.Cursor.execute, psycopg.Connection._exec_command, sse._poll
-
-    def execute(self, query, *args, **kwargs):
-        statements.append(str(query)[:40])
-        return real_execute(self, query, *args, **kwargs)
-
-    def command(self, command, *args, **kwargs):
-        statements.append(bytes(command)[:40] if isinstance(command, (bytes, bytearray)) else str(command)[:40])
-        return real_command(self, command, *args, **kwargs)
+    polls, real_poll = [], sse._poll
 
     def poll(*args, **kwargs):
         polls.append(1)
@@ -159,8 +148,7 @@ def test_a_live_streams_poll_is_one_statement(client, teacher_id, monkeypatch):
     monkeypatch.setattr(sse, "KEY_CHECK_SECONDS", 0.0)  # every poll checks the key: the dearest poll
     monkeypatch.setattr(sse, "POLL_SECONDS", 0.05)
     monkeypatch.setattr(sse, "_poll", poll)
-    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
-    monkeypatch.setattr(psycopg.Connection, "_exec_command", command)
+    statements = psycopg_statements(monkeypatch)
     with client.stream("GET", f"/v1/jobs/{job['id']}/events", headers=SSE) as resp:
         lines = resp.iter_lines()
         assert next(lines).startswith("retry:")
@@ -170,7 +158,8 @@ def test_a_live_streams_poll_is_one_statement(client, teacher_id, monkeypatch):
             time.sleep(0.05)
         counted = len(statements) - before[0], len(polls) - before[1]
     assert counted[1] >= 10, counted
-    assert counted[0] <= counted[1] + 2, (counted, statements[before[0]:][:12])
+    # a statement per poll (the last poll counted may not have sent its statement yet), no ping, no BEGIN
+    assert counted[1] - 1 <= counted[0] <= counted[1] + 2, (counted, statements[before[0]:][:12])
 
 
 def test_the_openapi_document_names_the_event_stream(client):

@@ -5,6 +5,7 @@ with no delay."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import timedelta
 
@@ -32,12 +33,32 @@ def keyed(session, tenant):
     return reads.key_hash(key)
 
 
+@pytest.fixture
+def read(engine):
+    """`read(reads.X, **kwargs)`: X through the engine in this thread, and on PostgreSQL also through an
+    AsyncReader on an event loop (the API's driver), which must answer the same."""
+    if engine.dialect.name != "postgresql":
+        yield lambda fn, **kwargs: fn(engine, **kwargs)
+        return
+    loop = asyncio.new_event_loop()
+    reader = reads.AsyncReader(engine.url.render_as_string(hide_password=False), size=2)
+
+    def both(fn, **kwargs):
+        answer = fn(engine, **kwargs)
+        assert loop.run_until_complete(reader.read(fn, **kwargs)) == answer
+        return answer
+
+    yield both
+    reader.close()
+    loop.close()
+
+
 def _same_job(row, job: Job) -> None:
     assert {f: getattr(row, f) for f in FIELDS} == {f: getattr(job, f) for f in FIELDS}
     assert row.created_at.utcoffset() == timedelta(0)  # in UTC, as UTCDateTime returns it
 
 
-def test_a_job_and_where_it_waits_in_one_statement(engine, session, make_job, keyed, make_tenant):
+def test_a_job_and_where_it_waits_in_one_statement(read, session, make_job, keyed, make_tenant):
     now = utcnow()
     cpu = [make_job(spec=_spec(CPU)) for _ in range(3)]
     gpu2 = make_job(spec=_spec(CUDA2))
@@ -49,7 +70,7 @@ def test_a_job_and_where_it_waits_in_one_statement(engine, session, make_job, ke
                           gpus=1, now=now)
     session.commit()
     for job in (*cpu, gpu2, old):
-        found = reads.job_for_key(engine, key_hash=keyed, job_id=job.id, stale_seconds=30, now=now)
+        found = read(reads.job_for_key, key_hash=keyed, job_id=job.id, stale_seconds=30, now=now)
         row = session.get(Job, job.id, populate_existing=True)
         assert found.tenant_id == job.tenant_id
         _same_job(found.job, row)
@@ -59,20 +80,20 @@ def test_a_job_and_where_it_waits_in_one_statement(engine, session, make_job, ke
             assert workers_repo.waiting_reason(row.spec, found.live_queues) == expected.waiting_reason
         else:
             assert found.queue_position is None and found.live_queues is None
-    assert reads.job_for_key(engine, key_hash=keyed, job_id=cpu[2].id, stale_seconds=30, now=now).queue_position == 1
-    gpu = reads.job_for_key(engine, key_hash=keyed, job_id=gpu2.id, stale_seconds=30, now=now)
+    assert read(reads.job_for_key, key_hash=keyed, job_id=cpu[2].id, stale_seconds=30, now=now).queue_position == 1
+    gpu = read(reads.job_for_key, key_hash=keyed, job_id=gpu2.id, stale_seconds=30, now=now)
     assert gpu.queue_position == 0 and "kd.cuda.2" in workers_repo.waiting_reason(gpu.job.spec, gpu.live_queues)
     # the worker stopped beating: nobody serves kd.cpu any more
-    later = reads.job_for_key(engine, key_hash=keyed, job_id=cpu[1].id, stale_seconds=30,
+    later = read(reads.job_for_key, key_hash=keyed, job_id=cpu[1].id, stale_seconds=30,
                               now=now + timedelta(seconds=31))
     assert later.live_queues == frozenset() and workers_repo.waiting_reason(later.job.spec, later.live_queues)
     # another tenant's job answers like no job; an id we never issue is never sent
     for job_id in (other.id, "job_nope", "job\x00x", "x" * 10_000):
-        found = reads.job_for_key(engine, key_hash=keyed, job_id=job_id, stale_seconds=30)
+        found = read(reads.job_for_key, key_hash=keyed, job_id=job_id, stale_seconds=30)
         assert found.tenant_id == cpu[0].tenant_id and found.job is None
 
 
-def test_a_page_carries_the_live_workers_queues(engine, session, make_job, keyed):
+def test_a_page_carries_the_live_workers_queues(read, session, make_job, keyed):
     """GET /v1/jobs's statement reads the queues live workers serve once, for each queued job's
     waiting_reason (the dashboard no longer asks job by job)."""
     now = utcnow()
@@ -80,28 +101,28 @@ def test_a_page_carries_the_live_workers_queues(engine, session, make_job, keyed
     workers_repo.register(session, name="w@a", hostname="a", pid=1, queues=["kd.cpu", "kd.cuda.1"], device="cuda",
                           gpus=1, now=now)
     session.commit()
-    page = reads.jobs_for_key(engine, key_hash=keyed, limit=20, stale_seconds=30, now=now)
+    page = read(reads.jobs_for_key, key_hash=keyed, limit=20, stale_seconds=30, now=now)
     assert page.live_queues == workers_repo.live_queues(session, stale_seconds=30, now=now) == {"kd.cpu", "kd.cuda.1"}
-    later = reads.jobs_for_key(engine, key_hash=keyed, limit=20, stale_seconds=30, now=now + timedelta(seconds=31))
+    later = read(reads.jobs_for_key, key_hash=keyed, limit=20, stale_seconds=30, now=now + timedelta(seconds=31))
     assert later.live_queues == frozenset() and len(later.jobs) == 1
 
 
-def test_an_unknown_or_revoked_key_reads_nothing_at_once(engine, session, tenant, make_job):
+def test_an_unknown_or_revoked_key_reads_nothing_at_once(read, session, tenant, make_job):
     job = make_job(spec=_spec(CPU))
     key, row = api_keys.create_key(session, tenant_name=tenant.name)
     session.commit()
-    assert reads.job_for_key(engine, key_hash=reads.key_hash(key), job_id=job.id, stale_seconds=30).job is not None
-    assert reads.jobs_for_key(engine, key_hash=reads.key_hash(key), limit=5, stale_seconds=30).jobs
+    assert read(reads.job_for_key, key_hash=reads.key_hash(key), job_id=job.id, stale_seconds=30).job is not None
+    assert read(reads.jobs_for_key, key_hash=reads.key_hash(key), limit=5, stale_seconds=30).jobs
     api_keys.revoke_key(session, prefix_or_id=row.id)
     session.commit()
     for key_hash in (reads.key_hash(key), reads.key_hash("kd_" + "A" * 43), reads.key_hash("sk-other")):
-        assert reads.job_for_key(engine, key_hash=key_hash, job_id=job.id, stale_seconds=30) == reads.KeyedJob(None,
+        assert read(reads.job_for_key, key_hash=key_hash, job_id=job.id, stale_seconds=30) == reads.KeyedJob(None,
                                                                                                                None)
-        page = reads.jobs_for_key(engine, key_hash=key_hash, limit=5, stale_seconds=30)
+        page = read(reads.jobs_for_key, key_hash=key_hash, limit=5, stale_seconds=30)
         assert page.tenant_id is None and page.jobs == []
 
 
-def test_pages_match_the_repository(engine, session, make_job, keyed, make_tenant):
+def test_pages_match_the_repository(read, session, make_job, keyed, make_tenant):
     jobs = [make_job(spec=_spec(CPU if i % 3 else CUDA1)) for i in range(7)]
     make_job(tenant_id=make_tenant("other").id)
     session.execute(update(Job).where(Job.id.in_([jobs[1].id, jobs[4].id])).values(status=RUNNING))
@@ -111,7 +132,7 @@ def test_pages_match_the_repository(engine, session, make_job, keyed, make_tenan
         for limit in (1, 2, 3, 100):
             after = None
             while True:
-                page = reads.jobs_for_key(engine, key_hash=keyed, limit=limit, after=after, status=status,
+                page = read(reads.jobs_for_key, key_hash=keyed, limit=limit, after=after, status=status,
                                            stale_seconds=30)
                 rows, more = jobs_repo.list_jobs(session, tenant_id=tenant_id, limit=limit, after=after, status=status)
                 assert page.tenant_id == tenant_id and page.cursor_found and page.has_more == more
@@ -126,16 +147,16 @@ def test_pages_match_the_repository(engine, session, make_job, keyed, make_tenan
     # a cursor that names no job of this tenant (another tenant's, unknown, malformed) is not page one
     other_job = session.scalar(Job.__table__.select().where(Job.tenant_id != tenant_id).with_only_columns(Job.id))
     for after in (other_job, "job_nope", "\x00"):
-        page = reads.jobs_for_key(engine, key_hash=keyed, limit=5, after=after, stale_seconds=30)
+        page = read(reads.jobs_for_key, key_hash=keyed, limit=5, after=after, stale_seconds=30)
         assert page.tenant_id == tenant_id and not page.cursor_found and page.jobs == []
 
 
-def test_a_tenant_without_jobs_has_an_empty_page(engine, keyed):
-    page = reads.jobs_for_key(engine, key_hash=keyed, limit=20, stale_seconds=30)
+def test_a_tenant_without_jobs_has_an_empty_page(read, keyed):
+    page = read(reads.jobs_for_key, key_hash=keyed, limit=20, stale_seconds=30)
     assert page.tenant_id is not None and page.jobs == [] and not page.has_more and page.cursor_found
 
 
-def test_a_stream_poll_reads_status_events_and_key_in_one_statement(engine, session, tenant, make_job,
+def test_a_stream_poll_reads_status_events_and_key_in_one_statement(read, session, tenant, make_job,
                                                                      make_tenant):
     from jobs.tables import CANCELLED, JobEvent
 
@@ -147,7 +168,7 @@ def test_a_stream_poll_reads_status_events_and_key_in_one_statement(engine, sess
     kh = reads.key_hash(key)
 
     def poll(**kw):
-        return reads.stream_poll(engine, **{"tenant_id": tenant.id, "job_id": job.id, "after_seq": 0, "limit": 10,
+        return read(reads.stream_poll, **{"tenant_id": tenant.id, "job_id": job.id, "after_seq": 0, "limit": 10,
                                             **kw})
 
     first = poll(key_hash=kh, check_key=True)
@@ -173,12 +194,118 @@ def test_a_stream_poll_reads_status_events_and_key_in_one_statement(engine, sess
     assert poll().status == CANCELLED  # between checks the key is not read
 
 
-def test_the_tenant_of_a_key_in_one_statement(engine, session, tenant):
+def test_the_tenant_of_a_key_in_one_statement(read, session, tenant):
     key, row = api_keys.create_key(session, tenant_name=tenant.name)
     session.commit()
-    assert reads.tenant_for_key(engine, key_hash=reads.key_hash(key)) == (tenant.id, tenant.name)
-    assert reads.tenant_for_key(engine, key_hash=reads.key_hash("kd_" + "A" * 43)) is None
-    assert reads.tenant_for_key(engine, key_hash=reads.key_hash("sk-not-ours")) is None
+    assert read(reads.tenant_for_key, key_hash=reads.key_hash(key)) == (tenant.id, tenant.name)
+    assert read(reads.tenant_for_key, key_hash=reads.key_hash("kd_" + "A" * 43)) is None
+    assert read(reads.tenant_for_key, key_hash=reads.key_hash("sk-not-ours")) is None
     api_keys.revoke_key(session, prefix_or_id=row.id)
     session.commit()
-    assert reads.tenant_for_key(engine, key_hash=reads.key_hash(key)) is None
+    assert read(reads.tenant_for_key, key_hash=reads.key_hash(key)) is None
+
+
+def _reader_loop(pg_engine):
+    return reads.AsyncReader(pg_engine.url.render_as_string(hide_password=False), size=2), asyncio.new_event_loop()
+
+
+def test_the_async_reader_keeps_its_size_and_its_connections(pg_engine, monkeypatch):
+    """Ten reads at once on a reader of 2 open 2 connections, and later reads reuse them."""
+    import psycopg
+
+    reader, loop = _reader_loop(pg_engine)
+    opened, real = [], psycopg.AsyncConnection.connect.__func__
+
+    async def connect(cls, *args, **kwargs):
+        opened.append(1)
+        return await real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "connect", classmethod(connect))
+    key = reads.key_hash("kd_" + "x" * 40)
+
+    async def many():
+        return await asyncio.gather(*(reader.read(reads.tenant_for_key, key_hash=key) for _ in range(10)))
+
+    try:
+        assert loop.run_until_complete(many()) == [None] * 10
+        assert loop.run_until_complete(many()) == [None] * 10
+        assert len(opened) == 2
+    finally:
+        reader.close()
+        loop.close()
+
+
+def test_the_async_reader_sends_a_read_at_most_twice(pg_engine, monkeypatch):
+    """A connection found dropped is replaced and the read sent once more; a second drop raises, and the
+    reader keeps no broken connection (the next read answers)."""
+    import psycopg
+
+    reader, loop = _reader_loop(pg_engine)
+    key = reads.key_hash("kd_" + "x" * 40)
+    real, sent = psycopg.AsyncConnection.execute, []
+
+    async def dropped(self, query, *args, **kwargs):
+        sent.append(query)
+        self.pgconn.finish()
+        raise psycopg.OperationalError("the connection is lost")
+
+    def drops(times):
+        async def execute(self, query, *args, **kwargs):
+            if len(sent) < times:
+                return await dropped(self, query, *args, **kwargs)
+            sent.append(query)
+            return await real(self, query, *args, **kwargs)
+        return execute
+
+    try:
+        assert loop.run_until_complete(reader.read(reads.tenant_for_key, key_hash=key)) is None
+        monkeypatch.setattr(psycopg.AsyncConnection, "execute", drops(1))
+        assert loop.run_until_complete(reader.read(reads.tenant_for_key, key_hash=key)) is None
+        assert len(sent) == 2  # dropped, then answered on a new connection
+        sent.clear()
+        monkeypatch.setattr(psycopg.AsyncConnection, "execute", drops(2))
+        with pytest.raises(psycopg.OperationalError):
+            loop.run_until_complete(reader.read(reads.tenant_for_key, key_hash=key))
+        assert len(sent) == 2
+        monkeypatch.setattr(psycopg.AsyncConnection, "execute", real)
+        assert loop.run_until_complete(reader.read(reads.tenant_for_key, key_hash=key)) is None
+    finally:
+        reader.close()
+        loop.close()
+
+
+def test_a_read_cancelled_mid_statement_closes_its_connection(pg_engine, monkeypatch):
+    """A client that goes away cancels its read; the connection, its protocol state unknown, is closed,
+    not given to the next read."""
+    import psycopg
+
+    reader, loop = _reader_loop(pg_engine)
+    key = reads.key_hash("kd_" + "x" * 40)
+    real, started, used = psycopg.AsyncConnection.execute, [], []
+
+    async def slow(self, query, *args, **kwargs):
+        started.append(self)
+        await asyncio.sleep(30)
+
+    async def recording(self, query, *args, **kwargs):
+        used.append(self)
+        return await real(self, query, *args, **kwargs)
+
+    async def cancel_one():
+        task = asyncio.ensure_future(reader.read(reads.tenant_for_key, key_hash=key))
+        while not started:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        monkeypatch.setattr(psycopg.AsyncConnection, "execute", slow)
+        loop.run_until_complete(cancel_one())
+        assert started[0].closed
+        monkeypatch.setattr(psycopg.AsyncConnection, "execute", recording)
+        assert loop.run_until_complete(reader.read(reads.tenant_for_key, key_hash=key)) is None
+        assert used and used[0] is not started[0]
+    finally:
+        reader.close()
+        loop.close()
