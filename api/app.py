@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from contextlib import asynccontextmanager
 
 from pathlib import Path
@@ -23,6 +24,7 @@ from api.body_limit import BodyLimitMiddleware
 from api.enqueue import Enqueuer
 from api.routes import files, health, jobs, ui, webhooks
 from jobs import api_keys, reads
+from kdcore.spec_checks import DataInfo, check_student
 from jobs.artifact_store import make_store
 from jobs.db import make_engine, make_sessionmaker
 from jobs.settings import Settings
@@ -44,6 +46,23 @@ class ProblemModel(BaseModel):
     detail: str
     instance: str | None = None
     errors: list[dict] | None = None
+
+
+def warm_up_and_freeze(app: FastAPI) -> None:
+    """Make the objects a process makes at its first submission now, then move every object made so far
+    into the garbage collector's permanent generation, so that a full collection no longer walks them.
+
+    The imports are most of what the API tracks: ~300 000 objects at start-up, and a first submission's
+    student check added ~125 000 more (its forward pass on the meta device imports torch._dynamo and
+    sympy; the first publish imports Celery's AMQP layer). Each full collection walked them all, about
+    60-125 ms on this machine with every request of the process waiting: /healthz's p99 at 64
+    connections was 220-260 ms, 25-35 ms with the collector off (bench/RESULTS.md, B4 at night). The
+    warm-up also takes the first submission's 1-2 s of imports off its client. New objects are
+    collected as before; the shutdown unfreezes (`gc.unfreeze`), so a process that builds several apps
+    (the tests) does not keep the cycles of the ones it dropped."""
+    check_student("mlp", {"hidden_sizes": [2]}, DataInfo((2,), 2, 2), batch_size=2)
+    app.state.enqueuer.app.amqp  # noqa: B018 - Celery builds its publishing layer on first use
+    gc.freeze()
 
 
 def _ensure_bootstrap_key(app: FastAPI, plain_key: str) -> None:
@@ -76,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # what crashed API processes left (upload temp files, stored objects without a row): now and
         # periodically (api/housekeeping.py)
         sweeper = asyncio.create_task(housekeeping.keep_clean(settings, app.state.store))
+        warm_up_and_freeze(app)
         try:
             yield
         finally:
@@ -85,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if (executor := getattr(app.state, "read_executor", None)) is not None:
                 app.state.read_executor = None
                 executor.shutdown(wait=False)
+            gc.unfreeze()
             if app.state.async_reader is not None:
                 app.state.async_reader.close()
             app.state.engine.dispose()
