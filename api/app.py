@@ -24,10 +24,10 @@ from api.body_limit import BodyLimitMiddleware
 from api.enqueue import Enqueuer
 from api.routes import files, health, jobs, ui, webhooks
 from jobs import api_keys, reads
-from kdcore.spec_checks import DataInfo, check_student
 from jobs.artifact_store import make_store
 from jobs.db import make_engine, make_sessionmaker
 from jobs.settings import Settings
+from kdcore.spec_checks import DataInfo, check_student
 
 DESCRIPTION = """Distil a trained classifier (the teacher) into a smaller student, and get back the
 evidence: teacher, distilled student and the same student trained from scratch, side by side.

@@ -135,7 +135,7 @@ async def event_stream(run: Run, *, tenant_id: str, job_id: str, after_seq: int,
         if check_key:
             last_key_check = time.monotonic()
         events, done = await _poll(run, tenant_id=tenant_id, job_id=job_id, after_seq=after_seq,
-                                 key_hash=key_hash if check_key else None)
+                                   key_hash=key_hash if check_key else None)
         for event in events:
             yield format_event(event)
             after_seq = event.id
