@@ -48,20 +48,20 @@ class ProblemModel(BaseModel):
     errors: list[dict] | None = None
 
 
-def warm_up_and_freeze(app: FastAPI) -> None:
+def warm_up_and_freeze() -> None:
     """Make the objects a process makes at its first submission now, then move every object made so far
     into the garbage collector's permanent generation, so that a full collection no longer walks them.
 
     The imports are most of what the API tracks: ~300 000 objects at start-up, and a first submission's
     student check added ~125 000 more (its forward pass on the meta device imports torch._dynamo and
-    sympy; the first publish imports Celery's AMQP layer). Each full collection walked them all, about
-    60-125 ms on this machine with every request of the process waiting: /healthz's p99 at 64
-    connections was 220-260 ms, 25-35 ms with the collector off (bench/RESULTS.md, B4 at night). The
+    sympy; the first publish's ~9 000, the broker's transport, are left to the collector). Each full
+    collection walked them all, about 60-125 ms on this machine with every request of the process
+    waiting: /healthz's p99 at 64 connections was 222-258 ms, 23-36 ms with the collector off
+    (bench/RESULTS.md, B4 at night). The
     warm-up also takes the first submission's 1-2 s of imports off its client. New objects are
     collected as before; the shutdown unfreezes (`gc.unfreeze`), so a process that builds several apps
     (the tests) does not keep the cycles of the ones it dropped."""
     check_student("mlp", {"hidden_sizes": [2]}, DataInfo((2,), 2, 2), batch_size=2)
-    app.state.enqueuer.app.amqp  # noqa: B018 - Celery builds its publishing layer on first use
     gc.freeze()
 
 
@@ -95,7 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # what crashed API processes left (upload temp files, stored objects without a row): now and
         # periodically (api/housekeeping.py)
         sweeper = asyncio.create_task(housekeeping.keep_clean(settings, app.state.store))
-        warm_up_and_freeze(app)
+        warm_up_and_freeze()
         try:
             yield
         finally:

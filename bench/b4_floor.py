@@ -77,7 +77,6 @@ def create_app():
         return {"id": row[0], "status": row[1]}
 
     idle: list = []
-    made = [0]
     available = asyncio.Semaphore(POOL)
 
     @app.get("/psycopg-async")

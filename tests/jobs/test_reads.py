@@ -85,7 +85,7 @@ def test_a_job_and_where_it_waits_in_one_statement(read, session, make_job, keye
     assert gpu.queue_position == 0 and "kd.cuda.2" in workers_repo.waiting_reason(gpu.job.spec, gpu.live_queues)
     # the worker stopped beating: nobody serves kd.cpu any more
     later = read(reads.job_for_key, key_hash=keyed, job_id=cpu[1].id, stale_seconds=30,
-                              now=now + timedelta(seconds=31))
+                 now=now + timedelta(seconds=31))
     assert later.live_queues == frozenset() and workers_repo.waiting_reason(later.job.spec, later.live_queues)
     # another tenant's job answers like no job; an id we never issue is never sent
     for job_id in (other.id, "job_nope", "job\x00x", "x" * 10_000):
