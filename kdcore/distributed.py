@@ -32,7 +32,9 @@ plain BatchNorm layers).
 from __future__ import annotations
 
 import copy
+import os
 import socket
+import sys
 from datetime import timedelta
 
 import torch
@@ -121,6 +123,13 @@ def _rank_main(rank: int, world_size: int, init_method: str, backend: str, devic
         _barrier(device)  # see train_data_parallel: teardown in order
     finally:
         dist.destroy_process_group()
+    # Done: leave without the interpreter's finalisation. A spawned child ends with sys.exit, whose
+    # teardown of torch's C++ statics aborted a rank now and then after the ordered teardown above
+    # ("terminate called without an active exception", exit -6: CI, 2026-12-04); a failed rank still
+    # raises above and exits with its traceback.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _barrier(device: torch.device) -> None:
