@@ -76,6 +76,13 @@ from jobs.tables import (
 
 EXHAUSTED = "max_attempts_exceeded"
 
+# The statements below are written against the tables (SQLAlchemy Core), not the ORM classes: a worker
+# makes a few dozen of them per job, and the ORM's bulk UPDATE/INSERT path cost more CPU than the rest
+# of a tiny job's writes together (bench/RESULTS.md, B6). Nothing here loads or keeps ORM objects;
+# `_update` expires a job a caller's session holds, so it reads the row as changed.
+JOBS, EVENTS, METRICS, ARTIFACTS = Job.__table__, JobEvent.__table__, JobMetric.__table__, Artifact.__table__
+J, E, M, A = JOBS.c, EVENTS.c, METRICS.c, ARTIFACTS.c
+
 
 @dataclass(frozen=True)
 class HeartbeatResult:
@@ -83,13 +90,15 @@ class HeartbeatResult:
     cancel_requested: bool  # True: wind down and call finish_cancelled
 
 
-def _update(session: Session, *where, returning=(Job.id,), **values):
+def _update(session: Session, *where, returning=(J.id,), **values):
     """One conditional UPDATE of a job; the returned row, or None when no row matched. It may change
     what a fence held in this transaction relied on (status, attempt): the fence is taken again."""
     session.info.pop(_HELD_FENCE, None)
-    stmt = (update(Job).where(*where).values(**values).returning(*returning)
-            .execution_options(synchronize_session="fetch"))
-    return session.execute(stmt).one_or_none()
+    row = session.execute(update(JOBS).where(*where).values(**values).returning(*returning)).one_or_none()
+    if row is not None:
+        for obj in [o for o in session.identity_map.values() if isinstance(o, Job)]:
+            session.expire(obj)
+    return row
 
 
 def _append_event(session: Session, *, job_id: str, attempt: int, type: str, message: str,
@@ -98,10 +107,10 @@ def _append_event(session: Session, *, job_id: str, attempt: int, type: str, mes
     already updated (so locked) the job row, which serialises writers of one job, and
     unique(job_id, seq) would refuse a duplicate if anything slipped through."""
     _check_level(level)
-    next_seq = (select(func.coalesce(func.max(JobEvent.seq), 0) + 1)
-                .where(JobEvent.job_id == job_id).scalar_subquery())
-    stmt = insert(JobEvent).values(job_id=job_id, seq=next_seq, attempt=attempt, type=type, level=level,
-                                   message=message, data=data, created_at=now).returning(JobEvent.seq)
+    next_seq = (select(func.coalesce(func.max(E.seq), 0) + 1)
+                .where(E.job_id == job_id).scalar_subquery())
+    stmt = insert(EVENTS).values(job_id=job_id, seq=next_seq, attempt=attempt, type=type, level=level,
+                                   message=message, data=data, created_at=now).returning(E.seq)
     return session.execute(stmt).scalar_one()
 
 
@@ -149,8 +158,8 @@ def _fence(session: Session, *, job_id: str, attempt: int, now: datetime, return
         return (job_id,)
     if not held or "status" in values:
         values["updated_at"] = now
-    row = _update(session, Job.id == job_id, Job.attempt == attempt, Job.status.in_(ACTIVE_STATUSES),
-                  returning=returning or (Job.id,), **values)
+    row = _update(session, J.id == job_id, J.attempt == attempt, J.status.in_(ACTIVE_STATUSES),
+                  returning=returning or (J.id,), **values)
     if row is not None and "status" not in values:
         session.info[_HELD_FENCE] = (_transaction(session), job_id, attempt)
     return row
@@ -185,32 +194,32 @@ def claim(session: Session, *, job_id: str, lease_seconds: float, worker: str,
     """Take the job for `worker`: the new attempt number, or None (someone else owns it, or it
     is finished, or it just became cancelled/failed here). Safe to call for a duplicate message."""
     now = now or utcnow()
-    # A cancelling job whose worker stopped renewing the lease is done: it must end cancelled,
-    # never be picked up again as running.
-    cancelled = _update(session, Job.id == job_id, Job.status == CANCELLING, Job.lease_until < now,
-                        returning=(Job.attempt,), status=CANCELLED, finished_at=now, lease_until=None,
-                        updated_at=now)
-    if cancelled is not None:
-        _status_event(session, job_id=job_id, attempt=cancelled.attempt, status=CANCELLED, now=now,
-                      message="cancelled (the worker stopped before it finished cancelling)")
-        return None
-    # Only 'running' may be re-claimed: a job that turned 'cancelling' between the two statements
-    # must not go back to running.
+    # Only 'queued', or 'running' whose lease expired, may be claimed: a job that is (or turns)
+    # 'cancelling' never goes back to running. The likely case first: one UPDATE for a fresh job.
     claimed = _update(
         session,
-        Job.id == job_id,
-        Job.attempt < Job.max_attempts,
-        or_(Job.status == QUEUED, and_(Job.status == RUNNING, Job.lease_until < now)),
-        returning=(Job.attempt, Job.max_attempts),
+        J.id == job_id,
+        J.attempt < J.max_attempts,
+        or_(J.status == QUEUED, and_(J.status == RUNNING, J.lease_until < now)),
+        returning=(J.attempt, J.max_attempts),
         status=RUNNING,
-        attempt=Job.attempt + 1,
+        attempt=J.attempt + 1,
         lease_until=now + timedelta(seconds=lease_seconds),
         worker=worker,
-        started_at=func.coalesce(Job.started_at, literal(now, UTCDateTime())),
+        started_at=func.coalesce(J.started_at, literal(now, UTCDateTime())),
         updated_at=now,
     )
     if claimed is None:
-        fail_exhausted(session, job_id=job_id, now=now)
+        # A cancelling job whose worker stopped renewing the lease is done: it ends cancelled,
+        # never picked up again as running.
+        cancelled = _update(session, J.id == job_id, J.status == CANCELLING, J.lease_until < now,
+                            returning=(J.attempt,), status=CANCELLED, finished_at=now, lease_until=None,
+                            updated_at=now)
+        if cancelled is not None:
+            _status_event(session, job_id=job_id, attempt=cancelled.attempt, status=CANCELLED, now=now,
+                          message="cancelled (the worker stopped before it finished cancelling)")
+        else:
+            fail_exhausted(session, job_id=job_id, now=now)
         return None
     retry = f" (attempt {claimed.attempt - 1}'s lease expired)" if claimed.attempt > 1 else ""
     _status_event(session, job_id=job_id, attempt=claimed.attempt, status=RUNNING, now=now,
@@ -223,15 +232,15 @@ def fail_exhausted(session: Session, *, job_id: str, now: datetime | None = None
     """A running job whose lease expired with no attempt left becomes failed ('max_attempts_exceeded').
     True when this call made that change."""
     now = now or utcnow()
-    row = session.execute(select(Job.attempt, Job.max_attempts).where(Job.id == job_id)).one_or_none()
+    row = session.execute(select(J.attempt, J.max_attempts).where(J.id == job_id)).one_or_none()
     if row is None:
         return False
     attempt, max_attempts = row
     message = (f"gave up after {attempt} attempt{'s' if attempt != 1 else ''} "
                f"(max_attempts={max_attempts}): each time, the worker stopped renewing its lease "
                "(crashed, killed or hung) before the job finished")
-    done = _update(session, Job.id == job_id, Job.status == RUNNING, Job.lease_until < now,
-                   Job.attempt == attempt, Job.attempt >= Job.max_attempts,
+    done = _update(session, J.id == job_id, J.status == RUNNING, J.lease_until < now,
+                   J.attempt == attempt, J.attempt >= J.max_attempts,
                    status=FAILED, error_code=EXHAUSTED, error_message=message, finished_at=now,
                    lease_until=None, updated_at=now)
     if done is None:
@@ -245,7 +254,7 @@ def heartbeat(session: Session, *, job_id: str, attempt: int, lease_seconds: flo
               now: datetime | None = None) -> HeartbeatResult:
     """Extend the lease by `lease_seconds` from now, and report whether a cancel was requested."""
     now = now or utcnow()
-    row = _fence(session, job_id=job_id, attempt=attempt, now=now, returning=(Job.cancel_requested,),
+    row = _fence(session, job_id=job_id, attempt=attempt, now=now, returning=(J.cancel_requested,),
                  lease_until=now + timedelta(seconds=lease_seconds))
     if row is None:
         return HeartbeatResult(alive=False, cancel_requested=False)
@@ -255,8 +264,8 @@ def heartbeat(session: Session, *, job_id: str, attempt: int, lease_seconds: flo
 def cancel_requested(session: Session, *, job_id: str, attempt: int) -> bool:
     """Whether the tenant asked attempt `attempt` of the job to stop: one primary-key read, no
     write and no lock, cheap enough for the worker to ask twice a second between heartbeats."""
-    flag = session.scalar(select(Job.cancel_requested).where(Job.id == job_id, Job.attempt == attempt,
-                                                               Job.status.in_(ACTIVE_STATUSES)))
+    flag = session.scalar(select(J.cancel_requested).where(J.id == job_id, J.attempt == attempt,
+                                                               J.status.in_(ACTIVE_STATUSES)))
     return bool(flag)
 
 
@@ -293,12 +302,12 @@ def add_events(session: Session, *, job_id: str, attempt: int, events: list[dict
         _check_level(e.get("level", INFO))
     if _fence(session, job_id=job_id, attempt=attempt, now=events[0].get("now") or now) is None:
         return None
-    last = session.scalar(select(func.coalesce(func.max(JobEvent.seq), 0)).where(JobEvent.job_id == job_id))
+    last = session.scalar(select(func.coalesce(func.max(E.seq), 0)).where(E.job_id == job_id))
     seqs = [last + 1 + i for i in range(len(events))]
-    session.execute(insert(JobEvent).values([
+    session.execute(insert(EVENTS), [  # parameter sets: one compiled statement for any number of events
         {"job_id": job_id, "seq": seq, "attempt": attempt, "type": e["type"], "level": e.get("level", INFO),
          "message": e["message"], "data": e.get("data"), "created_at": e.get("now") or now}
-        for seq, e in zip(seqs, events)]))
+        for seq, e in zip(seqs, events)])
     return seqs
 
 
@@ -318,9 +327,9 @@ def add_event_once(session: Session, *, job_id: str, attempt: int, type: str, me
     now = now or utcnow()
     if _fence(session, job_id=job_id, attempt=attempt, now=now) is None:
         return None
-    same = [JobEvent.job_id == job_id, JobEvent.type == type]
+    same = [E.job_id == job_id, E.type == type]
     for name in key:
-        value, element = data[name], JobEvent.data[name]
+        value, element = data[name], E.data[name]
         if isinstance(value, bool):
             same.append(element.as_boolean() == value)
         elif isinstance(value, int):
@@ -329,7 +338,7 @@ def add_event_once(session: Session, *, job_id: str, attempt: int, type: str, me
             same.append(element.as_string() == value)
         else:
             raise TypeError(f"key field {name!r} must be a str, int or bool, not {value.__class__.__name__}")
-    if session.scalar(select(JobEvent.seq).where(*same).limit(1)) is not None:
+    if session.scalar(select(E.seq).where(*same).limit(1)) is not None:
         return 0
     return _append_event(session, job_id=job_id, attempt=attempt, type=type, message=message,
                          data=data, now=now, level=level)
@@ -345,10 +354,8 @@ def add_metric(session: Session, *, job_id: str, attempt: int, run: str, epoch: 
     now = now or utcnow()
     if _fence(session, job_id=job_id, attempt=attempt, now=now) is None:
         return False
-    session.execute(delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.run == run,
-                                            JobMetric.epoch == epoch)
-                    .execution_options(synchronize_session="fetch"))
-    session.execute(insert(JobMetric).values(job_id=job_id, run=run, epoch=epoch, values=values,
+    session.execute(delete(METRICS).where(M.job_id == job_id, M.run == run, M.epoch == epoch))
+    session.execute(insert(METRICS).values(job_id=job_id, run=run, epoch=epoch, values=values,
                                              created_at=now))
     return True
 
@@ -360,8 +367,7 @@ def add_artifact(session: Session, *, job_id: str, attempt: int, kind: str, stor
     now = now or utcnow()
     if _fence(session, job_id=job_id, attempt=attempt, now=now) is None:
         return False
-    session.execute(delete(Artifact).where(Artifact.job_id == job_id, Artifact.kind == kind)
-                    .execution_options(synchronize_session="fetch"))
+    session.execute(delete(ARTIFACTS).where(A.job_id == job_id, A.kind == kind))
     session.add(Artifact(job_id=job_id, kind=kind, storage_key=storage_key, bytes=bytes, sha256=sha256,
                          created_at=now))
     session.flush()
@@ -381,11 +387,11 @@ def add_artifacts(session: Session, *, job_id: str, attempt: int, artifacts: lis
         raise ValueError(f"one artifact per kind, got {kinds}")
     if _fence(session, job_id=job_id, attempt=attempt, now=now) is None:
         return False
-    session.execute(delete(Artifact).where(Artifact.job_id == job_id, Artifact.kind.in_(kinds))
-                    .execution_options(synchronize_session="fetch"))
-    session.execute(insert(Artifact).values([
+    session.execute(delete(ARTIFACTS).where(A.job_id == job_id, A.kind.in_(kinds)))
+    # a list of parameter sets, not .values([...]): one compiled statement, whatever the number of rows
+    session.execute(insert(ARTIFACTS), [
         {"id": new_id("art"), "job_id": job_id, "kind": a["kind"], "storage_key": a["storage_key"],
-         "bytes": a["bytes"], "sha256": a["sha256"], "created_at": now} for a in artifacts]))
+         "bytes": a["bytes"], "sha256": a["sha256"], "created_at": now} for a in artifacts])
     return True
 
 
@@ -415,7 +421,7 @@ def fail(session: Session, *, job_id: str, attempt: int, code: str, message: str
 def finish_cancelled(session: Session, *, job_id: str, attempt: int, now: datetime | None = None) -> bool:
     """cancelling -> cancelled, once the worker has stopped its run."""
     now = now or utcnow()
-    if _update(session, Job.id == job_id, Job.attempt == attempt, Job.status == CANCELLING,
+    if _update(session, J.id == job_id, J.attempt == attempt, J.status == CANCELLING,
                status=CANCELLED, finished_at=now, lease_until=None, updated_at=now) is None:
         return False
     _status_event(session, job_id=job_id, attempt=attempt, status=CANCELLED, message="cancelled", now=now)
@@ -433,8 +439,8 @@ def request_cancel(session: Session, *, tenant_id: str, job_id: str, now: dateti
         raise NotFound(f"no job {job_id!r}")
     # Each lost race means the status moved forward, so this loop runs at most once per status.
     for _ in JOB_STATUSES:
-        row = session.execute(select(Job.status, Job.attempt)
-                              .where(Job.id == job_id, Job.tenant_id == tenant_id)).one_or_none()
+        row = session.execute(select(J.status, J.attempt)
+                              .where(J.id == job_id, J.tenant_id == tenant_id)).one_or_none()
         if row is None:
             raise NotFound(f"no job {job_id!r}")
         status, attempt = row
@@ -443,11 +449,11 @@ def request_cancel(session: Session, *, tenant_id: str, job_id: str, now: dateti
         if status == CANCELLING:
             return CANCELLING
         if status == QUEUED:
-            changed = _update(session, Job.id == job_id, Job.status == QUEUED, status=CANCELLED,
+            changed = _update(session, J.id == job_id, J.status == QUEUED, status=CANCELLED,
                               cancel_requested=True, finished_at=now, updated_at=now)
             new_status, message = CANCELLED, "cancelled before it started"
         else:
-            changed = _update(session, Job.id == job_id, Job.status == RUNNING, status=CANCELLING,
+            changed = _update(session, J.id == job_id, J.status == RUNNING, status=CANCELLING,
                               cancel_requested=True, updated_at=now)
             new_status, message = CANCELLING, "cancel requested; waiting for the worker to stop"
         if changed is not None:
@@ -462,10 +468,10 @@ def find_jobs_to_enqueue(session: Session, *, now: datetime, queued_after_second
     more than `queued_after_seconds` ago, and running/cancelling jobs whose lease expired (their
     claim re-runs, cancels or fails them). Oldest first."""
     stale = now - timedelta(seconds=queued_after_seconds)
-    stmt = (select(Job.id).where(or_(
-        and_(Job.status == QUEUED, func.coalesce(Job.enqueued_at, Job.created_at) < literal(stale, UTCDateTime())),
-        and_(Job.status.in_(ACTIVE_STATUSES), Job.lease_until < now),
-    )).order_by(Job.created_at, Job.id).limit(limit))
+    stmt = (select(J.id).where(or_(
+        and_(J.status == QUEUED, func.coalesce(J.enqueued_at, J.created_at) < literal(stale, UTCDateTime())),
+        and_(J.status.in_(ACTIVE_STATUSES), J.lease_until < now),
+    )).order_by(J.created_at, J.id).limit(limit))
     return list(session.scalars(stmt))
 
 
@@ -473,4 +479,4 @@ def mark_enqueued(session: Session, *, job_id: str, now: datetime | None = None)
     """Record that the reaper just sent the id to the broker again. The API's first send is not recorded:
     until a job is marked, `find_jobs_to_enqueue` counts from its created_at, just before that send."""
     now = now or utcnow()
-    _update(session, Job.id == job_id, enqueued_at=now, updated_at=now)
+    _update(session, J.id == job_id, enqueued_at=now, updated_at=now)

@@ -168,8 +168,11 @@ def enqueue_job_event(session: Session, *, job_id: str, status: str, now: dateti
     queued. Called by jobs/lifecycle.py in the transaction that wrote the status (after its UPDATE, so
     the job row is locked and read as it now is); one indexed SELECT when the tenant has no webhook."""
     event_type = f"job.{status}"
-    hooks = session.execute(select(Webhook.id, Webhook.tenant_id, Webhook.events)
-                            .join(Job, Job.tenant_id == Webhook.tenant_id).where(Job.id == job_id)).all()
+    # on the tables (Core), as jobs/lifecycle.py's statements: this runs with every job's end
+    w, j = Webhook.__table__.c, Job.__table__.c
+    hooks = session.execute(select(w.id, w.tenant_id, w.events)
+                            .join_from(Webhook.__table__, Job.__table__, j.tenant_id == w.tenant_id)
+                            .where(j.id == job_id)).all()
     hooks = [hook for hook in hooks if event_type in hook.events]
     if not hooks:
         return 0
