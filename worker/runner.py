@@ -355,11 +355,18 @@ class JobRun(PipelineCallbacks):
         # (jobs/lifecycle.py, fence).
         if not lifecycle.fence(s, job_id=self.job_id, attempt=self.attempt, progress=progress):
             return False
-        # the reports' events in one INSERT, in the order they were made (each with its own time)
-        events = [kwargs for fn, kwargs in pending if fn is lifecycle.add_event]
-        ok = lifecycle.wrote(lifecycle.add_events(s, job_id=self.job_id, attempt=self.attempt, events=events))
-        for fn, kwargs in pending:  # any other kind of report, in its order
-            if fn is not lifecycle.add_event and fn is not lifecycle.set_progress:
+        # in the order they were made (each with its own time): a run of plain events in one INSERT,
+        # any other kind of report (a checkpoint's event) on its own
+        ok, events = True, []
+        for fn, kwargs in [*pending, (None, None)]:
+            if fn is lifecycle.add_event:
+                events.append(kwargs)
+                continue
+            if events:
+                ok = lifecycle.wrote(lifecycle.add_events(s, job_id=self.job_id, attempt=self.attempt,
+                                                          events=events)) and ok
+                events = []
+            if fn is not None and fn is not lifecycle.set_progress:
                 ok = lifecycle.wrote(fn(s, job_id=self.job_id, attempt=self.attempt, **kwargs)) and ok
         return ok
 
@@ -431,10 +438,13 @@ class JobRun(PipelineCallbacks):
         # To the store first (another machine resumes from there), then the event that announces it.
         if self.checkpoints is not None:
             self.checkpoints.push()
-        # Written again for an epoch only when a damaged newer checkpoint sent the run back to it.
+        # Written again for an epoch only when a damaged newer checkpoint sent the run back to it. A
+        # report: it waits (REPORT_DELAY_SECONDS) to go with the next write, as the phases' events do;
+        # the checkpoint it announces is in the store already.
         self._write(lifecycle.add_event_once, type="checkpoint", key=EPOCH_KEY,
                     message=f"{self.current_run}: checkpoint after epoch {info.epoch}",
-                    data={"run": self.current_run, "epoch": info.epoch, "sha256": info.sha256, "bytes": info.bytes})
+                    data={"run": self.current_run, "epoch": info.epoch, "sha256": info.sha256, "bytes": info.bytes},
+                    report=True)
 
     def on_repeat_checkpoint(self, info) -> None:
         if self.checkpoints is not None:  # to the store, where a resumed attempt finds it; no event
