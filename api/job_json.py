@@ -1,4 +1,4 @@
-"""A job's JSON (JobOut), kept by the row it was made from, for the pages of GET /v1/jobs.
+"""A job's JSON (JobOut), kept by the row it was made from, for GET /v1/jobs/{id} and the pages of GET /v1/jobs.
 
 A dashboard asks for the same page every few seconds, and most of its jobs have not changed since
 (queued, finished). Parsing each row's spec, progress and result, validating them into JobOut and
@@ -38,13 +38,14 @@ def _job_out(row: Any) -> JobOut:
     return JobOut.from_row(SimpleNamespace(**fields))
 
 
-# JobOut's last field, null in a kept JSON; a queued job's is filled in when it is answered
-_WAITING_NULL = '"waiting_reason":null}'
+# JobOut's last two fields, null in a kept JSON; a queued job's are filled in when it is answered
+_QUEUE_NULL = '"queue_position":null,"waiting_reason":null}'
 
 
-def job_json(row: Any, live_queues: frozenset[str] = frozenset()) -> str:
-    """JobOut.from_row(row).model_dump_json() for a page row (its JSON_FIELDS as text); a queued job's
-    with its `waiting_reason` given `live_queues` (its `queue_position` only GET /v1/jobs/{id} gives)."""
+def job_json(row: Any, live_queues: frozenset[str] = frozenset(), queue_position: int | None = None) -> str:
+    """JobOut.from_row(row).model_dump_json() for a row whose JSON_FIELDS are text (jobs/reads.py); a queued
+    job's with its `waiting_reason` given `live_queues` and its `queue_position` (GET /v1/jobs/{id} reads it;
+    a page does not)."""
     key = _job_fields(row)
     text = _kept.get(key)
     if text is None:
@@ -55,15 +56,17 @@ def job_json(row: Any, live_queues: frozenset[str] = frozenset()) -> str:
             _kept[key] = text
     if row.status != QUEUED:
         return text
-    # a queued job's reason changes (workers come and go) while its row does not: added to the kept JSON
+    # a queued job's place and reason change (jobs ahead start, workers come and go) while its row does
+    # not: added to the kept JSON
     reason = _waiting_reason(row.spec, live_queues)
-    if reason is None:
+    if reason is None and queue_position is None:
         return text
-    if not text.endswith(_WAITING_NULL):  # a field after waiting_reason: the model says it, at full cost
+    if not text.endswith(_QUEUE_NULL):  # a field after them: the model says it, at full cost
         out = _job_out(row)
-        out.waiting_reason = reason
+        out.queue_position, out.waiting_reason = queue_position, reason
         return out.model_dump_json()
-    return f'{text[:-len(_WAITING_NULL)]}"waiting_reason":{json.dumps(reason, ensure_ascii=False)}}}'
+    return (f'{text[:-len(_QUEUE_NULL)]}"queue_position":{"null" if queue_position is None else int(queue_position)},'
+            f'"waiting_reason":{json.dumps(reason, ensure_ascii=False)}}}')
 
 
 @functools.lru_cache(maxsize=1024)

@@ -55,7 +55,6 @@ _cursor = _jobs.alias("after_job")
 JOB_FIELDS = ("id", "status", "spec", "attempt", "max_attempts", "progress", "result", "error_code", "error_message",
               "created_at", "started_at", "finished_at", "updated_at")
 JSON_FIELDS = ("spec", "progress", "result")
-_JOB_COLUMNS = [_jobs.c[name] for name in JOB_FIELDS]
 # a page's rows carry their JSON columns as text: the API keeps each job's JSON by its row, and a row
 # it has seen is answered without parsing them (api/job_json.py)
 _PAGE_COLUMNS = [cast(_jobs.c[name], Text).label(name) if name in JSON_FIELDS else _jobs.c[name]
@@ -65,7 +64,9 @@ _PAGE_COLUMNS = [cast(_jobs.c[name], Text).label(name) if name in JSON_FIELDS el
 @dataclass(frozen=True)
 class KeyedJob:
     tenant_id: str | None  # None: the key is unknown or revoked
-    job: Any | None  # None: this tenant has no such job; else a row with the job's columns as attributes
+    # None: this tenant has no such job; else a row with the job's columns as attributes, its JSON_FIELDS
+    # as JSON text (as a page's rows: the API answers from the JSON it keeps by row, api/job_json.py)
+    job: Any | None
     queue_position: int | None = None  # while queued: older queued jobs on its queue
     live_queues: frozenset[str] | None = None  # while queued: the queues live workers serve
 
@@ -282,7 +283,7 @@ def _job_statement(dialect: str) -> _Statement:
     if key not in _statements:
         queued = _jobs.c.status == QUEUED
         _statements[key] = _Statement(
-            select(_keys.c.tenant_id.label("key_tenant_id"), *_JOB_COLUMNS,
+            select(_keys.c.tenant_id.label("key_tenant_id"), *_PAGE_COLUMNS,
                    case((queued, _queue_position(_jobs))).label("queue_position"),
                    case((queued, _live_queues(dialect))).label("live_queues"))
             .select_from(_keys.outerjoin(_jobs, and_(_jobs.c.tenant_id == _keys.c.tenant_id,

@@ -19,7 +19,7 @@ from api.problems import PROBLEM_SCHEMA, Problem
 from api.schemas.examples import JOB_EXAMPLES
 from api.schemas.jobs import EventList, EventOut, JobCreate, JobList, JobOut, MetricList, MetricOut, Status
 from api.spec_resolution import check_files_still_exist, resolve_spec
-from jobs import files_repo, jobs_repo, lifecycle, reads, workers_repo
+from jobs import files_repo, jobs_repo, lifecycle, reads
 from jobs.artifact_store import ArtifactStore
 from jobs.errors import NotFound
 from jobs.routing import queue_for
@@ -111,11 +111,9 @@ async def get_job(job_id: str, request: Request) -> Response:
         raise unknown_key()
     if found.job is None:
         raise NotFound(f"no job {job_id!r}")
-    out = JobOut.from_row(found.job)
-    if found.job.status == Status.queued:
-        out.queue_position = found.queue_position
-        out.waiting_reason = workers_repo.waiting_reason(found.job.spec, found.live_queues)
-    return _json(out)
+    # the JSON kept for this row, as a page's (api/job_json.py), with a queued job's position and reason
+    return Response(job_json.job_json(found.job, found.live_queues or frozenset(), found.queue_position),
+                    media_type="application/json")
 
 
 def _json(model) -> Response:

@@ -95,6 +95,38 @@ def test_a_page_is_the_same_json_whether_its_jobs_were_seen_before_or_not(client
     assert job_json.page_json(page.jobs, True).endswith('],"has_more":true}')
 
 
+def test_a_job_is_its_models_json_whether_seen_before_or_not(client, queued_job, digits_teacher):
+    """GET /v1/jobs/{id} answers from the JSON kept by the job's row (api/job_json.py), with a queued
+    job's place and reason filled in each time: the same bytes as JobOut says, first time or not."""
+    from api.schemas.jobs import JobOut
+    from jobs import workers_repo
+    from jobs.tables import Job
+
+    teacher = upload(client, digits_teacher[0], "teacher").json()["id"]
+    second = client.post("/v1/jobs", json={"teacher": {"file_id": teacher, **digits_teacher[1]},
+                                           "hyperparameters": {"epochs": 1}}).json()["id"]
+
+    def expected(job_id: str) -> str:
+        with client.app.state.sessionmaker() as session:
+            row = session.get(Job, job_id)
+            out = JobOut.from_row(row)
+            if row.status == "queued":
+                status = workers_repo.queue_status(session, job=row, stale_seconds=30)
+                out.queue_position, out.waiting_reason = status.position, status.waiting_reason
+            return out.model_dump_json()
+
+    for _ in range(2):  # the first answer makes the kept JSON, the second is made from it
+        answers = {job_id: client.get(f"/v1/jobs/{job_id}").text for job_id in (queued_job, second)}
+        assert answers == {job_id: expected(job_id) for job_id in (queued_job, second)}
+    assert [client.get(f"/v1/jobs/{j}").json()["queue_position"] for j in (queued_job, second)] == [0, 1]
+    # the job ahead leaves the queue: the second's row is unchanged, its place is not
+    assert client.post(f"/v1/jobs/{queued_job}/cancel").json()["status"] == "cancelled"
+    for job_id in (queued_job, second):
+        assert client.get(f"/v1/jobs/{job_id}").text == expected(job_id)
+    assert client.get(f"/v1/jobs/{second}").json()["queue_position"] == 0
+    assert client.get(f"/v1/jobs/{queued_job}").json()["queue_position"] is None
+
+
 def _drop_connections(url: str) -> int:
     """Terminate every other backend of the test database, as a database restart would."""
     with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as admin:

@@ -53,8 +53,14 @@ def read(engine):
     loop.close()
 
 
+def _parsed(row) -> dict:
+    """A read's row as the job's fields, its JSON columns (text, as the reads send them) parsed."""
+    return {f: json.loads(v) if f in reads.JSON_FIELDS and v is not None else v
+            for f, v in zip(FIELDS, (getattr(row, f) for f in FIELDS))}
+
+
 def _same_job(row, job: Job) -> None:
-    assert {f: getattr(row, f) for f in FIELDS} == {f: getattr(job, f) for f in FIELDS}
+    assert _parsed(row) == {f: getattr(job, f) for f in FIELDS}
     assert row.created_at.utcoffset() == timedelta(0)  # in UTC, as UTCDateTime returns it
 
 
@@ -77,16 +83,18 @@ def test_a_job_and_where_it_waits_in_one_statement(read, session, make_job, keye
         if row.status == "queued":
             expected = workers_repo.queue_status(session, job=row, stale_seconds=30, now=now)
             assert found.queue_position == expected.position
-            assert workers_repo.waiting_reason(row.spec, found.live_queues) == expected.waiting_reason
+            assert workers_repo.waiting_reason(json.loads(found.job.spec), found.live_queues) == expected.waiting_reason
         else:
             assert found.queue_position is None and found.live_queues is None
     assert read(reads.job_for_key, key_hash=keyed, job_id=cpu[2].id, stale_seconds=30, now=now).queue_position == 1
     gpu = read(reads.job_for_key, key_hash=keyed, job_id=gpu2.id, stale_seconds=30, now=now)
-    assert gpu.queue_position == 0 and "kd.cuda.2" in workers_repo.waiting_reason(gpu.job.spec, gpu.live_queues)
+    assert gpu.queue_position == 0 and "kd.cuda.2" in workers_repo.waiting_reason(json.loads(gpu.job.spec),
+                                                                                  gpu.live_queues)
     # the worker stopped beating: nobody serves kd.cpu any more
     later = read(reads.job_for_key, key_hash=keyed, job_id=cpu[1].id, stale_seconds=30,
                  now=now + timedelta(seconds=31))
-    assert later.live_queues == frozenset() and workers_repo.waiting_reason(later.job.spec, later.live_queues)
+    assert later.live_queues == frozenset() and workers_repo.waiting_reason(json.loads(later.job.spec),
+                                                                            later.live_queues)
     # another tenant's job answers like no job; an id we never issue is never sent
     for job_id in (other.id, "job_nope", "job\x00x", "x" * 10_000):
         found = read(reads.job_for_key, key_hash=keyed, job_id=job_id, stale_seconds=30)
@@ -137,10 +145,8 @@ def test_pages_match_the_repository(read, session, make_job, keyed, make_tenant)
                 rows, more = jobs_repo.list_jobs(session, tenant_id=tenant_id, limit=limit, after=after, status=status)
                 assert page.tenant_id == tenant_id and page.cursor_found and page.has_more == more
                 assert [r.id for r in page.jobs] == [r.id for r in rows]
-                for got, want in zip(page.jobs, rows):  # a page's JSON columns come as text
-                    parsed = {f: json.loads(v) if f in reads.JSON_FIELDS and v is not None else v
-                              for f, v in zip(FIELDS, (getattr(got, f) for f in FIELDS))}
-                    assert parsed == {f: getattr(want, f) for f in FIELDS}
+                for got, want in zip(page.jobs, rows):
+                    _same_job(got, want)
                 if not more:
                     break
                 after = rows[-1].id
