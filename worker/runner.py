@@ -359,6 +359,8 @@ class JobRun(PipelineCallbacks):
         # any other kind of report (a checkpoint's event) on its own
         ok, events = True, []
         for fn, kwargs in [*pending, (None, None)]:
+            if fn is lifecycle.set_progress:  # written with the fence, above
+                continue
             if fn is lifecycle.add_event:
                 events.append(kwargs)
                 continue
@@ -366,7 +368,7 @@ class JobRun(PipelineCallbacks):
                 ok = lifecycle.wrote(lifecycle.add_events(s, job_id=self.job_id, attempt=self.attempt,
                                                           events=events)) and ok
                 events = []
-            if fn is not None and fn is not lifecycle.set_progress:
+            if fn is not None:
                 ok = lifecycle.wrote(fn(s, job_id=self.job_id, attempt=self.attempt, **kwargs)) and ok
         return ok
 

@@ -40,10 +40,12 @@ def test_a_jobs_reports_ride_with_the_writes_that_must_go_at_once(client, settin
     job_id = submit(client, digits_teacher, epochs=2, batch_size=64)["id"]
     # no lease renewal during the job either: only the job's own writes commit
     ctx = WorkerContext.build(settings.model_copy(update={"lease_seconds": 3600, "heartbeat_seconds": 3000}))
-    commits, updates = [], []
+    commits, updates, event_inserts = [], [], []
     event.listen(ctx.sessions.kw["bind"], "commit", lambda conn: commits.append(1))
     event.listen(ctx.sessions.kw["bind"], "before_cursor_execute",
                  lambda conn, cursor, statement, *a: updates.append(1) if statement.startswith("UPDATE jobs") else None)
+    event.listen(ctx.sessions.kw["bind"], "before_cursor_execute", lambda conn, cursor, statement, *a:
+                 event_inserts.append(1) if statement.startswith("INSERT INTO job_events") else None)
 
     assert run_job(job_id, ctx) == "succeeded"
 
@@ -54,6 +56,12 @@ def test_a_jobs_reports_ride_with_the_writes_that_must_go_at_once(client, settin
     # progress) and the success once more (its status): the events, metrics and artifacts after a
     # fence need no UPDATE of their own
     assert len(updates) == 1 + 2 * 2 + 1 + 1
+    # the waiting plain events of a transaction go in one INSERT, the progress reports between them
+    # notwithstanding; a checkpoint's event (written once per run and epoch) and each epoch's go alone:
+    # the claim's status; per epoch the waiting events (the first epoch of each run: its phases), the
+    # previous checkpoint's event, its own event; at the end the last checkpoint's, the waiting events,
+    # the result and the status
+    assert len(event_inserts) == 1 + (1 + 1) + (1 + 1) + (1 + 1 + 1) + (1 + 1) + (1 + 1 + 1 + 1)
     events = _events(ctx, job_id)
     types = [e.type if e.type != "phase" else f"phase {e.data['phase']}" for e in events]
     assert types[:4] == ["status", "claimed", "phase loading", "data_loaded"], types
