@@ -107,10 +107,9 @@ def _append_event(session: Session, *, job_id: str, attempt: int, type: str, mes
     already updated (so locked) the job row, which serialises writers of one job, and
     unique(job_id, seq) would refuse a duplicate if anything slipped through."""
     _check_level(level)
-    next_seq = (select(func.coalesce(func.max(E.seq), 0) + 1)
-                .where(E.job_id == job_id).scalar_subquery())
+    next_seq = select(func.coalesce(func.max(E.seq), 0) + 1).where(E.job_id == job_id).scalar_subquery()
     stmt = insert(EVENTS).values(job_id=job_id, seq=next_seq, attempt=attempt, type=type, level=level,
-                                   message=message, data=data, created_at=now).returning(E.seq)
+                                 message=message, data=data, created_at=now).returning(E.seq)
     return session.execute(stmt).scalar_one()
 
 
@@ -265,7 +264,7 @@ def cancel_requested(session: Session, *, job_id: str, attempt: int) -> bool:
     """Whether the tenant asked attempt `attempt` of the job to stop: one primary-key read, no
     write and no lock, cheap enough for the worker to ask twice a second between heartbeats."""
     flag = session.scalar(select(J.cancel_requested).where(J.id == job_id, J.attempt == attempt,
-                                                               J.status.in_(ACTIVE_STATUSES)))
+                                                           J.status.in_(ACTIVE_STATUSES)))
     return bool(flag)
 
 
@@ -355,8 +354,7 @@ def add_metric(session: Session, *, job_id: str, attempt: int, run: str, epoch: 
     if _fence(session, job_id=job_id, attempt=attempt, now=now) is None:
         return False
     session.execute(delete(METRICS).where(M.job_id == job_id, M.run == run, M.epoch == epoch))
-    session.execute(insert(METRICS).values(job_id=job_id, run=run, epoch=epoch, values=values,
-                                             created_at=now))
+    session.execute(insert(METRICS).values(job_id=job_id, run=run, epoch=epoch, values=values, created_at=now))
     return True
 
 
