@@ -23,6 +23,7 @@ metric rows replaced, never duplicated.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import shutil
 import threading
@@ -62,9 +63,9 @@ STUCK_GRACE_SECONDS = 60.0
 # should_stop within this (plus one database read), not within KD_HEARTBEAT_SECONDS. A read of one
 # row by primary key, never a query per training step.
 CANCEL_POLL_SECONDS = 0.5
-# Writes that only report (phase and informational events, throttled progress) wait up to this long
-# to be committed with the next write that must go at once (the epoch's report, a checkpoint's event,
-# the job's end), or by the heartbeat thread when none comes: a tiny job's dozen reports cost a
+# Writes that only report (phase and informational events, a checkpoint's event, throttled progress)
+# wait up to this long to be committed with the next write that must go at once (the claim, the epoch's
+# report, the job's end), or by the heartbeat thread when none comes: a tiny job's dozen reports cost a
 # commit or two instead of a dozen (bench/RESULTS.md, B6). Well under the event stream's poll
 # interval (0.5 s), so a watcher sees them no later in practice; each keeps the time it was made.
 REPORT_DELAY_SECONDS = 0.25
@@ -355,21 +356,17 @@ class JobRun(PipelineCallbacks):
         # (jobs/lifecycle.py, fence).
         if not lifecycle.fence(s, job_id=self.job_id, attempt=self.attempt, progress=progress):
             return False
-        # in the order they were made (each with its own time): a run of plain events in one INSERT,
-        # any other kind of report (a checkpoint's event) on its own
-        ok, events = True, []
-        for fn, kwargs in [*pending, (None, None)]:
-            if fn is lifecycle.set_progress:  # written with the fence, above
-                continue
-            if fn is lifecycle.add_event:
-                events.append(kwargs)
-                continue
-            if events:
+        # in the order they were made (each with its own time), the progress reports aside (written with
+        # the fence): a run of plain events in one INSERT, any other report (a checkpoint's event) on its own
+        ok = True
+        writes = [(fn, kwargs) for fn, kwargs in pending if fn is not lifecycle.set_progress]
+        for plain, run in itertools.groupby(writes, key=lambda write: write[0] is lifecycle.add_event):
+            if plain:
                 ok = lifecycle.wrote(lifecycle.add_events(s, job_id=self.job_id, attempt=self.attempt,
-                                                          events=events)) and ok
-                events = []
-            if fn is not None:
-                ok = lifecycle.wrote(fn(s, job_id=self.job_id, attempt=self.attempt, **kwargs)) and ok
+                                                          events=[kwargs for _, kwargs in run])) and ok
+            else:
+                for fn, kwargs in run:
+                    ok = lifecycle.wrote(fn(s, job_id=self.job_id, attempt=self.attempt, **kwargs)) and ok
         return ok
 
     def _flush_reports(self) -> None:

@@ -116,11 +116,6 @@ async def get_job(job_id: str, request: Request) -> Response:
                     media_type="application/json")
 
 
-def _json(model) -> Response:
-    """The model as JSON, serialised once by pydantic (the route's response_model documents it)."""
-    return Response(model.model_dump_json(), media_type="application/json")
-
-
 @router.post("/{job_id}/cancel", response_model=JobOut, responses={409: PROBLEM_SCHEMA})
 def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
     """Cancel a job: queued ones at once, running ones at their next step (409 once finished)."""

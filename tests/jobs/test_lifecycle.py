@@ -35,6 +35,18 @@ def test_first_claim_wins_second_returns_none(session, make_job):
     assert row.started_at is not None and row.lease_until > utcnow()
 
 
+def test_a_job_the_session_holds_reads_as_changed_after_a_transition(session, make_job):
+    """lifecycle's UPDATEs go to the table, past the ORM: a Job object the caller's session already holds
+    is expired by them, so it reads the row as it now is, not as it was loaded."""
+    job = make_job()
+    held = session.get(Job, job.id)
+    assert held.status == "queued"
+    assert lifecycle.claim(session, job_id=job.id, lease_seconds=LEASE, worker="w1") == 1
+    assert (held.status, held.attempt, held.worker) == ("running", 1, "w1")
+    assert lifecycle.succeed(session, job_id=job.id, attempt=1, result={"ok": True})
+    assert (held.status, held.result) == ("succeeded", {"ok": True})
+
+
 def test_claim_of_unknown_job_returns_none(session):
     assert lifecycle.claim(session, job_id="job_missing", lease_seconds=LEASE, worker="w") is None
 
