@@ -9,7 +9,9 @@ directory to the store's `jobs/{job}/checkpoints/` keys:
   one). kdcore then picks the newest that verifies, exactly as it does on one machine.
 - `push()`, after each checkpoint the trainer wrote (the local atomic write first): files that are
   new or rewritten since the last push are uploaded, and store copies of the files kdcore pruned
-  locally are deleted, so the store holds what the local directory holds.
+  locally are deleted, so the store holds what the local directory holds. `before_write` (the
+  attempt's lease check, worker/runner.py) is called just before each upload becomes visible under
+  its key and before each delete: when it raises, the store keeps what it held.
 
 A worker that dies between its local write and its push leaves the store one epoch behind: the
 next attempt resumes from the epoch before and trains (and reports, idempotently) that epoch again.
@@ -18,6 +20,7 @@ next attempt resumes from the epoch before and trains (and reports, idempotently
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from jobs.artifact_store import ArtifactStore, ChecksumMismatch
@@ -26,8 +29,10 @@ log = logging.getLogger("worker")
 
 
 class CheckpointMirror:
-    def __init__(self, store: ArtifactStore, *, prefix: str, local_dir: Path):
+    def __init__(self, store: ArtifactStore, *, prefix: str, local_dir: Path,
+                 before_write: Callable[[], None] | None = None):
         self.store, self.prefix, self.local_dir = store, prefix.rstrip("/"), Path(local_dir)
+        self.before_write = before_write
         self._pushed: dict[str, tuple[int, int]] = {}  # key -> (size, mtime_ns) of the local file it mirrors
 
     def _key(self, path: Path) -> str:
@@ -61,8 +66,10 @@ class CheckpointMirror:
                     present[self._key(path)] = (path, (stat.st_size, stat.st_mtime_ns))
         for key, (path, signature) in present.items():
             if self._pushed.get(key) != signature:
-                self.store.put_file(key, path)
+                self.store.put_file(key, path, before_commit=self.before_write)
                 self._pushed[key] = signature
         for key in [k for k in self._pushed if k not in present]:
+            if self.before_write is not None:
+                self.before_write()
             self.store.delete(key)
             del self._pushed[key]

@@ -12,12 +12,14 @@ not fenced by the database is kept apart per attempt: the scratch directory
 `{data_dir}/work/{job}/attempt-{n}` and the published files `jobs/{job}/attempt-{n}/...`. The
 checkpoints (`jobs/{job}/checkpoints/` in the store, mirrored into and out of the attempt's
 directory by worker/checkpoint_mirror.py) are shared, since a resumed attempt, on this machine or
-another, needs them; the trainer
-reports each epoch (a fenced write: LeaseLost for a stale attempt) before it checkpoints it, so a
-stale attempt writes one only if it stalled in the instant between the two, and then with the
-state the new attempt computes for that epoch as well. The price of that order: a resumed attempt
-may report an epoch again, so epoch and checkpoint events are written once per (run, epoch) and
-metric rows replaced, never duplicated.
+another, needs them. So each upload or delete there asks `_hold_lease` just before it takes effect
+(the rename; S3's last request): a look at the clock while the lease as last renewed has more than
+LEASE_MARGIN_SECONDS left, else one fenced renewal, which raises LeaseLost for a stale attempt. A
+stalled attempt that wakes after its lease ran out writes no checkpoint, unless it stalled exactly
+between that check and the rename (or inside S3's request), and even then only the state the new
+attempt computes for that epoch as well. The trainer reports each epoch (fenced) before it
+checkpoints it; the price of that order: a resumed attempt may report an epoch again, so epoch and
+checkpoint events are written once per (run, epoch) and metric rows replaced, never duplicated.
 """
 
 from __future__ import annotations
@@ -69,19 +71,28 @@ CANCEL_POLL_SECONDS = 0.5
 # commit or two instead of a dozen (bench/RESULTS.md, B6). Well under the event stream's poll
 # interval (0.5 s), so a watcher sees them no later in practice; each keeps the time it was made.
 REPORT_DELAY_SECONDS = 0.25
+# A checkpoint's upload or delete goes ahead on the worker's own clock while the lease as last renewed
+# (measured from before the claim's or the heartbeat's request) has more than this left; past that
+# (the process stalled, or heartbeats failed) the check renews the lease first, which fails for an
+# attempt that another worker re-claimed. Covers a difference in rate between the workers' clocks and
+# the time a rename takes; with the defaults (a 60 s lease renewed every 5 s) it is never reached.
+LEASE_MARGIN_SECONDS = 1.0
+
 
 def run_job(job_id: str, ctx: WorkerContext | None = None) -> str:
     """Run one job if this worker can claim it. Returns what happened (for logs and tests):
     not_claimed, succeeded, failed, cancelled or lease_lost. `ctx`: the worker process's
     (worker/context.py) by default."""
     ctx = ctx or current_context()
+    leased_at = time.monotonic()  # the lease runs from no earlier than this (the claim's own clock reading)
     with ctx.sessions() as s:
         attempt = lifecycle.claim(s, job_id=job_id, lease_seconds=ctx.cfg.lease_seconds, worker=ctx.name)
         s.commit()
     if attempt is None:
         log.info("job %s: not claimed (another worker owns it, or it is finished)", job_id)
         return "not_claimed"
-    job = JobRun(job_id, attempt, cfg=ctx.cfg, sessions=ctx.sessions, store=ctx.store, name=ctx.name)
+    job = JobRun(job_id, attempt, cfg=ctx.cfg, sessions=ctx.sessions, store=ctx.store, name=ctx.name,
+                 leased_at=leased_at)
     return job.run()
 
 
@@ -89,9 +100,11 @@ class JobRun(PipelineCallbacks):
     """One attempt at one job: the pipeline's callbacks, writing through fenced updates."""
 
     def __init__(self, job_id: str, attempt: int, *, cfg: Settings, sessions: sessionmaker[Session],
-                 store: ArtifactStore, name: str):
+                 store: ArtifactStore, name: str, leased_at: float | None = None):
         self.job_id, self.attempt, self.cfg, self.sessions, self.store = job_id, attempt, cfg, sessions, store
         self.name = name
+        # time.monotonic() no later than the lease's last renewal began (the claim's, then each beat's)
+        self.leased_at = time.monotonic() if leased_at is None else leased_at
         self.lease_lost = threading.Event()
         self.cancel_requested = threading.Event()
         self.stop_heartbeat = threading.Event()
@@ -136,7 +149,7 @@ class JobRun(PipelineCallbacks):
             self.repeats = spec.hyperparameters.repeats
             self.on_event("claimed", f"attempt {self.attempt} started on {self.name}", {"attempt": self.attempt})
             self.checkpoints = CheckpointMirror(self.store, prefix=f"jobs/{self.job_id}/checkpoints",
-                                                local_dir=work / "checkpoints")
+                                                local_dir=work / "checkpoints", before_write=self._hold_lease)
             self.checkpoints.pull()
             result = run_distillation(spec, out_dir=work / "out", callbacks=self,
                                       checkpoint_dir=work / "checkpoints", extra_metadata={"job_id": self.job_id},
@@ -272,15 +285,11 @@ class JobRun(PipelineCallbacks):
                 next_beat = time.monotonic() + self.cfg.heartbeat_seconds
                 next_poll = time.monotonic() + CANCEL_POLL_SECONDS
                 try:
-                    with self.sessions() as s:
-                        beat = lifecycle.heartbeat(s, job_id=self.job_id, attempt=self.attempt,
-                                                   lease_seconds=self.cfg.lease_seconds)
-                        s.commit()
+                    beat = self._renew_lease()
                 except Exception:  # a database blip: try again next beat; the lease has slack
                     log.exception("job %s: heartbeat failed", self.job_id)
                     continue
                 if not beat.alive:
-                    self.lease_lost.set()
                     return
                 if beat.cancel_requested:
                     self.cancel_requested.set()
@@ -297,6 +306,33 @@ class JobRun(PipelineCallbacks):
                 if time.monotonic() > self.deadline + STUCK_GRACE_SECONDS:
                     self._fail_stuck()
                     return
+
+    def _renew_lease(self) -> lifecycle.HeartbeatResult:
+        """One heartbeat: the lease extended by KD_LEASE_SECONDS (and `leased_at` moved up), or
+        lease_lost set when another attempt owns the job."""
+        started = time.monotonic()
+        with self.sessions() as s:
+            beat = lifecycle.heartbeat(s, job_id=self.job_id, attempt=self.attempt,
+                                       lease_seconds=self.cfg.lease_seconds)
+            s.commit()
+        if beat.alive:
+            self.leased_at = max(self.leased_at, started)
+        else:
+            self.lease_lost.set()
+        return beat
+
+    def _hold_lease(self) -> None:
+        """Return only while this attempt owns the job; LeaseLost otherwise. Asked just before a
+        checkpoint's upload or delete takes effect in the store, which other attempts read: no
+        database round trip while more than LEASE_MARGIN_SECONDS of the lease as last renewed are
+        left, one fenced renewal after that (a database error propagates, as any write's does)."""
+        if not self.lease_lost.is_set():
+            if time.monotonic() < self.leased_at + self.cfg.lease_seconds - LEASE_MARGIN_SECONDS:
+                return
+            if self._renew_lease().alive:
+                return
+        raise LeaseLost(f"job {self.job_id}: attempt {self.attempt} no longer owns the job; its checkpoint "
+                        "stays out of the store")
 
     def _fail_stuck(self) -> None:
         """The attempt did not stop within STUCK_GRACE_SECONDS of its limit: end the job from here.

@@ -7,7 +7,7 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator, Protocol
@@ -43,11 +43,15 @@ def validate_key(key: str) -> str:
 
 
 class ArtifactStore(Protocol):
-    def write_stream(self, key: str, chunks: Iterable[bytes], *, max_bytes: int | None = None) -> StoredObject:
-        """Store the chunks under `key` atomically; TooLarge (nothing kept) past `max_bytes`."""
+    def write_stream(self, key: str, chunks: Iterable[bytes], *, max_bytes: int | None = None,
+                     before_commit: Callable[[], None] | None = None) -> StoredObject:
+        """Store the chunks under `key` atomically; TooLarge (nothing kept) past `max_bytes`.
+        `before_commit`: called once the bytes are written, just before they appear under `key`
+        (the rename; in S3 the PUT or the copy that ends a multipart upload); when it raises, nothing
+        under `key` changes, no temporary stays, and its exception propagates."""
 
-    def put_file(self, key: str, src_path: Path) -> StoredObject:
-        """Copy a local file in under `key`."""
+    def put_file(self, key: str, src_path: Path, *, before_commit: Callable[[], None] | None = None) -> StoredObject:
+        """Copy a local file in under `key` (`before_commit` as in write_stream)."""
 
     def open(self, key: str) -> BinaryIO:
         """The object for reading (FileNotFoundError if missing)."""
@@ -86,11 +90,13 @@ class ArtifactStore(Protocol):
 
 
 def write_atomically(dest: Path, chunks: Iterable[bytes], *, max_bytes: int | None = None,
-                     sha256: str | None = None, what: str = "") -> tuple[int, str]:
+                     sha256: str | None = None, what: str = "",
+                     before_commit: Callable[[], None] | None = None) -> tuple[int, str]:
     """Write chunks to `dest` through a temporary file in its directory, hashing them on the way,
     then fsync, rename over `dest` and fsync the directory (the rename itself is durable). Returns
     (bytes, sha256 hex). Past `max_bytes`: TooLarge; a `sha256` given that differs:
-    ChecksumMismatch. Either way, or on any error, nothing at `dest` changes and no temporary stays."""
+    ChecksumMismatch; `before_commit` (called just before the rename) raising: its exception.
+    Either way, or on any error, nothing at `dest` changes and no temporary stays."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
@@ -108,6 +114,8 @@ def write_atomically(dest: Path, chunks: Iterable[bytes], *, max_bytes: int | No
         if sha256 is not None and digest.hexdigest() != sha256:
             raise ChecksumMismatch(f"{what}: the copy's sha256 {digest.hexdigest()} differs from the recorded "
                                    f"{sha256}; the stored object is damaged")
+        if before_commit is not None:
+            before_commit()
         os.replace(tmp_name, dest)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

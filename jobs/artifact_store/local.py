@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -20,13 +20,15 @@ class LocalArtifactStore:
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*validate_key(key).split("/"))
 
-    def write_stream(self, key: str, chunks: Iterable[bytes], *, max_bytes: int | None = None) -> StoredObject:
-        size, sha256 = write_atomically(self._path(key), chunks, max_bytes=max_bytes, what=key)
+    def write_stream(self, key: str, chunks: Iterable[bytes], *, max_bytes: int | None = None,
+                     before_commit: Callable[[], None] | None = None) -> StoredObject:
+        size, sha256 = write_atomically(self._path(key), chunks, max_bytes=max_bytes, what=key,
+                                        before_commit=before_commit)
         return StoredObject(key=key, bytes=size, sha256=sha256)
 
-    def put_file(self, key: str, src_path: Path) -> StoredObject:
+    def put_file(self, key: str, src_path: Path, *, before_commit: Callable[[], None] | None = None) -> StoredObject:
         with open(src_path, "rb") as src:
-            return self.write_stream(key, iter(lambda: src.read(CHUNK_BYTES), b""))
+            return self.write_stream(key, iter(lambda: src.read(CHUNK_BYTES), b""), before_commit=before_commit)
 
     def open(self, key: str) -> BinaryIO:
         return open(self._path(key), "rb")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Iterator
 
@@ -71,7 +71,8 @@ class S3ArtifactStore:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     # --- writing ----------------------------------------------------------------------------------
-    def write_stream(self, key: str, chunks: Iterable[bytes], *, max_bytes: int | None = None) -> StoredObject:
+    def write_stream(self, key: str, chunks: Iterable[bytes], *, max_bytes: int | None = None,
+                     before_commit: Callable[[], None] | None = None) -> StoredObject:
         name = self._name(key)
         digest, size = hashlib.sha256(), 0
         buffer = bytearray()
@@ -90,6 +91,8 @@ class S3ArtifactStore:
                     del buffer[: self.part_bytes]
             sha = digest.hexdigest()
             if upload is None:  # one part: a single PUT, metadata and all
+                if before_commit is not None:
+                    before_commit()
                 self.client.put_object(Bucket=self.bucket, Key=name, Body=bytes(buffer),
                                        Metadata={SHA256_META: sha})
                 return StoredObject(key=key, bytes=size, sha256=sha)
@@ -101,15 +104,17 @@ class S3ArtifactStore:
                 upload.abort()
             raise
         try:  # the sha256 is known only now: copy to the key with it as metadata
+            if before_commit is not None:
+                before_commit()
             self.client.copy({"Bucket": self.bucket, "Key": upload.name}, self.bucket, name,
                              ExtraArgs={"Metadata": {SHA256_META: sha}, "MetadataDirective": "REPLACE"})
         finally:
             self.client.delete_object(Bucket=self.bucket, Key=upload.name)
         return StoredObject(key=key, bytes=size, sha256=sha)
 
-    def put_file(self, key: str, src_path: Path) -> StoredObject:
+    def put_file(self, key: str, src_path: Path, *, before_commit: Callable[[], None] | None = None) -> StoredObject:
         with open(src_path, "rb") as src:
-            return self.write_stream(key, iter(lambda: src.read(CHUNK_BYTES), b""))
+            return self.write_stream(key, iter(lambda: src.read(CHUNK_BYTES), b""), before_commit=before_commit)
 
     def _temporary_name(self) -> str:
         """`.uploads/{start time}-{random}`: its age is read from its name, whatever clock (or fake)

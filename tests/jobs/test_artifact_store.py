@@ -44,6 +44,41 @@ def test_a_failed_write_keeps_the_old_object(store):
     assert leftovers(store) == ["a/b.bin"]
 
 
+class Refused(Exception):
+    pass
+
+
+def refuse():
+    raise Refused
+
+
+def test_a_refused_commit_keeps_the_old_object(store, tmp_path):
+    """`before_commit` runs once, after every byte was written and before the object changes; when it
+    raises, the old object stays, no temporary is left, and its exception is what the caller sees."""
+    store.write_stream("a/b.bin", [b"old"])
+    written = []
+
+    def chunks():
+        yield b"new"
+        written.append("all")
+
+    def refuse_once_written():
+        assert written == ["all"]  # the bytes are written first: only the commit is left
+        raise Refused
+
+    with pytest.raises(Refused):
+        store.write_stream("a/b.bin", chunks(), before_commit=refuse_once_written)
+    src = tmp_path / "new.bin"
+    src.write_bytes(b"newer")
+    with pytest.raises(Refused):
+        store.put_file("a/b.bin", src, before_commit=refuse)
+    assert store.open("a/b.bin").read() == b"old"
+    assert leftovers(store) == ["a/b.bin"]
+    allowed = []
+    store.put_file("a/b.bin", src, before_commit=lambda: allowed.append(1))
+    assert allowed == [1] and store.open("a/b.bin").read() == b"newer"
+
+
 def test_too_large_leaves_nothing_behind(store):
     with pytest.raises(TooLarge) as raised:
         store.write_stream("files/big.npz", [b"x" * 6, b"x" * 6], max_bytes=10)
@@ -167,6 +202,15 @@ def test_too_large_aborts_the_multipart_upload(s3_store):
     assert names.count("upload_part") == 2 and "abort_multipart_upload" in names
     assert "complete_multipart_upload" not in names
     assert leftovers(s3_store) == []  # no object, no pending upload holding parts
+
+
+def test_a_refused_commit_of_a_multipart_upload_leaves_nothing(s3_store):
+    s3_store.write_stream("files/t/big", [b"old"])
+    data = os.urandom(MIN_PART_BYTES + 1)
+    with pytest.raises(Refused):
+        s3_store.write_stream("files/t/big", [data], before_commit=refuse)
+    assert s3_store.open("files/t/big").read() == b"old"
+    assert leftovers(s3_store) == ["files/t/big"]  # the parts' temporary object is deleted too
 
 
 def test_a_damaged_object_is_detected_on_fetch(s3_store, tmp_path):

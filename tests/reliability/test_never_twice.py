@@ -15,6 +15,7 @@ from datetime import datetime
 import pytest
 from sqlalchemy import select
 
+from jobs.artifact_store.base import TEMP_PREFIX
 from jobs.tables import Job, JobEvent, JobMetric
 from tests.reliability.checks import assert_each_epoch_reported_once
 
@@ -33,7 +34,11 @@ def _snapshot(svc, job_id: str) -> dict:
         metrics = s.execute(select(JobMetric.id, JobMetric.run, JobMetric.epoch, JobMetric.created_at)
                             .where(JobMetric.job_id == job_id)).all()
     directory = svc.settings.artifacts_path / "jobs" / job_id / "checkpoints"
-    files = {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in directory.rglob("*") if p.is_file()}
+    # The objects, not the temporary file of a write in progress: a worker stopped inside a checkpoint's
+    # upload finishes writing that file when it wakes, then its lease check refuses the rename and the
+    # file is removed (worker/runner.py, _hold_lease).
+    files = {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in directory.rglob("*")
+             if p.is_file() and not p.name.startswith(TEMP_PREFIX)}
     return {"row": row, "events": events, "metrics": metrics, "files": files}
 
 

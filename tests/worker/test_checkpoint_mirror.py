@@ -62,3 +62,40 @@ def test_a_damaged_object_in_s3_is_left_out_of_the_pull(s3_env, tmp_path):
     two = CheckpointMirror(store, prefix=PREFIX, local_dir=tmp_path / "two")
     assert two.pull() == 1
     assert [p.name for p in list_checkpoints(two.local_dir / "student")] == ["epoch-00001.kdckpt"]
+
+
+class Refused(Exception):
+    pass
+
+
+def _contents(store) -> dict[str, bytes]:
+    out = {}
+    for key in store.list_keys(PREFIX):
+        with store.open(key) as f:
+            out[key] = f.read()
+    return out
+
+
+def test_a_refused_write_leaves_the_store_as_it_was(store, tmp_path):
+    """`before_write` (the attempt's lease check) raising: no upload appears and nothing is pruned;
+    allowed again, the next push catches up."""
+    allowed = [True]
+
+    def before_write():
+        if not allowed[0]:
+            raise Refused
+
+    mirror = CheckpointMirror(store, prefix=PREFIX, local_dir=tmp_path / "machine", before_write=before_write)
+    for epoch in (1, 2):
+        save_checkpoint(mirror.local_dir / "student", epoch=epoch, state=state(epoch))
+        mirror.push()
+    held = _contents(store)
+    allowed[0] = False
+    save_checkpoint(mirror.local_dir / "student", epoch=3, state=state(3))  # prunes epoch 1 locally
+    with pytest.raises(Refused):
+        mirror.push()
+    assert _contents(store) == held
+    allowed[0] = True
+    mirror.push()
+    assert [k.rsplit("/", 1)[1] for k in store.list_keys(f"{PREFIX}/student")] == \
+        ["epoch-00002.kdckpt", "epoch-00003.kdckpt"]
