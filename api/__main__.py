@@ -150,7 +150,7 @@ class ReusePortSupervisor(Multiprocess):
 def main() -> None:
     config = uvicorn.Config("api.app:create_app", factory=True, host=settings.api_host, port=settings.api_port,
                             workers=settings.api_workers, log_level="info", proxy_headers=True,
-                            backlog=LISTEN_BACKLOG)
+                            backlog=LISTEN_BACKLOG, access_log=settings.api_access_log)
     try:
         if settings.api_workers > 1:
             supervisor = ReusePortSupervisor(config, settings.api_host, settings.api_port)

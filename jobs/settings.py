@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
     api_workers: int = Field(default=1, ge=1)
+    # uvicorn's access log (a line per request on stderr). Off behind a proxy that logs requests itself:
+    # the line is about 0.06 ms of API CPU per request, a fifth of /healthz's (bench/RESULTS.md, B4).
+    api_access_log: bool = True
     worker_queues: str | None = None  # comma-separated; None: every queue this machine can serve (jobs/routing.py)
     worker_heartbeat_seconds: float = Field(default=10, gt=0)
     worker_stale_seconds: float = Field(default=30, gt=0)
