@@ -11,7 +11,8 @@ directory to the store's `jobs/{job}/checkpoints/` keys:
   new or rewritten since the last push are uploaded, and store copies of the files kdcore pruned
   locally are deleted, so the store holds what the local directory holds. `before_write` (the
   attempt's lease check, worker/runner.py) is called just before each upload becomes visible under
-  its key and before each delete: when it raises, the store keeps what it held.
+  its key and before each delete: when it raises, neither that write nor the rest of the push happens
+  (its exception propagates; the next push sends what is still unsent).
 
 A worker that dies between its local write and its push leaves the store one epoch behind: the
 next attempt resumes from the epoch before and trains (and reports, idempotently) that epoch again.
